@@ -1,0 +1,40 @@
+"""sau-trainer: Sparsity-Aware Unlearning for pruned LLMs, as a Hugging Face Trainer extension."""
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+# Public name -> module; imported on first use so `sau-trainer --help` and `import sau_trainer` stay fast.
+_EXPORTS = {
+    "SAUConfig": "config",
+    "SAUTrainer": "trainer",
+    "SaliencyCallback": "callbacks",
+    "compute_saliency": "saliency",
+    "SAUState": "sau",
+    "build_sau_state": "sau",
+    "select_topk": "sau",
+    "select_topk_global": "sau",
+    "redistribution_weights": "sau",
+    "SparsityMasks": "masks",
+    "prunable_parameters": "masks",
+    "OBJECTIVES": "objectives",
+    "finetune": "finetuning",
+    "build_llama": "modeling",
+    "train_tokenizer": "data.tokenizer",
+    "prune_model": "pruning",
+    "save_sparse_model": "pruning",
+    "evaluate_tofu": "evaluation",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'sau_trainer' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,85 @@
+"""`SaliencyCallback`: the warm-up saliency pass before the first step, giving the trainer G and W."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import TrainerCallback
+
+from .objectives import forward_nll
+from .objectives.losses import mean_token_nll
+from .saliency import compute_saliency
+from .sau import build_sau_state
+
+if TYPE_CHECKING:
+    from .trainer import SAUTrainer
+
+logger = logging.getLogger(__name__)
+
+
+class SaliencyCallback(TrainerCallback):
+    """Runs the saliency pass over the forget set at train start (unless G and W were restored).
+
+    `SAUTrainer` adds it by itself when ``args.sau`` is true.
+    """
+
+    def __init__(self, trainer: SAUTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        if trainer.sau_state is None:
+            trainer.sau_state = self.build_state()
+        self.log_stats()
+
+    def saliency(self) -> dict[str, torch.Tensor]:
+        """Per-matrix fp32 saliency over the forget set, as `SAUConfig` describes it."""
+        trainer, args = self.trainer, self.trainer.args
+        if args.saliency_loss == "objective":
+            def loss_fn(model, batch):
+                return trainer.objective.forget_term(model, batch, trainer.objective_ctx)[0]
+        else:
+            def loss_fn(model, batch):
+                return mean_token_nll(*forward_nll(model, batch)[:2])
+        return compute_saliency(
+            trainer.model,
+            trainer.saliency_batches(),
+            loss_fn,
+            trainer.saliency_targets(),
+            granularity=args.saliency_granularity,
+            max_examples=_per_rank(args.saliency_max_examples, args.world_size),
+            loss_scale=2.0**16 if args.fp16 else 1.0,
+            autocast=trainer.autocast_smart_context_manager,
+            show_progress=not args.disable_tqdm and args.process_index == 0,
+        )
+
+    def build_state(self):
+        trainer, args = self.trainer, self.trainer.args
+        saliency = self.saliency()
+        surviving = {n: trainer.surviving_mask(n, s.device) for n, s in saliency.items()}
+        state = build_sau_state(
+            saliency, surviving, args.sau_topk, args.sau_alpha, args.sau_topk_scope, args.sau_redistribution,
+            settings=args.sau_settings(),
+        )
+        return state
+
+    def log_stats(self) -> None:
+        stats = self.trainer.sau_state.stats
+        if not stats:
+            return
+        logs = {f"sau/selected_fraction/{n}": round(s["selected_fraction"], 6) for n, s in stats.items()}
+        logs["sau/w_min"] = min(s["w_min"] for s in stats.values())
+        logs["sau/w_max"] = max(s["w_max"] for s in stats.values())
+        ratios = [s["pruned_over_selected"] for s in stats.values()]
+        logs["sau/pruned_over_selected_mean"] = sum(ratios) / len(ratios)
+        logger.info(
+            "SAU: %d matrices, W in [%.4f, %.4f], mean I_P/I_G %.4f",
+            len(stats), logs["sau/w_min"], logs["sau/w_max"], logs["sau/pruned_over_selected_mean"],
+        )
+        self.trainer.log(logs)
+
+
+def _per_rank(max_examples: int | None, world: int) -> int | None:
+    return None if max_examples is None else -(-max_examples // world)

@@ -1,0 +1,67 @@
+"""Plain supervised finetuning on QA/text rows (how the target and retain models are made)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .data.qa import QACollator, tokenize_rows
+
+logger = logging.getLogger(__name__)
+
+
+class _ListDataset:
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        row = dict(self.rows[i])
+        row.pop("index", None)
+        return row
+
+
+def finetune(
+    model: Any,
+    tokenizer: Any,
+    rows: Any,
+    output_dir: str,
+    num_train_epochs: float = 10,
+    learning_rate: float = 1e-5,
+    per_device_train_batch_size: int = 8,
+    max_length: int | None = 512,
+    seed: int = 0,
+    save: bool = True,
+    **training_args: Any,
+):
+    """Train `model` on `rows` (question/answer or text) with a plain `transformers.Trainer`.
+
+    The loss is on answer tokens only (see `sau_trainer.data.qa`). Saves the model and tokenizer to
+    `output_dir` when `save` is true and returns the model.
+    """
+    from transformers import Trainer, TrainingArguments
+
+    data = _ListDataset(tokenize_rows(rows, tokenizer, max_length, name="training set"))
+    defaults = dict(
+        logging_steps=10, save_strategy="no", report_to=[], lr_scheduler_type="constant_with_warmup",
+        warmup_steps=0, weight_decay=0.0, disable_tqdm=None,
+    )
+    defaults.update(training_args)
+    args = TrainingArguments(
+        output_dir=output_dir,
+        num_train_epochs=num_train_epochs,
+        learning_rate=learning_rate,
+        per_device_train_batch_size=per_device_train_batch_size,
+        seed=seed,
+        data_seed=seed,
+        remove_unused_columns=False,
+        **defaults,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=QACollator(tokenizer),
+                      processing_class=tokenizer)
+    trainer.train()
+    if save:
+        trainer.save_model(output_dir)
+    return model

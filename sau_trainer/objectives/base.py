@@ -1,0 +1,71 @@
+"""The objective interface: a forget term, an optional retain term, their weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .losses import kl_to_reference, mean_token_nll, sequence_nll
+
+
+@dataclass
+class ObjectiveContext:
+    """What an objective may need besides the batches: reference NLLs of the forget set, a reference model."""
+
+    ref_forget_nll_sum: torch.Tensor | None = None
+    ref_model: torch.nn.Module | None = None
+
+
+def forward_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """Per-sequence answer NLL sum and token count, and the logits."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    nll_sum, count = sequence_nll(logits, batch["labels"])
+    return nll_sum, count, logits
+
+
+class Objective:
+    """Base class: ``loss = forget_weight * forget_term + retain_weight * retain_term``."""
+
+    name = ""
+    uses_retain = False
+    needs_reference_nll = False
+    default_forget_weight = 1.0
+    default_retain_weight = 1.0
+
+    def __init__(self, args: Any):
+        self.forget_weight = args.forget_weight if args.forget_weight is not None else self.default_forget_weight
+        self.retain_weight = args.retain_weight if args.retain_weight is not None else self.default_retain_weight
+        self.retain_loss = args.retain_loss
+        self.args = args
+
+    @property
+    def needs_reference_model(self) -> bool:
+        return self.uses_retain and self.retain_loss == "kl"
+
+    def forget_term(self, model, forget: dict, ctx: ObjectiveContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (forget term, mean answer NLL of the forget batch)."""
+        raise NotImplementedError
+
+    def retain_term(self, model, retain: dict, ctx: ObjectiveContext) -> torch.Tensor:
+        if self.retain_loss == "kl":
+            logits = model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"]).logits
+            with torch.no_grad():
+                ref_logits = ctx.ref_model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"]).logits
+            return kl_to_reference(logits, ref_logits, retain["labels"])
+        nll_sum, count, _ = forward_nll(model, retain)
+        return mean_token_nll(nll_sum, count)
+
+    def __call__(self, model, forget: dict, retain: dict | None, ctx: ObjectiveContext):
+        """Returns (loss, logs) with the forget and retain terms logged separately."""
+        f_term, f_nll = self.forget_term(model, forget, ctx)
+        loss = self.forget_weight * f_term
+        logs = {"forget_loss": f_term.detach(), "forget_nll": f_nll.detach()}
+        if self.uses_retain:
+            if retain is None:
+                raise ValueError(f"Objective {self.name!r} needs a retain set: pass retain_dataset=...")
+            r_term = self.retain_term(model, retain, ctx)
+            loss = loss + self.retain_weight * r_term
+            logs["retain_loss"] = r_term.detach()
+        return loss, logs

@@ -1,0 +1,99 @@
+"""The saliency pass: a diagonal Fisher estimate of how much each weight encodes the forget set.
+
+``batch`` granularity: ``s = (1/B) sum_b (grad L_f(b))^2`` over the B forget batches, with ``L_f(b)``
+the batch's mean answer NLL (so ``s`` depends on the batch size). ``example`` granularity:
+``s = (1/N) sum_i (grad L_f(x_i))^2``, one backward per example. Each gradient is folded into
+``s`` (fp32) as soon as it is accumulated, by a post-accumulate-grad hook, and then freed: the
+pass needs 4 bytes per target parameter beyond a plain forward+backward. Across processes the
+sums and counts are all-reduced, so every rank ends with the same ``s``. The model (weights,
+grads, train/eval mode, requires_grad flags) and the RNG state are left as they were found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+LossFn = Callable[[nn.Module, dict], torch.Tensor]
+
+
+def _split_examples(batch: dict[str, torch.Tensor]) -> Iterable[dict[str, torch.Tensor]]:
+    """One-example batches with their padding removed (no padding, no attention-mask effects)."""
+    for i in range(batch["input_ids"].shape[0]):
+        keep = batch["attention_mask"][i].bool()
+        yield {k: (v[i][keep] if v.dim() > 1 else v[i]).unsqueeze(0) for k, v in batch.items()}
+
+
+def compute_saliency(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    loss_fn: LossFn,
+    params: dict[str, nn.Parameter],
+    granularity: str = "batch",
+    max_examples: int | None = None,
+    loss_scale: float = 1.0,
+    autocast: Callable | None = None,
+    show_progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Per-parameter fp32 saliency for `params` (name -> parameter of `model`) over `batches`.
+
+    `loss_fn(model, batch)` returns the scalar forget loss of a batch. `loss_scale` multiplies the
+    loss before backward (fp16 without underflow) and is divided out squared. `autocast` is an
+    optional context-manager factory for mixed precision.
+    """
+    if granularity not in ("batch", "example"):
+        raise ValueError(f"saliency_granularity must be 'batch' or 'example', got {granularity!r}")
+    targets = {id(p): name for name, p in params.items()}
+    saliency = {name: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for name, p in params.items()}
+    was_training = {m: m.training for m in model.modules()}
+    requires_grad = {p: p.requires_grad for p in model.parameters()}
+    old_grads = {p: p.grad for p in model.parameters()}
+
+    def fold(p: torch.Tensor) -> None:
+        saliency[targets[id(p)]].add_(p.grad.detach().float().square())
+        p.grad = None
+
+    handles = []
+    try:
+        for p in model.parameters():
+            p.grad = None
+            p.requires_grad_(id(p) in targets)
+        for p in params.values():
+            handles.append(p.register_post_accumulate_grad_hook(fold))
+        model.eval()
+        count, seen = 0, 0
+        with torch.random.fork_rng(devices=[p.device for p in params.values() if p.device.type == "cuda"][:1]):
+            for batch in tqdm(batches, desc="saliency", disable=not show_progress, leave=False):
+                if max_examples is not None and seen >= max_examples:
+                    break
+                if max_examples is not None and seen + batch["input_ids"].shape[0] > max_examples:
+                    batch = {k: v[: max_examples - seen] for k, v in batch.items()}
+                seen += batch["input_ids"].shape[0]
+                units = _split_examples(batch) if granularity == "example" else [batch]
+                for unit in units:
+                    with autocast() if autocast is not None else torch.enable_grad():
+                        loss = loss_fn(model, unit)
+                    (loss * loss_scale).backward()
+                    count += 1
+        count_t = torch.tensor(float(count), device=next(iter(saliency.values())).device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for s in saliency.values():
+                torch.distributed.all_reduce(s)
+            torch.distributed.all_reduce(count_t)
+        if count_t.item() == 0:
+            raise ValueError("The saliency pass saw no forget example: the forget set is empty.")
+        scale = 1.0 / (count_t.item() * loss_scale**2)
+        for s in saliency.values():
+            s.mul_(scale)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in was_training.items():
+            m.training = mode
+        for p, flag in requires_grad.items():
+            p.requires_grad_(flag)
+            p.grad = old_grads[p]
+    return saliency

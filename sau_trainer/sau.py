@@ -1,0 +1,251 @@
+"""Sparsity-Aware Unlearning: the tensor math (no Trainer, no files beyond the state container).
+
+Definitions (SPEC section 2, the project's own reading of Sparsity-Aware Unlearning, arXiv 2602.00577):
+
+* selection ``G``: among the surviving entries ``S`` of a unit (a matrix, an output row, or all
+  prunable matrices), the top ``ceil(k * |S|)`` by saliency ``s``; ties broken by a stable sort on
+  ``(-s, flat index)``. ``k`` is read as the decimal it is written as (0.3 * 10 selects 3, not 4).
+* redistribution ``W``: with ``I_P`` the saliency summed over pruned entries and ``I_G`` over selected
+  ones, per matrix ``W = 1 + alpha * I_P / I_G``; per row the same ratio per output row; per
+  parameter ``W_i = 1 + alpha * (I_P / I_G) * min(s_i / mean_G s, 10)``; ``none`` gives ``W = 1``.
+  Where ``I_G = 0``, ``W = 1``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import torch
+
+from .masks import pack_bool, unpack_bool
+
+STATE_FILE = "sau_state.safetensors"
+SCOPES = ("matrix", "row", "global")
+REDISTRIBUTIONS = ("matrix", "row", "param", "none")
+PARAM_W_CAP = 10.0
+
+
+def _fraction(k: float) -> Fraction:
+    if not 0 < k <= 1:
+        raise ValueError(f"sau_topk must be in (0, 1], got {k}")
+    return Fraction(repr(float(k)))
+
+
+def topk_count(n: int, k: float) -> int:
+    """``ceil(k * n)`` with `k` taken as its decimal value (no float round-up surprises)."""
+    f = _fraction(k)
+    return -((-f.numerator * n) // f.denominator)
+
+
+def _stable_desc_order(values: torch.Tensor) -> torch.Tensor:
+    """Indices sorting the last dim by ``(-value, index)``."""
+    return torch.sort(-values, dim=-1, stable=True).indices
+
+
+def select_topk(saliency: torch.Tensor, surviving: torch.Tensor, k: float, scope: str = "matrix") -> torch.Tensor:
+    """Bool mask ``G`` of one matrix: the top ``ceil(k |S|)`` surviving entries per matrix or per row."""
+    if scope not in ("matrix", "row"):
+        raise ValueError(f"select_topk handles scope 'matrix' or 'row'; use select_topk_global for {scope!r}")
+    _check_saliency(saliency)
+    shape = saliency.shape
+    rows = 1 if scope == "matrix" or saliency.dim() < 2 else shape[0]
+    s = saliency.reshape(rows, -1).float()
+    alive = surviving.reshape(rows, -1).bool()
+    values = torch.where(alive, s, torch.full_like(s, -math.inf))
+    order = _stable_desc_order(values)
+    f = _fraction(k)
+    counts = alive.sum(dim=1, keepdim=True)
+    quota = -((-counts * f.numerator) // f.denominator)
+    take = torch.arange(s.shape[1], device=s.device).unsqueeze(0) < quota
+    selected = torch.zeros_like(alive).scatter_(1, order, take)
+    return selected.reshape(shape)
+
+
+def select_topk_global(
+    saliency: dict[str, torch.Tensor], surviving: dict[str, torch.Tensor], k: float
+) -> dict[str, torch.Tensor]:
+    """Top ``ceil(k |S|)`` over all matrices together, ties by (matrix order, flat index).
+
+    Finds the threshold by a binary search over the float bit patterns (monotone for s >= 0), so
+    no concatenated copy of all saliencies is ever made.
+    """
+    names = list(saliency)
+    for n in names:
+        _check_saliency(saliency[n])
+    total = sum(int(surviving[n].sum()) for n in names)
+    quota = topk_count(total, k)
+    bits = {n: torch.where(surviving[n].bool(), saliency[n].float(), -1.0).view(torch.int32) for n in names}
+
+    def count_ge(b: int) -> int:  # pruned entries hold -1.0, whose bit pattern is negative
+        return sum(int((bits[n] >= b).sum()) for n in names)
+
+    lo, hi = 0, 0x7F800000  # count_ge(lo) >= quota is guaranteed when quota <= total
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count_ge(mid) >= quota:
+            lo = mid
+        else:
+            hi = mid - 1
+    threshold = lo
+    out, remaining = {}, quota - sum(int((bits[n] > threshold).sum()) for n in names)
+    for n in names:
+        sel = bits[n] > threshold
+        ties = (bits[n] == threshold).reshape(-1)
+        if remaining > 0 and ties.any():
+            idx = ties.nonzero().squeeze(1)[:remaining]
+            sel.view(-1)[idx] = True
+            remaining -= idx.numel()
+        out[n] = sel
+    return out
+
+
+def _check_saliency(s: torch.Tensor) -> None:
+    if not torch.isfinite(s).all():
+        raise ValueError("The saliency contains NaN or inf: the forget loss diverged in the saliency pass.")
+
+
+def redistribution_weights(
+    saliency: torch.Tensor, surviving: torch.Tensor, selected: torch.Tensor, alpha: float, mode: str = "matrix"
+) -> torch.Tensor | None:
+    """``W`` for one matrix: a 0-d tensor (matrix), a ``[rows, 1]`` tensor (row), a full tensor (param), or None."""
+    if mode not in REDISTRIBUTIONS:
+        raise ValueError(f"sau_redistribution must be one of {REDISTRIBUTIONS}, got {mode!r}")
+    if mode == "none":
+        return None
+    s = saliency.double()
+    pruned, sel = ~surviving.bool(), selected.bool()
+    if mode == "row" and s.dim() >= 2:
+        s2, p2, g2 = s.reshape(s.shape[0], -1), pruned.reshape(s.shape[0], -1), sel.reshape(s.shape[0], -1)
+        i_p, i_g = (s2 * p2).sum(1, keepdim=True), (s2 * g2).sum(1, keepdim=True)
+        ratio = torch.where(i_g > 0, i_p / i_g.clamp_min(1e-300), torch.zeros_like(i_g))
+        return (1.0 + alpha * ratio).float()
+    i_p, i_g = (s * pruned).sum(), (s * sel).sum()
+    ratio = i_p / i_g if i_g > 0 else torch.zeros((), dtype=torch.float64)
+    if mode in ("matrix", "row"):
+        return (1.0 + alpha * ratio).float()
+    n_sel = sel.sum()
+    if i_g <= 0:
+        return torch.ones_like(saliency, dtype=torch.float32)
+    rel = torch.clamp(s / (i_g / n_sel), max=PARAM_W_CAP)
+    return torch.where(sel, 1.0 + alpha * ratio * rel, torch.ones_like(s)).float()
+
+
+def pruned_selected_ratio(saliency: torch.Tensor, surviving: torch.Tensor, selected: torch.Tensor) -> float:
+    """``I_P / I_G`` for one matrix (0 where nothing salient is selected)."""
+    s = saliency.double()
+    i_g = float((s * selected.bool()).sum())
+    return float((s * ~surviving.bool()).sum()) / i_g if i_g > 0 else 0.0
+
+
+@dataclass
+class SAUState:
+    """``G`` (bit-packed) and ``W`` per parameter, the settings that made them, and their statistics."""
+
+    selected: dict[str, torch.Tensor]
+    shapes: dict[str, tuple[int, ...]]
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    stats: dict[str, dict] = field(default_factory=dict)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def mask(self, name: str, device=None) -> torch.Tensor:
+        packed = self.selected[name] if device is None else self.selected[name].to(device)
+        return unpack_bool(packed, self.shapes[name])
+
+    def weight(self, name: str) -> torch.Tensor | None:
+        return self.weights.get(name)
+
+    def to(self, device) -> SAUState:
+        self.selected = {k: v.to(device) for k, v in self.selected.items()}
+        self.weights = {k: v.to(device) for k, v in self.weights.items()}
+        return self
+
+    def save(self, directory: str | os.PathLike) -> str:
+        from safetensors.torch import save_file
+
+        tensors = {f"G/{k}": v.detach().cpu().contiguous() for k, v in self.selected.items()}
+        tensors |= {f"W/{k}": v.detach().cpu().float().contiguous() for k, v in self.weights.items()}
+        tensors |= {f"X/{k}": v.detach().cpu().contiguous() for k, v in self.extra.items()}
+        meta = {
+            "format": "sau-trainer/sau-state",
+            "version": "1",
+            "shapes": json.dumps(self.shapes),
+            "settings": json.dumps(self.settings, sort_keys=True),
+            "stats": json.dumps(self.stats),
+        }
+        path = os.path.join(os.fspath(directory), STATE_FILE)
+        save_file(tensors, path, metadata=meta)
+        return path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> SAUState:
+        from safetensors import safe_open
+
+        path = os.path.join(os.fspath(directory), STATE_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No SAU state at {path}")
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata()
+            if meta.get("format") != "sau-trainer/sau-state":
+                raise ValueError(f"{path} is not a sau-trainer SAU state file")
+            parts: dict[str, dict] = {"G": {}, "W": {}, "X": {}}
+            for key in f.keys():
+                kind, name = key.split("/", 1)
+                parts[kind][name] = f.get_tensor(key)
+        return cls(
+            selected=parts["G"],
+            shapes={k: tuple(v) for k, v in json.loads(meta["shapes"]).items()},
+            weights=parts["W"],
+            settings=json.loads(meta["settings"]),
+            stats=json.loads(meta["stats"]),
+            extra=parts["X"],
+        )
+
+
+def build_sau_state(
+    saliency: dict[str, torch.Tensor],
+    surviving: dict[str, torch.Tensor],
+    k: float,
+    alpha: float,
+    scope: str = "matrix",
+    redistribution: str = "matrix",
+    settings: dict | None = None,
+) -> SAUState:
+    """Select ``G`` and compute ``W`` for every parameter in `saliency` (same keys as `surviving`)."""
+    if scope not in SCOPES:
+        raise ValueError(f"sau_topk_scope must be one of {SCOPES}, got {scope!r}")
+    if scope == "global":
+        selected = select_topk_global(saliency, surviving, k)
+    else:
+        selected = {n: select_topk(saliency[n], surviving[n], k, scope) for n in saliency}
+    state = SAUState(selected={}, shapes={}, settings=dict(settings or {}))
+    for n, s in saliency.items():
+        g, m = selected[n], surviving[n]
+        w = redistribution_weights(s, m, g, alpha, redistribution)
+        state.selected[n] = pack_bool(g)
+        state.shapes[n] = tuple(s.shape)
+        if w is not None:
+            state.weights[n] = w
+        n_alive = int(m.sum())
+        state.stats[n] = {
+            "selected": int(g.sum()),
+            "surviving": n_alive,
+            "selected_fraction": int(g.sum()) / max(n_alive, 1),
+            "pruned_over_selected": pruned_selected_ratio(s, m, g),
+            "w_min": float(w.min()) if w is not None else 1.0,
+            "w_max": float(w.max()) if w is not None else 1.0,
+        }
+    return state
+
+
+@torch.no_grad()
+def apply_sau_(grad: torch.Tensor, selected: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """In place: ``grad * G * W`` (W broadcast as a scalar, per row, or per entry)."""
+    grad.mul_(selected.to(grad.dtype))
+    if weight is not None:
+        grad.mul_(weight.to(grad.device, grad.dtype))
+    return grad

@@ -1,0 +1,299 @@
+"""`SAUTrainer`: unlearning a forget set from a sparse causal LM, keeping the sparsity exact.
+
+The Trainer glue only decides *when* the math runs:
+* once per optimizer step, after gradient accumulation and before clipping, the gradients of the
+  prunable matrices are multiplied by ``M`` (plain baseline) or by ``G * W`` (SAU, ``grad`` mode);
+* after every optimizer step the pruned entries are set back to exactly zero (and, in ``update``
+  mode, the step of selected entries is first scaled by ``W``);
+* ``M``, ``G``, ``W`` (and NPO's reference NLLs) are saved with every checkpoint and restored on resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from .callbacks import SaliencyCallback
+from .config import SAUConfig
+from .data.qa import QACollator, tokenize_rows
+from .masks import SparsityMasks, prunable_parameters
+from .objectives import OBJECTIVES, ObjectiveContext, forward_nll
+from .sau import STATE_FILE, SAUState, apply_sau_
+
+logger = logging.getLogger(__name__)
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+class _SparsityCallback(TrainerCallback):
+    """Around each optimizer step: snapshot for ``update``-mode W, then scale the step and re-zero."""
+
+    def __init__(self, trainer: SAUTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._prepare_objective()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._snapshot_for_update_mode()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._after_optimizer_step()
+
+
+class SAUTrainer(Trainer):
+    """A `transformers.Trainer` that unlearns `forget_dataset` with plain masking or SAU.
+
+    Args:
+        model: a causal LM whose prunable matrices are sparse (or dense).
+        args: an `SAUConfig`.
+        forget_dataset / retain_dataset: rows with ``question``/``answer`` (loss on the answer and EOS)
+            or ``text`` (a `datasets.Dataset` or a list of dicts). The retain set is needed by objectives
+            with a retain term; one retain batch is drawn per forget batch, seeded per rank and step.
+        processing_class: the tokenizer.
+        sparsity_masks: a `SparsityMasks`, a path to a saved mask file, or None to infer them from the
+            model's exact zeros.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        args: SAUConfig,
+        forget_dataset: Any = None,
+        retain_dataset: Any = None,
+        processing_class: Any = None,
+        sparsity_masks: SparsityMasks | str | os.PathLike | None = None,
+        data_collator: Any = None,
+        callbacks: list | None = None,
+        **kwargs: Any,
+    ):
+        if not isinstance(args, SAUConfig):
+            raise TypeError(f"SAUTrainer needs `args=SAUConfig(...)`, got {type(args).__name__}.")
+        if "train_dataset" in kwargs:
+            raise TypeError("SAUTrainer takes `forget_dataset` (and `retain_dataset`), not `train_dataset`.")
+        params = prunable_parameters(model)  # also rejects PEFT-wrapped models
+        if not params:
+            raise ValueError(
+                f"{type(model).__name__} has no prunable matrices (nn.Linear layers inside the decoder blocks); "
+                "SAUTrainer needs a decoder-only transformer such as Llama, Mistral or Qwen."
+            )
+        if sparsity_masks is None:
+            sparsity_masks = SparsityMasks.from_model(model)
+        elif not isinstance(sparsity_masks, SparsityMasks):
+            sparsity_masks = SparsityMasks.load(sparsity_masks)
+        sparsity_masks.check(model)
+        self.objective = OBJECTIVES[args.objective](args)
+        forget_rows = tokenize_rows(forget_dataset, processing_class, args.max_length, name="forget set")
+        self.retain_rows = None
+        if self.objective.uses_retain:
+            if retain_dataset is None:
+                raise ValueError(
+                    f"objective={args.objective!r} has a retain term: pass retain_dataset=..., "
+                    "or use objective='ga'."
+                )
+            self.retain_rows = tokenize_rows(retain_dataset, processing_class, args.max_length, name="retain set")
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=_Rows(forget_rows),
+            data_collator=data_collator or QACollator(processing_class),
+            processing_class=processing_class,
+            callbacks=callbacks,
+            **kwargs,
+        )
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise NotImplementedError(
+                "SAUTrainer masks `p.grad` between backward and the optimizer step; DeepSpeed and FSDP keep "
+                "gradients elsewhere. Use plain data parallel (DDP) with `accelerate launch`."
+            )
+        self.model_accepts_loss_kwargs = False  # compute_loss ignores num_items_in_batch: divide by GA steps
+        self.sparsity_masks = sparsity_masks
+        self.sau_state: SAUState | None = None
+        self.objective_ctx = ObjectiveContext()
+        self._prunable = params
+        self._dense_targets = self._dense_parameters() if args.sau and args.sau_dense_params == "topk" else {}
+        self._snapshots: dict[str, torch.Tensor] = {}
+        self._micro_step = 0
+        self._retain_perm: tuple[int, torch.Tensor] | None = None
+        self._log_sums: dict[str, float] = {}
+        self._log_count = 0
+        if args.sau_dense_params == "freeze":
+            for p in self._dense_parameters().values():
+                p.requires_grad_(False)
+        self.add_callback(_SparsityCallback(self))
+        if args.sau:
+            self.add_callback(SaliencyCallback(self))
+
+    # ------------------------------------------------------------------ parameters
+    def _dense_parameters(self) -> dict[str, torch.nn.Parameter]:
+        prunable = {id(p) for p in self._prunable.values()} if hasattr(self, "_prunable") else set()
+        return {n: p for n, p in self.model.named_parameters() if id(p) not in prunable and p.requires_grad}
+
+    def saliency_targets(self) -> dict[str, torch.nn.Parameter]:
+        """The parameters that get a saliency score: the prunable matrices (+ dense ones in ``topk`` mode)."""
+        return {**self._prunable, **self._dense_targets}
+
+    def surviving_mask(self, name: str, device=None) -> torch.Tensor:
+        if name in self.sparsity_masks:
+            return self.sparsity_masks.get(name, device)
+        p = self._dense_targets[name]
+        return torch.ones(p.shape, dtype=torch.bool, device=device or p.device)
+
+    # ------------------------------------------------------------------ data
+    def _retain_batch(self) -> dict[str, torch.Tensor]:
+        """The retain batch paired with the current micro-step: a seeded stream of permutations per rank."""
+        bs, n = self.args.per_device_train_batch_size, len(self.retain_rows)
+        draw = self.state.global_step * self.args.gradient_accumulation_steps + self._micro_step
+        rank = self.args.process_index
+        picks = []
+        for pos in range(draw * bs, draw * bs + bs):
+            epoch, j = divmod(pos, n)
+            if self._retain_perm is None or self._retain_perm[0] != epoch:
+                g = torch.Generator().manual_seed((self.args.seed * 1_000_003 + rank) * 1_000_003 + epoch)
+                self._retain_perm = (epoch, torch.randperm(n, generator=g))
+            picks.append(self.retain_rows[int(self._retain_perm[1][j])])
+        return self._prepare_inputs(self.data_collator(picks))
+
+    # ------------------------------------------------------------------ loss and step
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        retain = self._retain_batch() if self.objective.uses_retain and model.training else None
+        loss, logs = self.objective(model, inputs, retain, self.objective_ctx)
+        if model.training:
+            for k, v in logs.items():
+                self._log_sums[k] = self._log_sums.get(k, 0.0) + float(v)
+            self._log_count += 1
+        return (loss, None) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._micro_step += 1
+        if self.accelerator.sync_gradients:
+            self._mask_gradients()
+            self._micro_step = 0
+        return loss
+
+    @torch.no_grad()
+    def _mask_gradients(self) -> None:
+        """Once per optimizer step: ``grad *= M`` (plain) or ``grad *= G * W`` (SAU)."""
+        if self.sau_state is None:
+            for name, p in self._prunable.items():
+                if p.grad is not None:
+                    p.grad.mul_(self.sparsity_masks.get(name, p.grad.device).to(p.grad.dtype))
+            return
+        use_w = self.args.sau_redistribution_target == "grad"
+        for name, p in self.saliency_targets().items():
+            if p.grad is not None:
+                w = self.sau_state.weight(name) if use_w else None
+                apply_sau_(p.grad, self.sau_state.mask(name, p.grad.device), w)
+
+    @torch.no_grad()
+    def _snapshot_for_update_mode(self) -> None:
+        self._snapshots = {}
+        if self.sau_state is not None and self.args.sau_redistribution_target == "update":
+            params = self.saliency_targets()
+            self._snapshots = {n: params[n].detach().clone() for n in self.sau_state.weights}
+
+    @torch.no_grad()
+    def _after_optimizer_step(self) -> None:
+        if self._snapshots:
+            params = self.saliency_targets()
+            for name, old in self._snapshots.items():
+                p = params[name]
+                gain = (self.sau_state.weight(name).to(p.device) - 1) * self.sau_state.mask(name, p.device)
+                p.add_(((p - old).float() * gain).to(p.dtype))
+            self._snapshots = {}
+        self.sparsity_masks.apply_(self.model)
+
+    # ------------------------------------------------------------------ preparation (at train start)
+    @torch.no_grad()
+    def _prepare_objective(self) -> None:
+        """Reference NLLs of the forget set (NPO) and the frozen reference model (KL retain), if needed."""
+        self.sparsity_masks.to(self.args.device)
+        if self.objective.needs_reference_nll and self.objective_ctx.ref_forget_nll_sum is None:
+            self.objective_ctx.ref_forget_nll_sum = self.forget_nll_sums()
+        if self.objective.needs_reference_model and self.objective_ctx.ref_model is None:
+            import copy
+
+            ref = copy.deepcopy(self.model).eval()
+            ref.requires_grad_(False)
+            self.objective_ctx.ref_model = ref
+
+    @torch.no_grad()
+    def forget_nll_sums(self) -> torch.Tensor:
+        """Per-example answer NLL sum of the current model over the forget set (eval mode, fp32 result)."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        out = torch.zeros(len(self.train_dataset), dtype=torch.float32)
+        for batch in self.saliency_batches(shard=False):
+            with self.autocast_smart_context_manager():
+                nll_sum = forward_nll(model, batch)[0]
+            out[batch["index"].cpu()] = nll_sum.float().cpu()
+        model.train(was_training)
+        return out
+
+    def saliency_batches(self, shard: bool = True):
+        """The forget set in its original order, in batches of ``saliency_batch_size``; sharded by rank."""
+        bs = self.args.saliency_batch_size or self.args.per_device_train_batch_size
+        rows = self.train_dataset.rows
+        world, rank = (self.args.world_size, self.args.process_index) if shard else (1, 0)
+        for b, start in enumerate(range(0, len(rows), bs)):
+            if b % world == rank:
+                yield self._prepare_inputs(self.data_collator(rows[start : start + bs]))
+
+    # ------------------------------------------------------------------ logging, saving, resuming
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self._log_count and "loss" in logs:
+            for k, v in self._log_sums.items():
+                logs[k] = round(v / self._log_count, 6)
+            self._log_sums, self._log_count = {}, 0
+        super().log(logs, *args, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        output_dir = output_dir or self.args.output_dir
+        if self.args.should_save:
+            self.save_sau_files(output_dir)
+
+    def save_sau_files(self, output_dir: str) -> None:
+        """Write the sparsity masks and the SAU state (G, W, settings, stats, reference NLLs) to `output_dir`."""
+        os.makedirs(output_dir, exist_ok=True)
+        self.sparsity_masks.save(output_dir)
+        state = self.sau_state or SAUState(selected={}, shapes={}, settings={"sau": False})
+        if self.objective_ctx.ref_forget_nll_sum is not None:
+            state.extra["ref_forget_nll_sum"] = self.objective_ctx.ref_forget_nll_sum
+        state.save(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if not os.path.isfile(os.path.join(resume_from_checkpoint, STATE_FILE)):
+            logger.warning("Checkpoint %s has no SAU state; G and W will be recomputed.", resume_from_checkpoint)
+            return
+        state = SAUState.load(resume_from_checkpoint)
+        masks = SparsityMasks.load(resume_from_checkpoint, self.model)
+        self.sparsity_masks = masks.to(self.args.device)
+        if "ref_forget_nll_sum" in state.extra:
+            self.objective_ctx.ref_forget_nll_sum = state.extra.pop("ref_forget_nll_sum")
+        if self.args.sau:
+            wanted = self.args.sau_settings()
+            if state.settings != wanted:
+                diff = {k: (state.settings.get(k), v) for k, v in wanted.items() if state.settings.get(k) != v}
+                raise ValueError(
+                    f"The checkpoint's G and W were made with other SAU settings (checkpoint, now): {diff}. "
+                    "Resume with the original settings or start a new run."
+                )
+            self.sau_state = state.to(self.args.device)
+            logger.info("Restored M, G and W from %s (no new saliency pass).", resume_from_checkpoint)
