@@ -1,0 +1,165 @@
+"""``sau-trainer eval``: evaluate a saved model with the TOFU protocol and write ``results.json``.
+
+A re-run with the same settings (same model files, data, forget split, generation length)
+reuses the file and says so; different settings recompute. A new retain-results file only
+recomputes forget quality, from the per-example numbers already saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from .results import RESULTS_FILENAME, RESULTS_VERSION
+
+logger = logging.getLogger(__name__)
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``sau-trainer eval``."""
+    from ..data.synthetic import PRESETS
+    from ..data.tofu import BENCHMARKS, FORGET_SPLITS
+
+    parser.add_argument("--model", required=True, help="Directory of a saved causal LM and its tokenizer.")
+    parser.add_argument("--benchmark", default="synthetic", choices=sorted(BENCHMARKS),
+                        help="'synthetic' (built in, offline; default) or 'tofu' (locuslab/TOFU or --data-dir).")
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="Synthetic benchmark size.")
+    parser.add_argument("--seed", type=int, default=0, help="Synthetic benchmark seed.")
+    parser.add_argument("--forget-split", default="forget10", choices=FORGET_SPLITS)
+    parser.add_argument("--data-dir", default=None,
+                        help="Local directory of split files (<split>.json/.jsonl/.parquet) instead of the Hub.")
+    parser.add_argument("--retain-results", default=None,
+                        help="The retain model's results.json (or its directory), for forget quality.")
+    parser.add_argument("--output-dir", "--output", dest="output_dir", required=True,
+                        help="Where results.json is written.")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--dtype", default="auto", choices=DTYPES)
+    parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
+    parser.add_argument("--force", action="store_true", help="Recompute even if results with the same settings exist.")
+    parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+
+
+def _settings(args: argparse.Namespace, splits: dict, model_dir: Path) -> dict[str, Any]:
+    from ..data.qa import PLAIN_PROMPT
+    from .results import data_fingerprint, model_fingerprint
+
+    synthetic = args.benchmark == "synthetic" and args.data_dir is None
+    return {
+        "results_version": RESULTS_VERSION,
+        "benchmark": args.benchmark,
+        "preset": args.preset if synthetic else None,
+        "seed": args.seed if synthetic else None,
+        "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
+        "forget_split": args.forget_split,
+        "data_fingerprint": data_fingerprint(splits),
+        "model_dir": str(model_dir),
+        "model_fingerprint": model_fingerprint(model_dir),
+        "max_new_tokens": args.max_new_tokens,
+        "dtype": args.dtype,
+        "plain_prompt": PLAIN_PROMPT,
+    }
+
+
+def _model_info(model: Any, model_dir: Path) -> dict[str, Any]:
+    import torch
+
+    n_params = sum(p.numel() for p in model.parameters())
+    linear = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
+    n_lin = sum(w.numel() for w in linear)
+    zeros = sum(int((w == 0).sum()) for w in linear)
+    return {
+        "path": str(model_dir),
+        "name_or_path": getattr(model.config, "_name_or_path", None),
+        "architecture": (getattr(model.config, "architectures", None) or [type(model).__name__])[0],
+        "num_parameters": n_params,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "linear_zero_fraction": zeros / n_lin if n_lin else 0.0,
+    }
+
+
+def _print_summary(results: dict, path: Path) -> None:
+    summary = results["summary"]
+    width = max(len(k) for k in summary)
+    lines = [f"  {k:<{width}}  {'null' if v is None else f'{v:.4f}'}" for k, v in summary.items()]
+    print(f"TOFU results ({results['settings'].get('forget_split')}) -> {path}\n" + "\n".join(lines))
+
+
+def _changed(old: dict, new: dict) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def main(args: argparse.Namespace) -> int:
+    """Runs the evaluation (or reuses a results file with the same settings hash)."""
+    import torch
+
+    from ..data.tofu import evaluation_splits, load_benchmark
+    from .results import (
+        attach_forget_quality,
+        build_results,
+        load_results,
+        save_results,
+        settings_hash,
+    )
+    from .tofu import evaluate_tofu
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model_dir = Path(args.model).resolve()
+    if not (model_dir / "config.json").is_file():
+        raise SystemExit(f"--model {args.model}: no config.json there; give a saved model directory.")
+    splits = load_benchmark(args.benchmark, data_dir=args.data_dir, preset=args.preset, seed=args.seed,
+                            splits=evaluation_splits(args.forget_split))
+    settings = _settings(args, splits, model_dir)
+    digest = settings_hash(settings)
+    output_dir = Path(args.output_dir)
+    path = output_dir / RESULTS_FILENAME
+
+    if path.is_file() and not args.force:
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+            logger.warning("%s is not valid JSON; recomputing.", path)
+        if old.get("settings_hash") == digest and old.get("settings") == settings:
+            ref_old = (old.get("forget_quality_reference") or {}).get("digest")
+            if args.retain_results is None or ref_old == _reference_digest(args.retain_results):
+                logger.info("Reusing %s: it was computed with the same settings (hash %s). Pass --force to "
+                            "recompute.", path, digest)
+                _print_summary(old, path)
+                return 0
+            logger.info("Reusing the per-example numbers in %s (same settings, hash %s); recomputing forget "
+                        "quality against %s.", path, digest, args.retain_results)
+            results = attach_forget_quality(load_results(old), args.retain_results)
+            path = save_results(results, output_dir)
+            _print_summary(results, path)
+            return 0
+        if old:
+            logger.info("%s was computed with other settings (%s changed); recomputing.",
+                        path, ", ".join(_changed(old.get("settings") or {}, settings)) or "format")
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+    logger.info("Evaluating %s on %s/%s (device %s).", model_dir, args.benchmark, args.forget_split, device)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+    evaluation = evaluate_tofu(model, tokenizer, splits, forget_split=args.forget_split, batch_size=args.batch_size,
+                               max_new_tokens=args.max_new_tokens, retain_results=args.retain_results,
+                               show_progress=not args.no_progress)
+    results = build_results(evaluation, _model_info(model, model_dir), settings)
+    path = save_results(results, output_dir)
+    _print_summary(results, path)
+    return 0
+
+
+def _reference_digest(retain_results: str) -> str:
+    from .results import reference_info
+
+    return reference_info(retain_results)["digest"]

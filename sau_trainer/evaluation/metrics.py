@@ -1,0 +1,175 @@
+"""TOFU metrics as pure functions (SPEC section 5, following open-unlearning's definitions).
+
+Inputs are per-example mean answer-token NLLs (natural log) or per-token argmax
+correctness; outputs are tensors or floats. Everything is computed in log space in
+float64, so probabilities that underflow to 0 after aggressive unlearning never turn into
+NaN: an NLL that is NaN or infinite is treated as `MAX_NLL` (probability 0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+MAX_NLL = 1.0e4  # nats per token; exp(-MAX_NLL) == 0.0 in float64, but differences stay finite
+
+Floats = torch.Tensor | Sequence[float]
+Ragged = torch.Tensor | Sequence[Sequence[float]]
+
+
+def clean_nll(nll: Floats) -> torch.Tensor:
+    """NLLs as float64, with NaN/inf mapped to `MAX_NLL` and values clamped to [0, MAX_NLL]."""
+    x = torch.as_tensor(nll, dtype=torch.float64)
+    x = torch.nan_to_num(x, nan=MAX_NLL, posinf=MAX_NLL, neginf=0.0)
+    return x.clamp(0.0, MAX_NLL)
+
+
+def _ragged(nll: Ragged) -> tuple[torch.Tensor, torch.Tensor]:
+    """A [N, K] float64 tensor of cleaned NLLs and a mask of which entries exist (rows may differ in K)."""
+    if isinstance(nll, torch.Tensor):
+        x = clean_nll(nll)
+        if x.dim() != 2:
+            raise ValueError(f"Expected a [N, K] tensor of perturbed NLLs, got shape {tuple(x.shape)}.")
+        return x, torch.ones_like(x, dtype=torch.bool)
+    rows = [list(r) for r in nll]
+    k = max((len(r) for r in rows), default=0)
+    if any(len(r) == 0 for r in rows):
+        raise ValueError("Every example needs at least one perturbed answer.")
+    values = torch.zeros(len(rows), k, dtype=torch.float64)
+    mask = torch.zeros(len(rows), k, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        values[i, : len(r)] = clean_nll(r)
+        mask[i, : len(r)] = True
+    return values, mask
+
+
+def answer_token_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Teacher-forced per-sequence NLL sum, token count and argmax correctness on the labelled tokens.
+
+    `logits` [B, T, V] and `labels` [B, T] are unshifted (as a causal LM's forward gives them);
+    returns ``nll_sum`` [B], ``n_tokens`` [B], ``correct`` and ``mask`` [B, T-1] (float32 math).
+    """
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != IGNORE_INDEX
+    nll = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none")
+    correct = (shift_logits.argmax(-1) == shift_labels) & mask
+    return {"nll_sum": (nll * mask).sum(-1), "n_tokens": mask.sum(-1), "correct": correct, "mask": mask}
+
+
+def mean_nll(nll_sum: Floats, n_tokens: Floats) -> torch.Tensor:
+    """Length-normalised NLL; a sequence without labelled tokens gets `MAX_NLL`."""
+    s = torch.as_tensor(nll_sum, dtype=torch.float64)
+    n = torch.as_tensor(n_tokens, dtype=torch.float64)
+    return clean_nll(torch.where(n > 0, s / n.clamp(min=1), torch.full_like(s, MAX_NLL)))
+
+
+def probability(nll_mean: Floats) -> torch.Tensor:
+    """Length-normalised probability ``exp(-NLL_mean)`` per example."""
+    return torch.exp(-clean_nll(nll_mean))
+
+
+def normalised_probability(nll_answer: Floats, nll_perturbed: Ragged) -> torch.Tensor:
+    """``p_answer / (p_answer + sum_j p_perturbed_j)`` per example, as a softmax in log space."""
+    a = clean_nll(nll_answer)
+    pert, mask = _ragged(nll_perturbed)
+    logits = torch.cat([-a[:, None], (-pert).masked_fill(~mask, -math.inf)], dim=1)
+    return torch.softmax(logits, dim=1)[:, 0]
+
+
+def log_truth_ratio(nll_reference: Floats, nll_perturbed: Ragged) -> torch.Tensor:
+    """``log R = NLL_mean(reference) - mean_j NLL_mean(perturbed_j)`` per example.
+
+    R is the perturbed answers' geometric-mean probability over the reference's (the
+    paraphrased answer, or the answer for real authors and world facts): below 1 when the
+    model prefers the truth.
+    """
+    ref = clean_nll(nll_reference)
+    pert, mask = _ragged(nll_perturbed)
+    mean_pert = (pert * mask).sum(1) / mask.sum(1)
+    return ref - mean_pert
+
+
+def truth_ratio_forget(log_r: Floats) -> float:
+    """Forget-set truth ratio ``mean(min(R, 1/R))`` (1 = no preference between truth and lies)."""
+    x = torch.as_tensor(log_r, dtype=torch.float64)
+    return float(torch.exp(-x.abs()).mean()) if x.numel() else 0.0
+
+
+def truth_ratio_retain(log_r: Floats) -> float:
+    """Retain/real-authors/world-facts truth ratio ``mean(max(0, 1 - R))`` (1 = truth strongly preferred)."""
+    x = torch.as_tensor(log_r, dtype=torch.float64)
+    return float((1.0 - torch.exp(x)).clamp(min=0.0).mean()) if x.numel() else 0.0
+
+
+def forget_quality(log_r_model: Floats, log_r_retain: Floats) -> float:
+    """p-value of the two-sample KS test between the per-example truth ratios R of two models.
+
+    The KS statistic depends only on ranks and exp is monotone, so testing log R gives the
+    p-value of ``scipy.stats.ks_2samp`` on the raw R, without the ties that underflow to 0
+    would create. Non-finite values are dropped (there should be none after `clean_nll`).
+    """
+    from scipy.stats import ks_2samp
+
+    a = torch.as_tensor(log_r_model, dtype=torch.float64)
+    b = torch.as_tensor(log_r_retain, dtype=torch.float64)
+    a, b = a[torch.isfinite(a)], b[torch.isfinite(b)]
+    if a.numel() == 0 or b.numel() == 0:
+        raise ValueError("Forget quality needs at least one finite truth ratio from each model.")
+    return float(ks_2samp(a.numpy(), b.numpy()).pvalue)
+
+
+def harmonic_mean(values: Iterable[float]) -> float:
+    """Harmonic mean; 0 if any value is zero, negative or NaN (so one broken component shows)."""
+    vals = [float(v) for v in values]
+    if not vals or any(not v > 0 or math.isnan(v) for v in vals):
+        return 0.0
+    return len(vals) / sum(1.0 / v for v in vals)
+
+
+MODEL_UTILITY_COMPONENTS = tuple(
+    f"{s}_{m}" for s in ("retain", "real_authors", "world_facts") for m in ("probability", "rouge", "truth_ratio")
+)
+
+
+def model_utility(summary: Mapping[str, float]) -> float:
+    """Harmonic mean of the 9 `MODEL_UTILITY_COMPONENTS` (probability, ROUGE, truth ratio on three sets)."""
+    missing = [k for k in MODEL_UTILITY_COMPONENTS if k not in summary]
+    if missing:
+        raise KeyError(f"Model utility needs {missing}.")
+    return harmonic_mean(summary[k] for k in MODEL_UTILITY_COMPONENTS)
+
+
+def extraction_strength(correct: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``1 - k/|y|`` per row: k the shortest answer prefix after which the teacher-forced argmax
+    predicts every remaining answer token (k = |y| if even the last is wrong). `mask` marks the
+    answer tokens; rows without any get 0."""
+    mask = mask.bool()
+    ok = correct.bool() | ~mask  # non-answer positions never break a correct suffix
+    suffix_ok = ok.flip(-1).long().cumprod(-1).flip(-1).bool()  # all(ok[t:])
+    n = mask.sum(-1).to(torch.float64)
+    k = (mask & ~suffix_ok).sum(-1).to(torch.float64)
+    return torch.where(n > 0, 1.0 - k / n.clamp(min=1), torch.zeros_like(n))
+
+
+@lru_cache(maxsize=1)
+def _rouge_scorer():
+    import logging
+
+    from rouge_score.rouge_scorer import RougeScorer
+
+    logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score logs every scorer it builds
+    return RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """ROUGE-L recall of each prediction against its reference (rouge-score, stemmer on); '' scores 0."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
+    scorer = _rouge_scorer()
+    return [float(scorer.score(ref, pred)["rougeL"].recall) for pred, ref in zip(predictions, references, strict=True)]

@@ -1,0 +1,152 @@
+"""The ``results.json`` file: summary, per-example numbers, model, settings and their hash.
+
+The per-example truth ratios are kept so that forget quality can be computed later
+against any other model's file (the retain model, dense or pruned the same way), without
+running either model again.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from . import metrics
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FORMAT = "sau-trainer/tofu-results"
+RESULTS_VERSION = 1
+RESULTS_FILENAME = "results.json"
+SUMMARY_ORDER = (
+    "forget_quality", "model_utility", "forget_rouge", "forget_truth_ratio", "forget_probability",
+    "extraction_strength", *metrics.MODEL_UTILITY_COMPONENTS,
+)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def settings_hash(settings: Mapping[str, Any]) -> str:
+    """A stable hash of the settings that produced a results file (key order does not matter)."""
+    return _digest(dict(settings))[:16]
+
+
+def data_fingerprint(splits: Mapping[str, list[dict]]) -> str:
+    """A hash of the benchmark rows themselves, so changed data never reuses old results."""
+    return _digest({k: list(v) for k, v in splits.items()})[:16]
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """A hash of the names, sizes and modification times of the files in a model directory."""
+    root = Path(model_dir)
+    entries = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in root.iterdir() if p.is_file())
+    if not entries:
+        raise FileNotFoundError(f"{root} holds no files: not a saved model directory.")
+    return _digest(entries)[:16]
+
+
+def load_results(source: Mapping | str | Path) -> dict[str, Any]:
+    """A results dict from a dict, a ``results.json`` path or the directory holding it, checked."""
+    if isinstance(source, Mapping):
+        results, where = dict(source), "results"
+    else:
+        path = Path(source)
+        if path.is_dir():
+            path = path / RESULTS_FILENAME
+        if not path.is_file():
+            raise FileNotFoundError(f"No results file at {path}.")
+        results, where = json.loads(path.read_text()), str(path)
+    version = results.get("version", RESULTS_VERSION)
+    if results.get("format", RESULTS_FORMAT) != RESULTS_FORMAT or version > RESULTS_VERSION:
+        raise ValueError(f"{where}: not a {RESULTS_FORMAT} file of version <= {RESULTS_VERSION}.")
+    try:
+        results["per_example"]["forget"]["log_truth_ratio"]
+    except (KeyError, TypeError):
+        raise ValueError(f"{where}: no per_example.forget.log_truth_ratio to compute forget quality from.") from None
+    if isinstance(source, str | Path):
+        results.setdefault("path", str(Path(where).resolve()))
+    return results
+
+
+def forget_quality_from_results(results: Mapping, retain_results: Mapping | str | Path) -> float:
+    """KS p-value between two evaluations' forget-set truth ratios; they must cover the same questions."""
+    mine = load_results(results)
+    ref = load_results(retain_results)
+    if mine.get("forget_split") and ref.get("forget_split") and mine["forget_split"] != ref["forget_split"]:
+        raise ValueError(f"Forget quality compares the same forget split: {mine['forget_split']} vs "
+                         f"{ref['forget_split']} in {ref.get('path', 'the retain results')}.")
+    q_mine = mine["per_example"]["forget"].get("question")
+    q_ref = ref["per_example"]["forget"].get("question")
+    if q_mine is not None and q_ref is not None and q_mine != q_ref:
+        raise ValueError(f"The retain results ({ref.get('path', 'given')}) were computed on other forget "
+                         "questions (another benchmark, preset or seed?).")
+    return metrics.forget_quality(mine["per_example"]["forget"]["log_truth_ratio"],
+                                  ref["per_example"]["forget"]["log_truth_ratio"])
+
+
+def reference_info(retain_results: Mapping | str | Path) -> dict[str, Any]:
+    ref = load_results(retain_results)
+    model = ref.get("model")
+    return {
+        "path": ref.get("path"),
+        "settings_hash": ref.get("settings_hash"),
+        "model": model.get("path") if isinstance(model, Mapping) else model,
+        "digest": _digest(ref["per_example"]["forget"]["log_truth_ratio"])[:16],
+    }
+
+
+def ordered_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The summary with the headline numbers first."""
+    out = {k: summary[k] for k in SUMMARY_ORDER if k in summary}
+    out.update({k: v for k, v in summary.items() if k not in out})
+    return out
+
+
+def attach_forget_quality(results: Mapping, retain_results: Mapping | str | Path | None) -> dict[str, Any]:
+    """A copy of `results` with ``summary.forget_quality`` (None, with a log line, without a reference)."""
+    out = copy.deepcopy(dict(results))
+    summary = dict(out["summary"])
+    if retain_results is None:
+        logger.info("Forget quality is null: no retain-model results were given (pass the retain model's "
+                    "results.json as --retain-results / retain_results=).")
+        summary["forget_quality"] = None
+        out["forget_quality_reference"] = None
+    else:
+        summary["forget_quality"] = forget_quality_from_results(out, retain_results)
+        out["forget_quality_reference"] = reference_info(retain_results)
+    out["summary"] = ordered_summary(summary)
+    return out
+
+
+def build_results(evaluation: Mapping, model: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The full results document: format, version, summary, model, settings, settings_hash, per_example."""
+    return {
+        "format": RESULTS_FORMAT,
+        "version": RESULTS_VERSION,
+        "summary": ordered_summary(evaluation["summary"]),
+        "forget_split": evaluation.get("forget_split"),
+        "forget_quality_reference": evaluation.get("forget_quality_reference"),
+        "model": dict(model),
+        "settings": dict(settings),
+        "settings_hash": settings_hash(settings),
+        "per_example": evaluation["per_example"],
+    }
+
+
+def save_results(results: Mapping, output_dir: str | Path) -> Path:
+    """Writes ``output_dir/results.json`` atomically (a crash never leaves half a file to reuse)."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / RESULTS_FILENAME
+    doc = {k: v for k, v in results.items() if k != "path"}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,225 @@
+"""The batched TOFU evaluator: runs the model, then hands numbers to the pure metrics.
+
+Two passes over all four evaluation sets (forget, retain, real authors, world facts):
+one teacher-forced pass for the NLL of every answer, paraphrased answer and perturbed
+answer (right padding), and one greedy-generation pass (left padding) for ROUGE-L. Both
+sort by length to cut padding and keep every input within the model's maximum length.
+All tokenisation goes through `sau_trainer.data.qa`, the one owner of the prompt format.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.qa import QACollator, encode_prompt, encode_qa
+from ..data.tofu import evaluation_splits, validate_split
+from . import metrics
+
+logger = logging.getLogger(__name__)
+
+SET_NAMES = ("forget", "retain", "real_authors", "world_facts")
+PARAPHRASED_SETS = ("forget", "retain")  # the others compare the answer itself with the perturbed ones
+
+
+def model_max_length(model: Any, tokenizer: Any = None) -> int | None:
+    """The longest sequence the model accepts: its position limit (and the tokenizer's, if set)."""
+    limits = []
+    config = getattr(model, "config", None)
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            limits.append(value)
+            break
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
+        limits.append(tok_limit)
+    return min(limits) if limits else None
+
+
+@contextmanager
+def _eval_mode(model: Any):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover
+        return torch.device("cpu")
+
+
+def _batches(order: Sequence[int], batch_size: int):
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+@torch.no_grad()
+def teacher_forced_stats(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 16,
+                         max_length: int | None = None, show_progress: bool = True,
+                         desc: str = "TOFU log-likelihoods") -> dict[str, list[float]]:
+    """Per pair (question, answer): mean answer-token NLL (answer + EOS) and extraction strength."""
+    encoded = [encode_qa(tokenizer, q, a, max_length=max_length) for q, a in pairs]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+    collate = QACollator(tokenizer, padding_side="right")
+    device = _device(model)
+    nll = [0.0] * len(encoded)
+    es = [0.0] * len(encoded)
+    n_bad = 0
+    with _eval_mode(model):
+        for idx in tqdm(list(_batches(order, batch_size)), desc=desc, disable=not show_progress):
+            batch = collate([encoded[i] for i in idx])
+            logits = model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device)).logits
+            stats = metrics.answer_token_stats(logits, batch["labels"].to(device))
+            raw = stats["nll_sum"].double() / stats["n_tokens"].clamp(min=1)
+            n_bad += int((~torch.isfinite(raw)).sum())
+            means = metrics.mean_nll(stats["nll_sum"].cpu(), stats["n_tokens"].cpu())
+            strengths = metrics.extraction_strength(stats["correct"].cpu(), stats["mask"].cpu())
+            for j, i in enumerate(idx):
+                nll[i] = float(means[j])
+                es[i] = float(strengths[j])
+    if n_bad:
+        logger.warning("%d of %d answers got a non-finite NLL (a broken model?); scored as probability 0.",
+                       n_bad, len(encoded))
+    return {"nll": nll, "extraction_strength": es}
+
+
+@torch.no_grad()
+def greedy_generate(model: Any, tokenizer: Any, questions: Sequence[str], batch_size: int = 16,
+                    max_new_tokens: int = 200, max_length: int | None = None, show_progress: bool = True,
+                    desc: str = "TOFU generation") -> list[str]:
+    """Greedy answers to `questions`, left-padded in batches, never longer than `max_length` in total."""
+    from transformers import GenerationConfig
+
+    prompts = [encode_prompt(tokenizer, q) for q in questions]
+    outputs = [""] * len(prompts)
+    usable = [i for i, p in enumerate(prompts) if max_length is None or len(p) < max_length]
+    if len(usable) < len(prompts):
+        logger.warning("%d prompts are as long as the model's maximum length (%s); their generations are empty.",
+                       len(prompts) - len(usable), max_length)
+    order = sorted(usable, key=lambda i: len(prompts[i]))
+    collate = QACollator(tokenizer, padding_side="left")
+    eos = tokenizer.eos_token_id
+    device = _device(model)
+    with _eval_mode(model):
+        for idx in tqdm(list(_batches(order, batch_size)), desc=desc, disable=not show_progress):
+            batch = collate([{"input_ids": prompts[i], "attention_mask": [1] * len(prompts[i])} for i in idx])
+            width = batch["input_ids"].shape[1]
+            budget = max_new_tokens if max_length is None else min(max_new_tokens, max_length - width)
+            if budget <= 0:
+                continue
+            config = GenerationConfig(max_new_tokens=budget, do_sample=False, num_beams=1,
+                                      pad_token_id=collate.pad_token_id, eos_token_id=eos)
+            out = model.generate(input_ids=batch["input_ids"].to(device),
+                                 attention_mask=batch["attention_mask"].to(device), generation_config=config)
+            for j, i in enumerate(idx):
+                new = out[j, width:].tolist()
+                if eos is not None and eos in new:
+                    new = new[: new.index(eos)]
+                outputs[i] = tokenizer.decode(new, skip_special_tokens=True).strip()
+    return outputs
+
+
+def _set_rows(benchmark_splits: Mapping[str, Any], forget_split: str) -> dict[str, list[dict]]:
+    out = {}
+    for name, split in zip(SET_NAMES, evaluation_splits(forget_split), strict=True):
+        if split not in benchmark_splits:
+            raise KeyError(f"The benchmark has no split {split!r}, needed for {name} metrics; "
+                           f"it has {sorted(benchmark_splits)}.")
+        rows = benchmark_splits[split]
+        rows = rows.to_list() if hasattr(rows, "to_list") else list(rows)
+        out[name] = validate_split(rows, split, f"benchmark split {split!r}")
+    return out
+
+
+def evaluate_tofu(model: Any, tokenizer: Any, benchmark_splits: Mapping[str, Any], forget_split: str = "forget10",
+                  batch_size: int = 16, max_new_tokens: int = 200, retain_results: Mapping | str | Path | None = None,
+                  max_length: int | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """The TOFU protocol on `model`: ``{"summary": {...}, "per_example": {set: {...}}, "forget_split": ...}``.
+
+    `benchmark_splits` maps split names to rows (lists of dicts or `datasets.Dataset`s) and
+    must hold ``{forget_split}_perturbed``, ``retain_perturbed``, ``real_authors_perturbed``
+    and ``world_facts_perturbed``. Forget quality is the KS p-value against `retain_results`
+    (another evaluation's dict or results.json path); without it, it is None.
+    """
+    if batch_size < 1 or max_new_tokens < 0:
+        raise ValueError(f"batch_size must be >= 1 and max_new_tokens >= 0 (got {batch_size}, {max_new_tokens}).")
+    sets = _set_rows(benchmark_splits, forget_split)
+    limit = model_max_length(model, tokenizer)
+    max_length = limit if max_length is None else (max_length if limit is None else min(max_length, limit))
+
+    # One teacher-forced pass over every (question, candidate answer) pair of every set.
+    pairs: list[tuple[str, str]] = []
+    slots: dict[str, dict[str, Any]] = {}
+    for name, rows in sets.items():
+        slot: dict[str, Any] = {"answer": [], "reference": [], "perturbed": []}
+        for r in rows:
+            slot["answer"].append(len(pairs))
+            pairs.append((r["question"], r["answer"]))
+            if name in PARAPHRASED_SETS:
+                slot["reference"].append(len(pairs))
+                pairs.append((r["question"], r["paraphrased_answer"]))
+            else:
+                slot["reference"].append(slot["answer"][-1])
+            slot["perturbed"].append(list(range(len(pairs), len(pairs) + len(r["perturbed_answer"]))))
+            pairs += [(r["question"], p) for p in r["perturbed_answer"]]
+        slots[name] = slot
+    stats = teacher_forced_stats(model, tokenizer, pairs, batch_size, max_length, show_progress)
+    questions = [r["question"] for rows in sets.values() for r in rows]
+    generations = greedy_generate(model, tokenizer, questions, batch_size, max_new_tokens, max_length,
+                                  show_progress)
+
+    per_example: dict[str, dict[str, list]] = {}
+    summary: dict[str, Any] = {}
+    offset = 0
+    for name, rows in sets.items():
+        slot = slots[name]
+        nll_answer = [stats["nll"][i] for i in slot["answer"]]
+        nll_reference = [stats["nll"][i] for i in slot["reference"]]
+        nll_perturbed = [[stats["nll"][i] for i in group] for group in slot["perturbed"]]
+        gens = generations[offset : offset + len(rows)]
+        offset += len(rows)
+        if name in PARAPHRASED_SETS:
+            prob = metrics.probability(nll_answer)
+        else:
+            prob = metrics.normalised_probability(nll_answer, nll_perturbed)
+        log_r = metrics.log_truth_ratio(nll_reference, nll_perturbed)
+        rouge = metrics.rouge_l_recall(gens, [r["answer"] for r in rows])
+        per_example[name] = {
+            "question": [r["question"] for r in rows],
+            "nll_answer": nll_answer,
+            "nll_reference": nll_reference,
+            "nll_perturbed": nll_perturbed,
+            "probability": prob.tolist(),
+            "log_truth_ratio": log_r.tolist(),
+            "rouge_l_recall": rouge,
+            "extraction_strength": [stats["extraction_strength"][i] for i in slot["answer"]],
+            "generation": gens,
+        }
+        summary[f"{name}_probability"] = float(prob.mean())
+        summary[f"{name}_rouge"] = sum(rouge) / len(rouge)
+        summary[f"{name}_truth_ratio"] = (metrics.truth_ratio_forget(log_r) if name == "forget"
+                                          else metrics.truth_ratio_retain(log_r))
+    summary["extraction_strength"] = sum(per_example["forget"]["extraction_strength"]) / len(sets["forget"])
+    summary["model_utility"] = metrics.model_utility(summary)
+    for key, value in summary.items():
+        if not math.isfinite(value):  # pragma: no cover - the metrics are NaN-free by construction
+            raise RuntimeError(f"Metric {key} is {value}.")
+
+    evaluation = {"summary": summary, "per_example": per_example, "forget_split": forget_split}
+    from .results import attach_forget_quality
+
+    return attach_forget_quality(evaluation, retain_results)
