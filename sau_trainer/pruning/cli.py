@@ -1,0 +1,109 @@
+"""``sau-trainer prune``: prune a local (or cached) Hugging Face causal LM and save it sparse.
+
+The lead's `sau_trainer.cli` calls `add_arguments` and `main`; ``python -m sau_trainer.pruning.cli``
+runs it on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .registry import PRUNERS
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the ``prune`` subcommand."""
+    parser.add_argument("--model", required=True, help="model directory or Hub id (must be available offline)")
+    parser.add_argument("--method", required=True, choices=sorted(PRUNERS), help="pruning method")
+    parser.add_argument("--sparsity", type=float, default=None,
+                        help="fraction of each matrix set to zero, in [0, 1) (default 0.5; implied by --structure N:M)")
+    parser.add_argument("--structure", default="unstructured",
+                        help="'unstructured' or N:M, e.g. 2:4 (at most N survivors in every M inputs)")
+    parser.add_argument("--calibration", default=None,
+                        help="calibration texts for wanda/sparsegpt: a .txt (one sample per line), .jsonl/.json "
+                             "file, or a local dataset directory")
+    parser.add_argument("--text-field", default="text", help="field/column holding the text (default: text)")
+    parser.add_argument("--split", default=None, help="split of a saved DatasetDict (default: train)")
+    parser.add_argument("--num-samples", type=int, default=128, help="calibration samples (default 128)")
+    parser.add_argument("--seq-len", type=int, default=2048, help="tokens per calibration sample (default 2048)")
+    parser.add_argument("--batch-size", type=int, default=8, help="calibration/evaluation batch size (default 8)")
+    parser.add_argument("--device", default=None, help="where each layer runs, e.g. cuda (default: the model's device)")
+    parser.add_argument("--dtype", default="auto", choices=_DTYPES, help="dtype to load the model in")
+    parser.add_argument("--output-dir", "--output", dest="output_dir", required=True, help="where to save")
+    parser.add_argument("--force", action="store_true", help="write into a non-empty output directory")
+    parser.add_argument("--eval-ppl", default=None, metavar="TEXT_FILE_OR_DIR",
+                        help="print perplexity on these texts before and after pruning")
+    parser.add_argument("--eval-seq-len", type=int, default=None, help="window length for --eval-ppl")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the ``prune`` subcommand; returns the exit status (2 on bad input, with the reason on stderr)."""
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"sau-trainer prune: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .api import prune_model, save_sparse_model
+    from .nm import parse_structure, resolve_sparsity
+    from .perplexity import perplexity
+    from .textfiles import load_texts
+
+    # cheap checks first: nothing is loaded if the arguments are wrong
+    out = args.output_dir
+    if os.path.isdir(out) and os.listdir(out) and not args.force:
+        raise FileExistsError(f"output directory {out!r} is not empty; pass --force to write into it anyway.")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise FileExistsError(f"output path {out!r} exists and is not a directory.")
+    resolve_sparsity(args.sparsity, parse_structure(args.structure))
+    if PRUNERS[args.method].statistic is not None and args.calibration is None:
+        raise ValueError(f"--method {args.method} needs --calibration (a text/jsonl file or a dataset directory).")
+    calibration = None
+    if args.calibration is not None:
+        calibration = load_texts(args.calibration, args.text_field, args.split)
+    eval_texts = load_texts(args.eval_ppl, args.text_field, args.split) if args.eval_ppl else None
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+
+    def ppl():
+        return perplexity(model, eval_texts, tokenizer, seq_len=args.eval_seq_len, batch_size=args.batch_size)
+
+    before = ppl() if eval_texts is not None else None
+    result = prune_model(
+        model, args.method, args.sparsity, args.structure, calibration=calibration, tokenizer=tokenizer,
+        num_samples=args.num_samples, seq_len=args.seq_len, batch_size=args.batch_size, device=args.device,
+        progress=not args.no_progress, text_field=args.text_field, calibration_source=args.calibration,
+    )
+    save_sparse_model(model, tokenizer, out, result)
+    print(f"{args.method} {result.structure}: sparsity {result.sparsity:.4f} over {len(result.masks)} matrices "
+          f"in {result.elapsed_s:.1f} s; saved to {out}")
+    if eval_texts is not None:
+        after = ppl()
+        print(f"perplexity on {args.eval_ppl}: {before:.4f} dense -> {after:.4f} pruned")
+    return 0
+
+
+def _standalone(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="sau-trainer prune", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return main(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(_standalone())
