@@ -70,13 +70,22 @@ def _batches(order: Sequence[int], batch_size: int):
 def teacher_forced_stats(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 16,
                          max_length: int | None = None, show_progress: bool = True,
                          desc: str = "TOFU log-likelihoods") -> dict[str, list[float]]:
-    """Per pair (question, answer): mean answer-token NLL (answer + EOS) and extraction strength."""
-    encoded = [encode_qa(tokenizer, q, a, max_length=max_length) for q, a in pairs]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+    """Per pair (question, answer): mean answer-token NLL (answer + EOS) and extraction strength.
+
+    Answers are cut to fit `max_length`; a pair whose prompt alone fills it scores NLL `MAX_NLL`.
+    """
+    nll = [metrics.MAX_NLL] * len(pairs)
+    es = [0.0] * len(pairs)
+    encoded: dict[int, dict] = {}
+    for i, (q, a) in enumerate(pairs):
+        if max_length is None or len(encode_prompt(tokenizer, q)) < max_length:
+            encoded[i] = encode_qa(tokenizer, q, a, max_length=max_length)
+    if len(encoded) < len(pairs):
+        logger.warning("%d of %d prompts fill the model's maximum length (%s); their answers score probability 0.",
+                       len(pairs) - len(encoded), len(pairs), max_length)
+    order = sorted(encoded, key=lambda i: len(encoded[i]["input_ids"]))
     collate = QACollator(tokenizer, padding_side="right")
     device = _device(model)
-    nll = [0.0] * len(encoded)
-    es = [0.0] * len(encoded)
     n_bad = 0
     with _eval_mode(model):
         for idx in tqdm(list(_batches(order, batch_size)), desc=desc, disable=not show_progress):
