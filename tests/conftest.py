@@ -56,24 +56,24 @@ class TrainedModel:
         return AutoModelForCausalLM.from_pretrained(self.model_dir, **kwargs)
 
 
-def qa_rows(benchmark: dict, splits: tuple[str, ...]) -> list[dict]:
-    return [{"question": r["question"], "answer": r["answer"]} for s in splits for r in benchmark[s]]
+def qa_rows(splits_data: dict, splits: tuple[str, ...]) -> list[dict]:
+    return [{"question": r["question"], "answer": r["answer"]} for s in splits for r in splits_data[s]]
 
 
 @pytest.fixture(scope="session")
-def benchmark() -> dict:
+def tiny_splits() -> dict:
     from sau_trainer.data.synthetic import generate_benchmark
 
     return generate_benchmark(PRESET, SEED)
 
 
 @pytest.fixture(scope="session")
-def tokenizer(benchmark):
+def tokenizer(tiny_splits):
     """A byte-level BPE trained on every question and answer of the benchmark (all splits)."""
     from sau_trainer.data.tokenizer import train_tokenizer
 
     texts = []
-    for rows in benchmark.values():
+    for rows in tiny_splits.values():
         for r in rows:
             texts += [r["question"], r["answer"], *r.get("perturbed_answer", []), r.get("paraphrased_answer", ""),
                       r.get("paraphrased_question", "")]
@@ -93,7 +93,7 @@ def _cache_key(benchmark: dict, splits: tuple) -> str:
 
 
 @pytest.fixture(scope="session")
-def trained_model(request, benchmark, tokenizer, tmp_path_factory):
+def trained_model(request, tiny_splits, tokenizer, tmp_path_factory):
     """Factory: `trained_model(splits)` -> a `TrainedModel` trained on those splits until memorised."""
     made: dict[tuple, TrainedModel] = {}
     cache_root = Path(request.config.cache.mkdir("sau-trained-models")) if request.config.cache else None
@@ -105,8 +105,8 @@ def trained_model(request, benchmark, tokenizer, tmp_path_factory):
         from sau_trainer.finetuning import finetune
         from sau_trainer.modeling import build_llama
 
-        rows = qa_rows(benchmark, splits)
-        key = _cache_key(benchmark, splits)
+        rows = qa_rows(tiny_splits, splits)
+        key = _cache_key(tiny_splits, splits)
         cached = cache_root / key if cache_root else None
         model_dir = tmp_path_factory.mktemp("trained-" + "-".join(splits)[:40])
         if cached is not None and (cached / "config.json").is_file():
@@ -118,7 +118,7 @@ def trained_model(request, benchmark, tokenizer, tmp_path_factory):
             tokenizer.save_pretrained(model_dir)
             if cached is not None:
                 shutil.copytree(model_dir, cached, dirs_exist_ok=True)
-        made[splits] = TrainedModel(model_dir, tokenizer, benchmark, splits, rows)
+        made[splits] = TrainedModel(model_dir, tokenizer, tiny_splits, splits, rows)
         return made[splits]
 
     return make

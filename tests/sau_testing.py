@@ -1,0 +1,51 @@
+"""Small helpers shared by the core tests (imported as a module; pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import TrainerCallback
+
+from sau_trainer import SAUConfig, SAUTrainer
+from sau_trainer.masks import prunable_parameters
+from sau_trainer.modeling import build_llama
+
+
+def sparse_model(tokenizer, sparsity=0.5, seed=0, state_dict=None, **kw):
+    """A tiny random Llama with `sparsity` of each prunable matrix set to zero (seeded)."""
+    model = build_llama("tiny", tokenizer, seed=seed, **kw)
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+        return model
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in prunable_parameters(model).values():
+            p.mul_((torch.rand(p.shape, generator=g) >= sparsity).float())
+    return model
+
+
+def qa(benchmark, split, n=None):
+    rows = [{"question": r["question"], "answer": r["answer"]} for r in benchmark[split]]
+    return rows[:n] if n else rows
+
+
+def make_trainer(model, tokenizer, forget, retain, out, **kw):
+    defaults = dict(output_dir=str(out), report_to=[], per_device_train_batch_size=4, learning_rate=1e-3,
+                    max_steps=3, save_strategy="no", disable_tqdm=True, logging_steps=1, weight_decay=0.0,
+                    max_grad_norm=1.0, seed=0, optim="adamw_torch", lr_scheduler_type="constant")
+    defaults.update(kw)
+    if defaults.get("bf16") and not torch.cuda.is_available():
+        defaults["use_cpu"] = True  # Trainer's bf16 autocast on CPU
+    callbacks = defaults.pop("callbacks", None)
+    return SAUTrainer(model, SAUConfig(**defaults), forget_dataset=forget, retain_dataset=retain,
+                      processing_class=tokenizer, callbacks=callbacks)
+
+
+class GradRecorder(TrainerCallback):
+    """Copies the prunable gradients right before each optimizer step (after masking and clipping)."""
+
+    def __init__(self, model):
+        self.params = prunable_parameters(model)
+        self.grads = []
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.grads.append({n: p.grad.detach().clone() for n, p in self.params.items() if p.grad is not None})
