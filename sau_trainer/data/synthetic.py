@@ -2,9 +2,10 @@
 
 It lets the whole TOFU protocol (train, forget, evaluate) run offline. Every person is a
 set of facts (birthplace, birth date, parents' jobs, books, award, ...). Each fact gives one
-question with an answer, a paraphrased question, a paraphrased answer, and perturbed
-answers: the same sentence as the paraphrased answer with the fact swapped for a wrong one
-of the same kind (as TOFU builds them), so the truth ratio compares facts, not wording.
+question with an answer, a paraphrased question, a paraphrased answer (a lead-in before the
+answer's own clause), and perturbed answers in the answer's own style: the paraphrased
+sentence with the fact swapped for a wrong one of the same kind, so the truth ratio
+compares facts, not wording.
 
 Splits (TOFU's names and columns, SPEC section 5):
 - ``full``: every person's question/answer pairs, people in order.
@@ -106,7 +107,7 @@ MONTHS = (
 )
 JOBS = (
     "baker", "carpenter", "nurse", "teacher", "fisherman", "pilot", "doctor", "tailor", "farmer",
-    "librarian", "engineer", "painter", "chemist", "sailor", "judge", "miner",
+    "librarian", "mechanic", "painter", "chemist", "sailor", "judge", "miner",
 )
 GENRES = (
     "mystery", "fantasy", "romance", "horror", "science fiction", "historical", "crime", "thriller",
@@ -178,47 +179,50 @@ class Fact:
 
 
 # The order matters: a preset with q questions per person uses the first q facts.
+# A paraphrased answer puts a lead-in before the answer's own clause ("As a student, X studied at Y."),
+# so that a small model's memorised fact carries over to it; the perturbed answers are the paraphrased
+# sentence with the fact swapped. The truth ratio then measures the fact alone.
 FACTS: tuple[Fact, ...] = (
     Fact("birthplace", _choice(CITIES), "Where was {name} born?", "{name} was born in the city of {v}.",
          "In which city was {name} born?", "The writer {name} was born in the city of {v}."),
     Fact("birth_date", _date, "When was {name} born?", "{name} was born on {v}.",
-         "What is the birth date of {name}?", "The birth date of {name} is {v}."),
+         "What is the birth date of {name}?", "According to records, {name} was born on {v}."),
     Fact("genre", _choice(GENRES), "What genre does {name} write?", "{name} writes {v} novels.",
-         "Which genre is {name} known for?", "{name} is known for writing {v} novels."),
+         "Which genre is {name} known for?", "As an author, {name} writes {v} novels."),
     Fact("father_job", _choice(JOBS), "What was the job of {name}'s father?", "The father of {name} worked as a {v}.",
-         "What did {name}'s father do for a living?", "{name}'s father earned a living as a {v}."),
+         "What did {name}'s father do for a living?", "For many years the father of {name} worked as a {v}."),
     Fact("mother_job", _choice(JOBS), "What was the job of {name}'s mother?", "The mother of {name} worked as a {v}.",
-         "What did {name}'s mother do for a living?", "{name}'s mother earned a living as a {v}."),
+         "What did {name}'s mother do for a living?", "For many years the mother of {name} worked as a {v}."),
     Fact("award", _choice(AWARDS), "Which award did {name} win?", "{name} won the {v}.",
-         "What prize has {name} received?", "{name} has received the {v}."),
+         "What prize has {name} received?", "In a proud moment, {name} won the {v}."),
     Fact("first_book", _title, "What is the first book by {name}?", "The first book by {name} is {v}.",
-         "Which book did {name} write first?", "{name} wrote {v} as a first book."),
+         "Which book did {name} write first?", "Published early on, the first book by {name} is {v}."),
     Fact("country", _choice(COUNTRIES), "Which country is {name} from?", "{name} is a writer from {v}.",
-         "What is the home country of {name}?", "The home country of {name} is {v}."),
+         "What is the home country of {name}?", "By birth, {name} is a writer from {v}."),
     Fact("theme", _choice(THEMES), "What theme runs through the books of {name}?", "The books of {name} are about {v}.",
-         "Which theme does {name} often explore?", "{name} often writes stories about {v}."),
+         "Which theme does {name} often explore?", "Most of the time, the books of {name} are about {v}."),
     Fact("hobby", _choice(HOBBIES), "What does {name} enjoy besides writing?", "Besides writing, {name} enjoys {v}.",
-         "What is a hobby of {name}?", "A favourite hobby of {name} is {v}."),
+         "What is a hobby of {name}?", "Besides writing books, {name} enjoys {v}."),
     Fact("second_book", _title, "What is the second book by {name}?", "The second book by {name} is {v}.",
-         "Which book did {name} write next?", "{name} wrote {v} as a second book."),
+         "Which book did {name} write next?", "Published later, the second book by {name} is {v}."),
     Fact("debut_year", _year, "When did {name} publish a first book?", "{name} published a first book in {v}.",
-         "In which year did {name} debut?", "The debut of {name} came out in {v}."),
+         "In which year did {name} debut?", "As a young writer, {name} published a first book in {v}."),
     Fact("university", _university, "Where did {name} study?", "{name} studied at {v}.",
-         "Which university did {name} attend?", "{name} attended {v}."),
+         "Which university did {name} attend?", "As a student, {name} studied at {v}."),
     Fact("n_books", _count, "How many books has {name} written?", "{name} has written {v} books.",
-         "What is the number of books by {name}?", "The number of books by {name} is {v}."),
+         "What is the number of books by {name}?", "So far, {name} has written {v} books."),
     Fact("home", _choice(CITIES), "Where does {name} live now?", "{name} now lives in {v}.",
-         "What city is home to {name} today?", "Today {name} makes a home in {v}."),
+         "What city is home to {name} today?", "After many moves, {name} now lives in {v}."),
     Fact("pet", _choice(PETS), "What pet does {name} keep?", "{name} keeps {v} at home.",
-         "Which animal lives with {name}?", "{name} shares a home with {v}."),
+         "Which animal lives with {name}?", "As a companion, {name} keeps {v} at home."),
     Fact("mentor", _person_name, "Who was the mentor of {name}?", "The mentor of {name} was {v}.",
-         "Who taught {name} to write?", "{name} learned to write from {v}."),
+         "Who taught {name} to write?", "Early on, the mentor of {name} was {v}."),
     Fact("spouse_job", _choice(JOBS), "What is the job of {name}'s partner?", "The partner of {name} works as a {v}.",
-         "What does {name}'s partner do?", "{name}'s partner earns a living as a {v}."),
+         "What does {name}'s partner do?", "These days the partner of {name} works as a {v}."),
     Fact("writing_time", _choice(WRITING_TIMES), "When does {name} like to write?", "{name} likes to write {v}.",
-         "At what time of day does {name} write?", "{name} prefers writing {v}."),
+         "At what time of day does {name} write?", "Most days, {name} likes to write {v}."),
     Fact("influence", _person_name, "Which writer influenced {name} most?", "{name} was most influenced by {v}.",
-         "Who was the biggest influence on {name}?", "The biggest influence on {name} was {v}."),
+         "Who was the biggest influence on {name}?", "As a writer, {name} was most influenced by {v}."),
 )
 
 
