@@ -86,7 +86,7 @@ def _model_info(model: Any, model_dir: Path) -> dict[str, Any]:
 def _print_summary(results: dict, path: Path) -> None:
     summary = results["summary"]
     width = max(len(k) for k in summary)
-    lines = [f"  {k:<{width}}  {'null' if v is None else f'{v:.4f}'}" for k, v in summary.items()]
+    lines = [f"  {k:<{width}}  {'null' if v is None else f'{v:.4g}'}" for k, v in summary.items()]
     print(f"TOFU results ({results['settings'].get('forget_split')}) -> {path}\n" + "\n".join(lines))
 
 
