@@ -121,7 +121,11 @@ def load_hub_split(split: str, repo_id: str = TOFU_HUB_ID) -> list[dict]:
     """One split from the Hub (`repo_id`, config named after the split), validated."""
     import datasets
 
-    ds = datasets.load_dataset(repo_id, split, split="train")
+    try:
+        ds = datasets.load_dataset(repo_id, split, split="train")
+    except Exception as e:  # offline, unknown config, ...: say what to do instead
+        raise RuntimeError(f"Could not load {repo_id} config {split!r} from the Hub ({type(e).__name__}: {e}). "
+                           "Offline? Download the split files and pass data_dir (--data-dir).") from e
     return validate_split(ds.to_list(), split, f"{repo_id}/{split}")
 
 

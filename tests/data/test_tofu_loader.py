@@ -101,6 +101,12 @@ def test_hub_uses_tofu_config_names(monkeypatch):
     data = load_benchmark("tofu", splits=evaluation_splits("forget05"))
     assert calls == [("locuslab/TOFU", s, "train") for s in evaluation_splits("forget05")]
     assert list(data) == ["forget05_perturbed", "retain_perturbed", "real_authors_perturbed", "world_facts_perturbed"]
+    def offline(repo, name, split):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(RuntimeError, match="Could not load locuslab/TOFU config 'forget10'.*--data-dir"):
+        tofu.load_hub_split("forget10")
     monkeypatch.setattr(datasets, "load_dataset", lambda repo, name, split: FakeDataset([QA]))
     with pytest.raises(ValueError, match="locuslab/TOFU/forget05_perturbed: split 'forget05_perturbed' has no column"):
         tofu.load_hub_split("forget05_perturbed")
