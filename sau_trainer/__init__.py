@@ -25,6 +25,8 @@ _EXPORTS = {
     "prune_model": "pruning",
     "save_sparse_model": "pruning",
     "evaluate_tofu": "evaluation",
+    "generate_benchmark": "data",
+    "load_benchmark": "data",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -21,6 +21,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The test models are tiny: a second thread costs more in synchronisation than it gains (and on a busy
+# 2-core machine two threads mostly wait on each other).
+torch.set_num_threads(1)
 
 PRESET, SEED = "tiny", 0
 TARGET_SPLITS = ("full", "real_authors_perturbed", "world_facts_perturbed")
