@@ -1,0 +1,311 @@
+"""Pushing an unlearned sparse model to the Hugging Face Hub: the upload folder, its model card, the upload.
+
+The folder holds the model (safetensors with explicit zeros), the tokenizer, ``sparsity.json`` (measured
+from the weights), the bit-packed masks, ``results.json`` and a ``README.md`` model card whose YAML
+metadata carries tags, base model, datasets and metrics. ``sau-trainer push DIR --repo-id ...`` pushes a
+saved model directory or one run of a pipeline output directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+SKIP_FILES = {"stage.json", "training_args.bin", "README.md"}
+CARD_METRICS = (
+    ("forget_quality", "Forget quality (KS p-value vs retain model)"),
+    ("forget_quality_pruned_retain", "Forget quality vs the pruned retain model"),
+    ("model_utility", "Model utility"),
+    ("forget_rouge", "Forget ROUGE-L recall"),
+    ("forget_probability", "Forget probability"),
+    ("extraction_strength", "Extraction strength"),
+    ("retain_rouge", "Retain ROUGE-L recall"),
+)
+
+
+class PushError(RuntimeError):
+    """The upload failed; the local folder is intact and the message says how to retry."""
+
+
+# ----------------------------------------------------------------------------------------- sparsity from weights
+def _weight_files(model_dir: Path) -> dict[str, Path]:
+    """Tensor name -> safetensors file (single file or sharded with an index)."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {k: model_dir / v for k, v in weight_map.items()}
+    single = model_dir / "model.safetensors"
+    if not single.is_file():
+        raise FileNotFoundError(f"{model_dir} has no model.safetensors (or index): not a saved model directory.")
+    from safetensors import safe_open
+
+    with safe_open(single, framework="pt") as f:
+        return {k: single for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+
+
+def zero_counts(model_dir: str | os.PathLike) -> dict[str, tuple[int, int]]:
+    """(exact zeros, entries) of every prunable matrix, read from the saved safetensors.
+
+    The model is built on the meta device only to learn which matrices are prunable (one definition,
+    `sau_trainer.masks.prunable_parameters`); tensors are read one at a time.
+    """
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .masks import prunable_parameters
+
+    model_dir = Path(model_dir)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    files = _weight_files(model_dir)
+    out = {}
+    for name in prunable_parameters(skeleton):
+        if name not in files:
+            raise KeyError(f"{name} is not in the weights of {model_dir}")
+        with safe_open(files[name], framework="pt") as f:
+            t = f.get_tensor(name)
+        out[name] = (int((t == 0).sum()), t.numel())
+    return out
+
+
+def weight_sparsity(model_dir: str | os.PathLike) -> tuple[float, dict[str, float]]:
+    """(overall, per matrix) fraction of exact zeros of the prunable matrices in the saved weights."""
+    counts = zero_counts(model_dir)
+    total = sum(n for _, n in counts.values())
+    return (sum(z for z, _ in counts.values()) / max(total, 1), {k: z / n for k, (z, n) in counts.items()})
+
+
+# ----------------------------------------------------------------------------------------- the model card
+def _recipe_dict(recipe: Any) -> dict | None:
+    if recipe is None:
+        return None
+    if isinstance(recipe, dict):
+        return recipe
+    if isinstance(recipe, str | Path) and Path(recipe).is_file():
+        return yaml.safe_load(Path(recipe).read_text())
+    if hasattr(recipe, "to_dict"):
+        return recipe.to_dict()
+    return None
+
+
+def model_card(sparsity: dict, results: dict | None, recipe: dict | None, repo_id: str | None = None,
+               run_name: str | None = None) -> str:
+    """README.md: YAML metadata (tags, base model, datasets, metrics, model-index) and a body with the
+    recipe, the sparsity per layer and the results table."""
+    summary = (results or {}).get("summary", {})
+    unlearning = sparsity.get("unlearning") or {}
+    method = sparsity.get("method")
+    objective = unlearning.get("objective")
+    sau = unlearning.get("sau")
+    model_sec = (recipe or {}).get("model") or {}
+    data_sec = (recipe or {}).get("data") or {}
+    base = model_sec.get("name_or_path")
+    tofu = data_sec.get("benchmark") == "tofu"
+    forget_split = (results or {}).get("forget_split") or data_sec.get("forget_split")
+
+    tags = ["sau-trainer", "machine-unlearning", "unlearning", "sparse", "pruned"]
+    tags += [t for t in (method, objective, "sau" if sau else None, "tofu" if tofu else None) if t]
+    meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation", "tags": tags}
+    if base and not os.path.exists(base):
+        meta["base_model"] = base
+    if tofu:
+        meta["datasets"] = ["locuslab/TOFU"]
+    metric_rows = [(k, label, summary[k]) for k, label in CARD_METRICS if summary.get(k) is not None]
+    if metric_rows:
+        meta["metrics"] = [k for k, _, _ in metric_rows]
+        meta["model-index"] = [{
+            "name": (repo_id or run_name or "model").split("/")[-1],
+            "results": [{
+                "task": {"type": "text-generation", "name": "Machine unlearning"},
+                "dataset": {"type": "locuslab/TOFU" if tofu else "sau-trainer/synthetic",
+                            "name": f"{'TOFU' if tofu else 'built-in synthetic TOFU-style benchmark'} "
+                                    f"{forget_split or ''}".strip(),
+                            **({"split": forget_split} if forget_split else {})},
+                "metrics": [{"type": k, "name": label, "value": round(float(v), 6)} for k, label, v in metric_rows],
+            }],
+        }]
+
+    measured = sparsity.get("measured_sparsity_weights", sparsity.get("measured_sparsity"))
+    title = repo_id or run_name or "sau-trainer model"
+    what = (f"A {measured:.1%} sparse" if measured is not None else "A sparse") + \
+        (f" ({method}, {sparsity.get('structure', 'unstructured')})" if method else "") + \
+        (f" `{base}`" if base else " model") + \
+        (f" unlearned with {objective}{' + SAU (Sparsity-Aware Unlearning)' if sau else ' (plain masked baseline)'}"
+         if objective else "")
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", "", f"# {title}", "",
+             what + f" on {'TOFU' if tofu else 'the built-in benchmark'}"
+             f"{' ' + forget_split if forget_split else ''}, made with "
+             "sau-trainer (run: `" + (run_name or "-") + "`).", "",
+             "Pruned weights are stored as explicit zeros in ordinary safetensors; `sparsity.json` holds the "
+             "pruning metadata and `sparsity_masks.safetensors` the bit-packed masks "
+             "(`sau_trainer.SparsityMasks.load(path)`). Load it like any causal LM:", "",
+             "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+             "model = AutoModelForCausalLM.from_pretrained(REPO)", "tokenizer = AutoTokenizer.from_pretrained(REPO)",
+             "```", ""]
+    if metric_rows:
+        lines += ["## Results", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {label} | {v:.4g} |" for _, label, v in metric_rows]
+        lines += ["", "Full per-example numbers in `results.json`.", ""]
+    per_matrix = sparsity.get("per_matrix_sparsity") or {}
+    if per_matrix:
+        lines += ["## Sparsity per layer", "", f"Overall (measured in the weights): {measured:.4f}", "",
+                  "| matrix | sparsity |", "|---|---|"]
+        lines += [f"| `{k}` | {v:.4f} |" for k, v in per_matrix.items()]
+        lines += [""]
+    if recipe:
+        lines += ["## Recipe", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------- the folder
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def prepare_push_folder(model_dir: str | os.PathLike, folder: str | os.PathLike, results: Any = None,
+                        recipe: Any = None, run_name: str | None = None, repo_id: str | None = None) -> Path:
+    """Assemble the upload folder: model + tokenizer + masks, ``sparsity.json`` measured from the weights,
+    ``results.json`` and ``README.md``. Files are hard-linked where possible, never moved."""
+    from .pruning import SPARSITY_FILE
+
+    model_dir, folder = Path(model_dir), Path(folder)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} is not a saved model directory (no config.json).")
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for src in sorted(model_dir.iterdir()):
+        if src.is_file() and src.name not in SKIP_FILES and src.name != SPARSITY_FILE:
+            _link_or_copy(src, folder / src.name)
+    sparsity: dict = {}
+    if (model_dir / SPARSITY_FILE).is_file():
+        sparsity = json.loads((model_dir / SPARSITY_FILE).read_text())
+    overall, per_matrix = weight_sparsity(model_dir)
+    sparsity.update(per_matrix_sparsity=per_matrix, measured_sparsity_weights=overall)
+    sparsity.setdefault("format", "sau-trainer/sparsity")
+    (folder / SPARSITY_FILE).write_text(json.dumps(sparsity, indent=2) + "\n")
+    results_doc = None
+    if results is not None:
+        path = Path(results)
+        path = path / "results.json" if path.is_dir() else path
+        if path.is_file():
+            results_doc = json.loads(path.read_text())
+            _link_or_copy(path, folder / "results.json")
+        else:
+            logger.warning("no results file at %s; the model card has no results table", path)
+    (folder / "README.md").write_text(model_card(sparsity, results_doc, _recipe_dict(recipe), repo_id, run_name))
+    return folder
+
+
+def upload(folder: str | os.PathLike, repo_id: str, private: bool = True, commit_message: str | None = None,
+           token: str | None = None) -> str:
+    """Create the repository (if needed) and upload `folder`; `PushError` with the reason on any failure."""
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder),
+                                 commit_message=commit_message or "Upload with sau-trainer")
+    except Exception as err:  # noqa: BLE001 - any failure: say so, keep the local files
+        raise PushError(
+            f"push to {repo_id!r} failed ({type(err).__name__}: {err}). Nothing local was changed: the upload "
+            f"folder is {folder}. Log in (`hf auth login` or HF_TOKEN), check the network (and that "
+            f"HF_HUB_OFFLINE is unset), then retry with `sau-trainer push {folder} --repo-id {repo_id}`."
+        ) from err
+    url = getattr(info, "commit_url", None) or f"https://huggingface.co/{repo_id}"
+    logger.info("pushed %s to %s", folder, url)
+    return str(url)
+
+
+# ----------------------------------------------------------------------------------------- the subcommand
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the ``push`` subcommand."""
+    parser.add_argument("dir", help="a saved model directory, a folder prepared for upload, or a `sau-trainer run` "
+                                    "output directory (then --run picks the run)")
+    parser.add_argument("--repo-id", required=True, help="target repository, e.g. user/llama-sau-npo")
+    parser.add_argument("--run", default=None, help="run name in a pipeline output directory (default: the first "
+                                                     "sparse SAU run of its report)")
+    parser.add_argument("--results", default=None, help="results.json to include (default: found next to the model)")
+    parser.add_argument("--recipe", default=None, help="recipe YAML to include in the card")
+    parser.add_argument("--public", action="store_true", help="create the repository as public (default private)")
+    parser.add_argument("--commit-message", default=None)
+    parser.add_argument("--output-dir", "--output", dest="output_dir", default=None,
+                        help="where to assemble the upload folder (default: a temporary directory)")
+    parser.add_argument("--dry-run", action="store_true", help="assemble the folder, do not upload")
+
+
+def is_prepared_folder(path: Path) -> bool:
+    """A folder made by `prepare_push_folder` (e.g. left by a failed push): uploaded as it is."""
+    return all((path / f).is_file() for f in ("config.json", "README.md", "sparsity.json"))
+
+
+def resolve_source(path: Path, run: str | None) -> tuple[Path, Path | None, Path | None, str | None]:
+    """(model dir, results, recipe, run name) for a model directory or a pipeline output directory."""
+    if (path / "report.json").is_file() and (path / "stages").is_dir():
+        report = json.loads((path / "report.json").read_text())
+        sparse = [r["name"] for r in report["runs"] if r["model"] == "sparse"]
+        if run is None:
+            run = next((r["name"] for r in report["runs"] if r["model"] == "sparse" and r["sau"]),
+                       sparse[0] if sparse else None)
+        if run is None or not (path / "stages" / "models" / run).is_dir():
+            raise FileNotFoundError(f"no run {run!r} in {path}; sparse runs: {', '.join(sparse) or 'none'}")
+        return (path / "stages" / "models" / run, path / "stages" / "eval" / run / "results.json",
+                path / "recipe.yaml", run)
+    results = path / "results.json"
+    return path, results if results.is_file() else None, None, run
+
+
+def main(args: argparse.Namespace) -> int:
+    """Push; 2 on bad input, 1 when the upload fails (the local files stay as they were)."""
+    try:
+        if is_prepared_folder(Path(args.dir)) and not (args.results or args.recipe or args.output_dir):
+            folder = Path(args.dir)
+            logger.info("%s is a prepared upload folder: uploading it as it is", folder)
+            return _upload(args, folder)
+        model_dir, results, recipe, run = resolve_source(Path(args.dir), args.run)
+        results = Path(args.results) if args.results else results
+        recipe = Path(args.recipe) if args.recipe else recipe
+        if args.output_dir:
+            folder = Path(args.output_dir)
+        else:
+            folder = Path(tempfile.mkdtemp(prefix="sau-push-")) / "upload"
+        if folder.resolve() == model_dir.resolve():
+            raise ValueError("--output-dir must not be the model directory itself")
+        prepare_push_folder(model_dir, folder, results, recipe, run, args.repo_id)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        print(f"sau-trainer push: error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(f"prepared {folder} (not uploaded)")
+        return 0
+    return _upload(args, folder)
+
+
+def _upload(args: argparse.Namespace, folder: Path) -> int:
+    if args.dry_run:
+        print(f"{folder} is ready (not uploaded)")
+        return 0
+    try:
+        url = upload(folder, args.repo_id, private=not args.public, commit_message=args.commit_message)
+    except PushError as err:
+        print(f"sau-trainer push: error: {err}", file=sys.stderr)
+        return 1
+    print(url)
+    return 0

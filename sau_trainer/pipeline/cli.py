@@ -1,0 +1,61 @@
+"""``sau-trainer run RECIPE.yaml [--output-dir DIR] [--force] [key.path=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+OVERRIDE_HELP = ("overrides, KEY.PATH=VALUE with a YAML value: unlearn.learning_rate=2e-4, "
+                 "unlearn.objective=[npo], prune.enabled=false")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the ``run`` subcommand."""
+    parser.add_argument("recipe", help="recipe YAML file (see recipes/demo.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
+    parser.add_argument("--output-dir", "--output", dest="output_dir", default=None,
+                        help="output directory (default: the recipe's output_dir, else outputs/<name>)")
+    parser.add_argument("--force", action="store_true", help="redo every stage, even those already finished")
+    parser.add_argument("--dry-run", action="store_true", help="validate and list the stages, run nothing")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Validate the recipe (nothing runs if it is wrong), then run it; 2 on a bad recipe, 1 on a failed stage."""
+    from .runner import StageFailed, run_recipe
+    from .schema import RecipeError, load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except RecipeError as err:
+        print(f"sau-trainer run: error: {err}", file=sys.stderr)
+        return 2
+    output_dir = Path(args.output_dir or recipe.output_dir or Path("outputs") / recipe.name)
+    if args.dry_run:
+        return _dry_run(recipe, output_dir)
+    try:
+        summary = run_recipe(recipe, output_dir, force=args.force)
+    except RecipeError as err:
+        print(f"sau-trainer run: error: {err}", file=sys.stderr)
+        return 2
+    except StageFailed as err:
+        print(f"sau-trainer run: error: {err}", file=sys.stderr)
+        return 1
+    logger.info("done: %d stages run, %d cached; report: %s", len(summary.ran), len(summary.skipped),
+                output_dir / "report.md")
+    return 0
+
+
+def _dry_run(recipe, output_dir: Path) -> int:
+    from .runner import hash_tasks, is_done
+    from .stages import STAGES, plan
+
+    tasks = plan(recipe)
+    hash_tasks(tasks)
+    for t in tasks:
+        done = STAGES[t.kind].cached and is_done(output_dir / "stages" / t.name, t)
+        print(f"{'cached' if done else 'to run':7s} {t.kind:9s} {t.name}")
+    return 0

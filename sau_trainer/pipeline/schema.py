@@ -1,0 +1,523 @@
+"""The recipe: dataclasses with `help` metadata, YAML loading, `key.path=value` overrides, validation.
+
+Everything is checked before any work starts: an unknown key is named with the closest valid
+one, a wrong type or value is named with what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPE_VERSION = 1
+
+
+class RecipeError(ValueError):
+    """A recipe (or an override) that does not validate; the message lists every problem."""
+
+
+def opt(default: Any, help: str, choices: tuple | None = None, **extra: Any):
+    """A dataclass field with `help` (and optional `choices`) metadata; lists/dicts are copied per instance."""
+    meta = {"help": help, **({"choices": choices} if choices else {}), **extra}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------------------- sections
+@dataclass
+class ModelSection:
+    """The model: a pretrained causal LM (Hub id or local directory) or a small Llama built from a config."""
+
+    name_or_path: str | None = opt(None, "Hub id or local directory of a pretrained causal LM.")
+    shape: str | dict | None = opt(
+        None, "Build a Llama from scratch: a name in sau_trainer.modeling.MODEL_SHAPES (tiny, small, ...) or a "
+        "dict of LlamaConfig fields. Exactly one of name_or_path and shape.")
+    tokenizer: str | None = opt(None, "Tokenizer (Hub id or directory); default: name_or_path. With `shape`, a "
+                                "byte-level BPE is trained on every string of the benchmark instead.")
+    vocab_size: int = opt(512, "Vocabulary size of the tokenizer trained from scratch (with `shape`).")
+    dtype: str = opt("float32", "dtype the models are loaded in for pruning, unlearning and evaluation.",
+                     choices=("float32", "bfloat16", "float16", "auto"))
+    attn_implementation: str | None = opt(None, "attn_implementation passed to from_pretrained (None: default).")
+    init_seed: int = opt(0, "Seed of the random initialisation of a model built from `shape`.")
+
+
+@dataclass
+class DataSection:
+    """The benchmark: TOFU (Hub or a local directory) or the built-in synthetic one."""
+
+    benchmark: str = opt("synthetic", "A key of sau_trainer.data.tofu.BENCHMARKS: synthetic or tofu.",
+                         choices=("synthetic", "tofu"))
+    preset: str = opt("tiny", "Preset of the synthetic benchmark (tiny, tofu).", choices=("tiny", "tofu"))
+    seed: int = opt(0, "Seed of the synthetic benchmark.")
+    data_dir: str | None = opt(None, "Local directory with the splits as json/jsonl/parquet (tofu: else the Hub).")
+    forget_split: str = opt("forget10", "The forget split.", choices=("forget01", "forget05", "forget10"))
+
+
+@dataclass
+class TrainerSettings:
+    """`TrainingArguments` shared by training and unlearning."""
+
+    num_train_epochs: float = opt(5.0, "Epochs.")
+    per_device_train_batch_size: int = opt(8, "Batch size per device (per process).")
+    gradient_accumulation_steps: int = opt(1, "Micro-batches per optimizer step (ignored with effective_batch_size).")
+    effective_batch_size: int | None = opt(
+        None, "Examples per optimizer step over all processes; sets gradient_accumulation_steps = "
+        "effective / (per_device_train_batch_size * processes), which must divide exactly.")
+    lr_scheduler_type: str = opt("constant_with_warmup", "LR schedule (a transformers SchedulerType).")
+    warmup_steps: float = opt(0.0, "Warm-up steps (a float below 1 is a fraction of all steps).")
+    weight_decay: float = opt(0.0, "Decoupled weight decay.")
+    optim: str = opt("adamw_torch", "Optimizer (transformers OptimizerNames: adamw_torch, paged_adamw_8bit, ...).")
+    bf16: bool = opt(False, "bf16 mixed precision (Trainer bf16=True).")
+    gradient_checkpointing: bool = opt(False, "Gradient checkpointing (saves memory on large models).")
+    max_length: int = opt(512, "Tokenised rows are truncated to this many tokens.")
+    logging_steps: int = opt(10, "Log every this many optimizer steps.")
+    args: dict = opt({}, "Further TrainingArguments (or, under `unlearn`, SAUConfig) fields, by name.")
+
+
+@dataclass
+class TrainSection(TrainerSettings):
+    """Training the target (or retain) model: plain finetuning on QA rows."""
+
+    enabled: bool = opt(True, "Train this model. False: use `model` as it is (the target: model.name_or_path).")
+    model: str | None = opt(None, "A ready-made model (Hub id or directory) used when enabled is false.")
+    splits: list[str] | None = opt(
+        None, "Splits to train on. Default: target = full, retain = retain{100-NN} (synthetic: plus "
+        "real_authors_perturbed and world_facts_perturbed, which the models must learn too).")
+    learning_rate: float = opt(1e-5, "Peak learning rate.")
+    seed: int = opt(0, "Training seed (data order, dropout).")
+
+
+@dataclass
+class PruneSection:
+    """Pruning the target model (and the retain model, as a forget-quality reference)."""
+
+    enabled: bool = opt(True, "Prune. False: only dense runs.")
+    method: list[str] = opt(["magnitude", "wanda"], "Pruning methods (a grid axis): magnitude, wanda, sparsegpt.",
+                            choices=("magnitude", "wanda", "sparsegpt"))
+    sparsity: list[float] = opt([0.5], "Target sparsities (a grid axis), each in [0, 1); ignored for N:M.")
+    structure: str = opt("unstructured", "unstructured or N:M, e.g. '2:4'.")
+    calibration_split: str = opt("full", "Benchmark split whose prompt+answer texts calibrate wanda/sparsegpt.")
+    calibration_path: str | None = opt(None, "Calibration texts from a file or directory instead (.txt/.jsonl/...).")
+    num_samples: int = opt(128, "Calibration samples.")
+    seq_len: int = opt(512, "Tokens per calibration sample.")
+    batch_size: int = opt(8, "Calibration batch size.")
+    prune_retain: bool = opt(True, "Also prune the retain model the same way: sparse runs then report forget "
+                             "quality against it as well (forget_quality_pruned_retain).")
+
+
+@dataclass
+class UnlearnSection(TrainerSettings):
+    """Unlearning: a grid over model x objective x sau x learning_rate x seed."""
+
+    enabled: bool = opt(True, "Unlearn. False: only the reference rows.")
+    model: list[str] = opt(["dense", "sparse"], "Which models to unlearn (a grid axis): dense (the finetuned "
+                           "model) and/or sparse (every pruned model).", choices=("dense", "sparse"))
+    objective: list[str] = opt(["graddiff", "npo"], "Objectives (a grid axis): keys of sau_trainer.OBJECTIVES.")
+    sau: list[bool] = opt([False, True], "SAU on and/or off (a grid axis); off is the plain masked baseline.")
+    learning_rate: list[float] = opt([1e-5], "Learning rates (a grid axis; one method over them is a curve).")
+    seed: list[int] = opt([0], "Seeds (a grid axis).")
+    sau_topk: float = opt(0.3, "k: fraction of surviving weights selected by saliency.")
+    sau_alpha: float = opt(0.1, "alpha: strength of the redistribution weight.")
+    retain_split: str | None = opt(None, "Retain rows for the objective's retain term (default retain{100-NN}).")
+    then_prune: bool = opt(False, "The paper's motivating check: also prune every dense unlearned model with "
+                           "each pruning setting and evaluate it (does the forgotten data come back?).")
+
+
+@dataclass
+class EvaluateSection:
+    """The TOFU protocol on every model (sau_trainer.evaluation.evaluate_tofu)."""
+
+    batch_size: int = opt(16, "Evaluation batch size.")
+    max_new_tokens: int = opt(200, "Greedy generation length for ROUGE (the protocol uses 200).")
+    max_length: int | None = opt(None, "Cap on prompt+answer tokens (None: the model's limit).")
+
+
+@dataclass
+class ReportSection:
+    """report.json, report.md and tradeoff.png at the top of the output directory."""
+
+    plot: bool = opt(True, "Write tradeoff.png.")
+    utility_fraction: float = opt(0.9, "Matched-utility line: this fraction of the finetuned model's utility.")
+
+
+@dataclass
+class PushSection:
+    """Uploading one unlearned sparse model with its metadata and a model card."""
+
+    push_to_hub: bool = opt(False, "Upload at the end of the run.")
+    hub_model_id: str | None = opt(None, "Target repository, e.g. user/llama-sau-npo.")
+    run: str | None = opt(None, "Name of the run to push (default: the first sparse SAU run of the grid).")
+    private: bool = opt(True, "Create the repository as private.")
+    commit_message: str | None = opt(None, "Commit message (default names the run).")
+
+
+@dataclass
+class Recipe:
+    """One experiment from model to report."""
+
+    name: str = opt("experiment", "Name of the experiment (the default output directory is outputs/<name>).")
+    description: str = opt("", "Free text, copied into the report and the model card.")
+    output_dir: str | None = opt(None, "Output directory (the command line's --output-dir wins).")
+    distributed_timeout_s: int = opt(10800, "Under accelerate launch: how long the other processes wait "
+                                     "while the main process prunes or evaluates.")
+    model: ModelSection = opt(None, "The model.", section=True)
+    data: DataSection = opt(None, "The benchmark.", section=True)
+    train_target: TrainSection = opt(None, "Training the target model.", section=True)
+    train_retain: TrainSection = opt(None, "Training the retain model (reference for forget quality).",
+                                     section=True)
+    prune: PruneSection = opt(None, "Pruning.", section=True)
+    unlearn: UnlearnSection = opt(None, "Unlearning.", section=True)
+    evaluate: EvaluateSection = opt(None, "Evaluation.", section=True)
+    report: ReportSection = opt(None, "The report.", section=True)
+    push: PushSection = opt(None, "Hub push.", section=True)
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            if f.metadata.get("section") and getattr(self, f.name) is None:
+                setattr(self, f.name, hints[f.name]())
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------- YAML
+class _Loader(yaml.SafeLoader):
+    """YAML with 1.2-style numbers: ``1e-5`` is a float, ``2:4`` is a string (not base-60)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag not in ("tag:yaml.org,2002:float", "tag:yaml.org,2002:int")]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$"),
+    list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)?\.?[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML with `_Loader` (1e-5 is a float, 2:4 a string)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+# ----------------------------------------------------------------------------------------- validation
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _closest(key: str, valid: list[str], prefix: str = "") -> str:
+    """'did you mean ...?' with the closest valid key (difflib), or the list of valid keys."""
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    if match:
+        return f"did you mean {prefix + match[0]!r}?"
+    return f"valid keys: {', '.join(valid)}"
+
+
+def _coerce(value: Any, tp: Any, path: str, errors: list[str], meta: dict | None = None) -> Any:
+    """`value` checked (and gently converted: int -> float, '2e-4' -> float) against the annotation `tp`."""
+    meta = meta or {}
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        # prefer an exact structural match before conversions (str | dict keeps the dict)
+        for option in options:
+            if option is not type(None) and _matches(value, option):
+                return _coerce(value, option, path, errors, meta)
+        for option in options:
+            if option is type(None):
+                continue
+            trial: list[str] = []
+            out = _coerce(value, option, path, trial, meta)
+            if not trial:
+                return out
+        errors.append(f"{path}: expected {' or '.join(_type_name(o) for o in options)}, got {value!r}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        items = value if isinstance(value, list | tuple) else [value]  # a scalar is a one-item list
+        out = [_coerce(v, item_tp, f"{path}[{i}]" if isinstance(value, list | tuple) else path, errors, meta)
+               for i, v in enumerate(items)]
+        if not out:
+            errors.append(f"{path}: the list is empty")
+        return out
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            errors.append(f"{path}: expected a mapping, got {value!r}")
+            return {}
+        return dict(value)
+    if _is_dataclass_type(tp):
+        return _build(tp, value, path, errors)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            errors.append(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            errors.append(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            errors.append(f"{path}: expected a number, got {value!r}")
+            return value
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        errors.append(f"{path}: expected a number, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            errors.append(f"{path}: expected a string, got {value!r} (quote it in YAML)")
+            return value
+        choices = meta.get("choices")
+        if choices and value not in choices:
+            near = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.5)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            errors.append(f"{path}: {value!r} is not one of {list(choices)}{hint}")
+        return value
+    return value  # pragma: no cover - no other annotation is used
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    if _is_dataclass_type(tp) or tp is dict or typing.get_origin(tp) is dict:
+        return isinstance(value, dict)
+    if typing.get_origin(tp) is list:
+        return isinstance(value, list)
+    if tp is float:
+        return isinstance(value, float)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(tp, type) and isinstance(value, tp)
+
+
+def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
+    """An instance of dataclass `cls` from a mapping; unknown keys and bad values go to `errors`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        errors.append(f"{path or 'recipe'}: expected a mapping of keys, got {data!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            errors.append(f"unknown key {where!r}; {_closest(str(key), list(fields), f'{path}.' if path else '')}")
+            continue
+        kwargs[key] = _coerce(value, hints[key], where, errors, dict(fields[key].metadata))
+    return cls(**kwargs)
+
+
+def _check(recipe: Recipe, errors: list[str]) -> None:
+    """Checks across keys and against the libraries' registries (objectives, pruners, TrainingArguments)."""
+    from ..modeling import MODEL_SHAPES
+    from ..objectives import OBJECTIVES
+
+    m = recipe.model
+    if (m.name_or_path is None) == (m.shape is None):
+        errors.append("model: give exactly one of model.name_or_path (a pretrained model) and model.shape "
+                      "(build one from a config)")
+    if isinstance(m.shape, str) and m.shape not in MODEL_SHAPES:
+        errors.append(f"model.shape: {m.shape!r} is not one of {sorted(MODEL_SHAPES)}; "
+                      f"{_closest(m.shape, sorted(MODEL_SHAPES))}")
+    if m.shape is not None and not recipe.train_target.enabled:
+        errors.append("train_target.enabled: a model built from model.shape is random; it must be trained")
+    for name in ("train_target", "train_retain"):
+        sec: TrainSection = getattr(recipe, name)
+        _check_trainer_settings(sec, name, errors, _training_argument_names())
+        if sec.model is not None and sec.enabled:
+            errors.append(f"{name}.model: set only with {name}.enabled: false (a ready-made model)")
+    if recipe.train_target.model is not None:
+        errors.append("train_target.model: the untrained target is model.name_or_path; "
+                      "set train_target.enabled: false to use it as it is")
+    if not recipe.train_retain.enabled and recipe.train_retain.model is None and m.shape is not None:
+        errors.append("train_retain: a model built from scratch needs a retain model: enable train_retain")
+    u = recipe.unlearn
+    _check_trainer_settings(u, "unlearn", errors, _sau_config_names())
+    for i, obj in enumerate(u.objective):
+        if obj not in OBJECTIVES:
+            errors.append(f"unlearn.objective[{i}]: {obj!r} is not one of {sorted(OBJECTIVES)}; "
+                          f"{_closest(obj, sorted(OBJECTIVES))}")
+    for name in ("learning_rate",):
+        for i, lr in enumerate(getattr(u, name)):
+            if isinstance(lr, float) and not lr > 0:
+                errors.append(f"unlearn.{name}[{i}]: must be > 0, got {lr!r}")
+    for axis in ("model", "objective", "sau", "learning_rate", "seed"):
+        values = getattr(u, axis)
+        if len(set(map(repr, values))) != len(values):
+            errors.append(f"unlearn.{axis}: repeated values in {values!r}")
+    if not 0 < u.sau_topk <= 1:
+        errors.append(f"unlearn.sau_topk: must be in (0, 1], got {u.sau_topk!r}")
+    if u.sau_alpha < 0:
+        errors.append(f"unlearn.sau_alpha: must be >= 0, got {u.sau_alpha!r}")
+    p = recipe.prune
+    for i, s in enumerate(p.sparsity):
+        if isinstance(s, float) and not 0 <= s < 1:
+            errors.append(f"prune.sparsity[{i}]: must be in [0, 1), got {s!r}")
+    try:
+        from ..pruning import parse_structure
+
+        parse_structure(p.structure)
+    except (ValueError, TypeError) as err:
+        errors.append(f"prune.structure: {err}")
+    if u.enabled and "sparse" in u.model and not p.enabled:
+        errors.append("unlearn.model: 'sparse' needs prune.enabled: true (or unlearn.model: [dense])")
+    if u.then_prune and not (p.enabled and "dense" in u.model):
+        errors.append("unlearn.then_prune: needs prune.enabled: true and 'dense' in unlearn.model")
+    for key in ("num_samples", "seq_len", "batch_size"):
+        if getattr(p, key) < 1:
+            errors.append(f"prune.{key}: must be >= 1")
+    if recipe.evaluate.batch_size < 1 or recipe.evaluate.max_new_tokens < 0:
+        errors.append("evaluate: batch_size must be >= 1 and max_new_tokens >= 0")
+    h = recipe.push
+    if h.push_to_hub and not h.hub_model_id:
+        errors.append("push.hub_model_id: required with push.push_to_hub: true (e.g. user/model-name)")
+    if h.push_to_hub and not (u.enabled and "sparse" in u.model):
+        errors.append("push.push_to_hub: pushes an unlearned sparse model; the grid has none "
+                      "(unlearn.enabled and 'sparse' in unlearn.model)")
+
+
+def _check_trainer_settings(sec: TrainerSettings, name: str, errors: list[str], valid: list[str]) -> None:
+    own = {f.name for f in dataclasses.fields(sec)}
+    for key in sec.args:
+        if key in own:
+            errors.append(f"{name}.args.{key}: set it as {name}.{key}, not under args")
+        elif key in ("output_dir", "objective", "sau", "sau_topk", "sau_alpha"):
+            errors.append(f"{name}.args.{key}: set by the pipeline or the grid; not allowed under args")
+        elif key not in valid:
+            errors.append(f"unknown key '{name}.args.{key}'; {_closest(key, valid, f'{name}.args.')}")
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "logging_steps"):
+        if getattr(sec, key) < 1:
+            errors.append(f"{name}.{key}: must be >= 1, got {getattr(sec, key)!r}")
+    if sec.effective_batch_size is not None and sec.effective_batch_size % sec.per_device_train_batch_size:
+        errors.append(f"{name}.effective_batch_size: {sec.effective_batch_size} is not a multiple of "
+                      f"per_device_train_batch_size={sec.per_device_train_batch_size}")
+    if sec.num_train_epochs <= 0:
+        errors.append(f"{name}.num_train_epochs: must be > 0")
+
+
+def _training_argument_names() -> list[str]:
+    from transformers import TrainingArguments
+
+    return sorted(f.name for f in dataclasses.fields(TrainingArguments))
+
+
+def _sau_config_names() -> list[str]:
+    from ..config import SAUConfig
+
+    return sorted(f.name for f in dataclasses.fields(SAUConfig))
+
+
+# ----------------------------------------------------------------------------------------- overrides
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=VALUE`` -> (["a", "b", "c"], VALUE parsed as YAML: 2e-4, true, [1, 2], null, text)."""
+    if "=" not in text:
+        raise RecipeError(f"override {text!r}: expected KEY=VALUE, e.g. unlearn.learning_rate=2e-4")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise RecipeError(f"override {text!r}: bad key {key!r}")
+    value = yaml_load(raw) if raw.strip() else ""
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """A copy of the raw recipe mapping with each ``key.path=value`` set (validation comes after)."""
+    import copy
+
+    out = copy.deepcopy(data) if data else {}
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(f"override {text!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def validate(data: dict | None) -> Recipe:
+    """A `Recipe` from a raw mapping, or `RecipeError` listing every problem."""
+    errors: list[str] = []
+    data = dict(data or {})
+    version = data.pop("version", RECIPE_VERSION)
+    if version != RECIPE_VERSION:
+        errors.append(f"version: this sau-trainer reads recipe version {RECIPE_VERSION}, got {version!r}")
+    recipe = _build(Recipe, data, "", errors)
+    if not errors:
+        _check(recipe, errors)
+    if errors:
+        raise RecipeError("invalid recipe:\n  - " + "\n  - ".join(errors))
+    return recipe
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"no recipe file at {path}")
+    try:
+        data = yaml_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    if data is not None and not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+    try:
+        return validate(apply_overrides(data or {}, overrides or []))
+    except RecipeError as err:
+        raise RecipeError(f"{path}: {err}") from None
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The resolved recipe (defaults filled in) as YAML."""
+    return yaml.safe_dump({"version": RECIPE_VERSION, **recipe.to_dict()}, sort_keys=False)
+
+
+def describe_keys(cls: type = Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every key, for the documentation."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if f.metadata.get("section"):
+            rows += describe_keys(hints[f.name], key + ".")
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        rows.append((key, repr(default), f.metadata.get("help", "")))
+    return rows

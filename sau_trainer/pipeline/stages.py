@@ -1,0 +1,581 @@
+"""The stages of a recipe run (one registry) and the planner that turns a recipe into a list of tasks.
+
+A task is one unit of cached work: a stage kind, a name (its directory under ``stages/``), the
+settings its output depends on, and the tasks it reads from. The runner hashes settings and
+dependencies, skips tasks whose output already carries that hash, and runs the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .schema import Recipe, TrainerSettings, TrainSection
+
+logger = logging.getLogger(__name__)
+
+GENERAL_SPLITS = ("real_authors_perturbed", "world_facts_perturbed")
+
+
+# ----------------------------------------------------------------------------------------- tasks
+@dataclass
+class Task:
+    """One cached unit of work. `meta` describes the task for the report and is not hashed."""
+
+    kind: str
+    name: str
+    settings: dict
+    deps: dict[str, str] = field(default_factory=dict)  # role -> task name
+    meta: dict = field(default_factory=dict)
+    hash: str = ""
+
+    def dep(self, role: str) -> str:
+        return self.deps[role]
+
+
+@dataclass
+class Context:
+    """What every stage can read: the recipe, the output directory, the data, the process state."""
+
+    recipe: Recipe
+    output_dir: Path
+    tasks: dict[str, Task]
+    state: Any = None  # accelerate.PartialState
+    _benchmark: dict | None = None
+    _tokenizer: Any = None
+
+    def task_dir(self, name: str) -> Path:
+        return self.output_dir / "stages" / name
+
+    @property
+    def is_main(self) -> bool:
+        return self.state is None or self.state.is_main_process
+
+    @property
+    def num_processes(self) -> int:
+        return 1 if self.state is None else self.state.num_processes
+
+    @property
+    def device(self):
+        import torch
+
+        return torch.device("cpu") if self.state is None else self.state.device
+
+    @property
+    def benchmark(self) -> dict[str, list[dict]]:
+        if self._benchmark is None:
+            self._benchmark = load_data(self.recipe)
+        return self._benchmark
+
+    def rows(self, splits: list[str]) -> list[dict]:
+        return [{"question": r["question"], "answer": r["answer"]} for s in splits for r in self.split(s)]
+
+    def split(self, name: str) -> list[dict]:
+        if name not in self.benchmark:
+            raise KeyError(f"The benchmark has no split {name!r}; it has {sorted(self.benchmark)}.")
+        return self.benchmark[name]
+
+    def model_source(self, ref: str) -> str:
+        """A model reference (``task:NAME`` or a Hub id / path) as something `from_pretrained` reads."""
+        if ref.startswith("task:"):
+            return str(self.task_dir(ref[5:]))
+        return ref
+
+    def tokenizer(self):
+        """The tokenizer shared by every model of the run (trained on the data, or the model's own)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            m = self.recipe.model
+            source = str(self.task_dir("tokenizer")) if m.shape is not None else (m.tokenizer or m.name_or_path)
+            tok = AutoTokenizer.from_pretrained(source)
+            if tok.pad_token is None and tok.eos_token is not None:
+                tok.pad_token = tok.eos_token
+            self._tokenizer = tok
+        return self._tokenizer
+
+
+def load_data(recipe: Recipe) -> dict[str, list[dict]]:
+    """Every split of the recipe's benchmark."""
+    from ..data.tofu import load_benchmark
+
+    d = recipe.data
+    return load_benchmark(d.benchmark, data_dir=d.data_dir, preset=d.preset, seed=d.seed)
+
+
+def data_fingerprint(recipe: Recipe) -> dict:
+    """What identifies the data in a hash: the synthetic generator's inputs, or the rows themselves."""
+    from ..evaluation.results import data_fingerprint as rows_digest
+
+    d = recipe.data
+    if d.benchmark == "synthetic" and d.data_dir is None:
+        from ..data import synthetic
+
+        return {"benchmark": "synthetic", "preset": d.preset, "seed": d.seed,
+                "generator": _file_digest(synthetic.__file__)}
+    return {"benchmark": d.benchmark, "data_dir": d.data_dir, "rows": rows_digest(load_data(recipe))}
+
+
+def _file_digest(path: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _model_fingerprint(ref: str) -> dict:
+    """A Hub id as it is; a local directory with its files' names, sizes and mtimes."""
+    out: dict[str, Any] = {"ref": ref}
+    if os.path.isdir(ref):
+        from ..evaluation.results import model_fingerprint
+
+        out["files"] = model_fingerprint(ref)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- helpers
+def _trainer_kwargs(sec: TrainerSettings, num_processes: int, exclude: tuple = ()) -> dict:
+    """TrainingArguments keywords from a section (gradient accumulation from the effective batch size)."""
+    ga = sec.gradient_accumulation_steps
+    if sec.effective_batch_size is not None:
+        per_step = sec.per_device_train_batch_size * num_processes
+        if sec.effective_batch_size % per_step:
+            raise ValueError(f"effective_batch_size={sec.effective_batch_size} is not a multiple of "
+                             f"per_device_train_batch_size x processes = {per_step}.")
+        ga = sec.effective_batch_size // per_step
+    kwargs = dict(
+        num_train_epochs=sec.num_train_epochs, per_device_train_batch_size=sec.per_device_train_batch_size,
+        gradient_accumulation_steps=ga, lr_scheduler_type=sec.lr_scheduler_type,
+        warmup_steps=int(sec.warmup_steps) if sec.warmup_steps >= 1 else sec.warmup_steps,
+        weight_decay=sec.weight_decay, optim=sec.optim, bf16=sec.bf16,
+        gradient_checkpointing=sec.gradient_checkpointing, logging_steps=sec.logging_steps,
+        save_strategy="no", report_to=[],
+    )
+    kwargs.update(sec.args)
+    for key in exclude:
+        kwargs.pop(key, None)
+    return kwargs
+
+
+def _dtype(name: str):
+    import torch
+
+    return "auto" if name == "auto" else getattr(torch, name)
+
+
+def load_model(ctx: Context, ref: str, device=None):
+    """A causal LM from a task directory or a Hub id / path, in the recipe's dtype."""
+    from transformers import AutoModelForCausalLM
+
+    m = ctx.recipe.model
+    kwargs: dict[str, Any] = {"dtype": _dtype(m.dtype)}
+    if m.attn_implementation:
+        kwargs["attn_implementation"] = m.attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(ctx.model_source(ref), **kwargs)
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _texts(ctx: Context, split: str) -> list[str]:
+    from ..data.qa import format_prompt
+
+    tok = ctx.tokenizer()
+    return [format_prompt(r["question"], tok) + r["answer"] for r in ctx.split(split)]
+
+
+# ----------------------------------------------------------------------------------------- stage functions
+# Each takes (ctx, task, out_dir) and writes its output into out_dir (a temporary directory that the runner
+# renames into place once the function returns). It returns a JSON-able dict saved in stage.json as `info`.
+
+def run_tokenizer(ctx: Context, task: Task, out: Path) -> dict:
+    """A byte-level BPE trained on every string of the benchmark (for a model built from scratch)."""
+    from ..data.tokenizer import train_tokenizer
+
+    texts = []
+    for rows in ctx.benchmark.values():
+        for r in rows:
+            texts += [r.get("question", ""), r.get("answer", ""), *r.get("perturbed_answer", []),
+                      r.get("paraphrased_answer", ""), r.get("paraphrased_question", "")]
+    tok = train_tokenizer([t for t in texts if t], vocab_size=task.settings["vocab_size"])
+    tok.save_pretrained(out)
+    return {"vocab_size": len(tok)}
+
+
+def run_train(ctx: Context, task: Task, out: Path) -> dict:
+    """Finetune the target or retain model on its splits (data parallel under accelerate)."""
+    import torch
+
+    from ..finetuning import finetune
+    from ..modeling import build_llama
+
+    s = task.settings
+    sec = TrainSection(**{k: v for k, v in s["train"].items()})
+    tok = ctx.tokenizer()
+    m = ctx.recipe.model
+    if m.shape is not None:
+        model = build_llama(m.shape, tok, seed=m.init_seed)
+        if m.dtype not in ("float32", "auto"):
+            model.to(_dtype(m.dtype))
+    else:
+        model = load_model(ctx, m.name_or_path)
+    if sec.gradient_checkpointing:
+        model.config.use_cache = False
+    rows = ctx.rows(s["splits"])
+    kwargs = _trainer_kwargs(sec, ctx.num_processes)
+    kwargs.setdefault("disable_tqdm", not ctx.is_main)
+    finetune(model, tok, rows, str(out), num_train_epochs=kwargs.pop("num_train_epochs"),
+             learning_rate=sec.learning_rate,
+             per_device_train_batch_size=kwargs.pop("per_device_train_batch_size"), max_length=sec.max_length,
+             seed=sec.seed, **kwargs)
+    if ctx.is_main:
+        tok.save_pretrained(out)
+        model.config.use_cache = True
+        model.config.save_pretrained(out)
+    del model
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return {"rows": len(rows), "splits": s["splits"]}
+
+
+def run_prune(ctx: Context, task: Task, out: Path) -> dict:
+    """Prune a saved model (magnitude / wanda / sparsegpt) and save it with sparsity.json and masks."""
+    from ..pruning import load_texts, prune_model, save_sparse_model
+
+    s = task.settings
+    tok = ctx.tokenizer()
+    model = load_model(ctx, s["source"], ctx.device)
+    calibration = None
+    if s["method"] != "magnitude":
+        calibration = (load_texts(s["calibration_path"]) if s["calibration_path"]
+                       else _texts(ctx, s["calibration_split"]))
+    result = prune_model(model, s["method"], s["sparsity"], s["structure"], calibration=calibration, tokenizer=tok,
+                         num_samples=s["num_samples"], seq_len=s["seq_len"], batch_size=s["batch_size"],
+                         progress=ctx.is_main)
+    save_sparse_model(model, tok, out, result)
+    return {"measured_sparsity": result.sparsity}
+
+
+def run_unlearn(ctx: Context, task: Task, out: Path) -> dict:
+    """One grid point: `SAUTrainer` on the dense or pruned model (data parallel under accelerate)."""
+    import torch
+
+    from ..config import SAUConfig
+    from ..masks import MASKS_FILE, SparsityMasks
+    from ..pruning import SPARSITY_FILE, measured_sparsity
+    from ..trainer import SAUTrainer
+
+    s = task.settings
+    src = ctx.model_source(s["source"])
+    tok = ctx.tokenizer()
+    model = load_model(ctx, src)
+    sparse = os.path.isfile(os.path.join(src, MASKS_FILE))
+    masks = SparsityMasks.load(src, model) if sparse else SparsityMasks.dense(model)
+    u = s["unlearn"]
+    sec = TrainerSettings(**{k: u[k] for k in TrainerSettings.__dataclass_fields__})
+    kwargs = _trainer_kwargs(sec, ctx.num_processes)
+    kwargs.setdefault("disable_tqdm", not ctx.is_main)
+    kwargs.setdefault("max_length", sec.max_length)
+    if sec.gradient_checkpointing:
+        model.config.use_cache = False
+    args = SAUConfig(output_dir=str(out), objective=s["objective"], sau=s["sau"], learning_rate=s["learning_rate"],
+                     seed=s["seed"], data_seed=s["seed"], sau_topk=u["sau_topk"], sau_alpha=u["sau_alpha"],
+                     **kwargs)
+    trainer = SAUTrainer(model, args, forget_dataset=ctx.rows([s["forget_split"]]),
+                         retain_dataset=ctx.rows([s["retain_split"]]), processing_class=tok, sparsity_masks=masks)
+    trainer.train()
+    trainer.save_model(str(out))
+    info = {"measured_sparsity": measured_sparsity(trainer.model), "target_sparsity": masks.sparsity()}
+    if ctx.is_main:
+        model.config.use_cache = True
+        model.config.save_pretrained(out)
+        meta = {}
+        if os.path.isfile(os.path.join(src, SPARSITY_FILE)):
+            meta = json.loads(Path(src, SPARSITY_FILE).read_text())
+        meta.update(measured_sparsity_weights=info["measured_sparsity"],
+                    per_matrix_sparsity=masks.per_matrix_sparsity(),
+                    unlearning={k: s[k] for k in ("objective", "sau", "learning_rate", "seed")})
+        if sparse:
+            _write_json(out / SPARSITY_FILE, meta)
+    del trainer, model
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return info
+
+
+def run_evaluate(ctx: Context, task: Task, out: Path) -> dict:
+    """The TOFU protocol on one model; forget quality against the retain model (and its pruned twin)."""
+    from ..evaluation import evaluate_tofu, forget_quality_from_results
+    from ..evaluation.results import attach_forget_quality, build_results, save_results
+    from ..pruning import measured_sparsity
+
+    s = task.settings
+    src = ctx.model_source(s["source"])
+    tok = ctx.tokenizer()
+    model = load_model(ctx, src, ctx.device)
+    sparsity = measured_sparsity(model)
+    retain = ctx.task_dir(task.dep("retain_eval")) if "retain_eval" in task.deps else None
+    e = s["evaluate"]
+    evaluation = evaluate_tofu(model, tok, ctx.benchmark, s["forget_split"], batch_size=e["batch_size"],
+                               max_new_tokens=e["max_new_tokens"], max_length=e["max_length"],
+                               retain_results=retain, show_progress=ctx.is_main)
+    if s.get("is_retain"):
+        evaluation = attach_forget_quality(evaluation, evaluation)  # the reference against itself: 1.0
+    results = build_results(evaluation, {"name": task.meta.get("name"), "path": src,
+                                         "measured_sparsity": sparsity}, s)
+    if "pruned_retain_eval" in task.deps:
+        fq = forget_quality_from_results(results, ctx.task_dir(task.dep("pruned_retain_eval")))
+        results["summary"]["forget_quality_pruned_retain"] = fq
+    save_results(results, out)
+    return {"measured_sparsity": sparsity, "summary": results["summary"]}
+
+
+def run_push(ctx: Context, task: Task, out: Path) -> dict:
+    """Upload the chosen unlearned sparse model with its metadata and model card."""
+    from ..hub import prepare_push_folder, upload
+
+    s = task.settings
+    folder = prepare_push_folder(ctx.task_dir(task.dep("model")), out / "upload",
+                                 results=ctx.task_dir(task.dep("eval")), recipe=ctx.recipe, run_name=s["run"])
+    url = upload(folder, s["hub_model_id"], private=s["private"],
+                 commit_message=s["commit_message"] or f"sau-trainer: {s['run']}")
+    return {"url": url, "repo_id": s["hub_model_id"], "run": s["run"]}
+
+
+def run_report(ctx: Context, task: Task, out: Path) -> dict:
+    """report.json, report.md and tradeoff.png at the top of the output directory."""
+    from .report import write_report
+
+    return write_report(ctx, [t for t in ctx.tasks.values() if t.kind == "evaluate"])
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage kind: its function, whether every process runs it (data parallel), whether it is cached."""
+
+    fn: Callable[[Context, Task, Path], dict]
+    distributed: bool
+    cached: bool
+    help: str
+
+
+STAGES: dict[str, Stage] = {
+    "tokenizer": Stage(run_tokenizer, False, True, "train a tokenizer on the benchmark (models built from scratch)"),
+    "train": Stage(run_train, True, True, "finetune the target / retain model"),
+    "prune": Stage(run_prune, False, True, "prune a model"),
+    "unlearn": Stage(run_unlearn, True, True, "unlearn the forget set (one grid point)"),
+    "evaluate": Stage(run_evaluate, False, True, "TOFU evaluation -> results.json"),
+    "report": Stage(run_report, False, False, "report.json, report.md, tradeoff.png (always rewritten)"),
+    "push": Stage(run_push, False, True, "upload to the Hugging Face Hub"),
+}
+
+
+# ----------------------------------------------------------------------------------------- planning
+def prune_id(method: str, sparsity: float, structure: str) -> str:
+    """``magnitude-50`` (unstructured 50%) or ``wanda-2of4`` (2:4)."""
+    if structure != "unstructured":
+        return f"{method}-{structure.replace(':', 'of')}"
+    return f"{method}-{round(sparsity * 100):g}"
+
+
+def _target_sparsity(sparsity: float, structure: str) -> float:
+    from ..pruning.nm import parse_structure, resolve_sparsity
+
+    return float(resolve_sparsity(sparsity, parse_structure(structure)))
+
+
+def run_name(start: str, objective: str, sau: bool, lr: float, seed: int) -> str:
+    return f"{start}-{objective}-{'sau' if sau else 'plain'}-lr{lr:g}-s{seed}"
+
+
+def _train_settings(sec: TrainSection, splits: list[str]) -> dict:
+    return {"train": asdict(sec), "splits": splits}
+
+
+def default_splits(recipe: Recipe, role: str) -> list[str]:
+    forget = recipe.data.forget_split
+    base = ["full"] if role == "target" else [f"retain{100 - int(forget[-2:]):02d}"]
+    return base + (list(GENERAL_SPLITS) if recipe.data.benchmark == "synthetic" else [])
+
+
+def plan(recipe: Recipe) -> list[Task]:
+    """The tasks of a recipe in an order that respects their dependencies."""
+    tasks: list[Task] = []
+    fp = data_fingerprint(recipe)
+    m, d = recipe.model, recipe.data
+
+    def add(task: Task) -> Task:
+        tasks.append(task)
+        return task
+
+    model_spec = asdict(m)
+    if m.shape is not None:
+        add(Task("tokenizer", "tokenizer", {"data": fp, "vocab_size": m.vocab_size}))
+        model_spec["init_code"] = _file_digest(__import__("sau_trainer.modeling", fromlist=["x"]).__file__)
+    else:
+        model_spec["source"] = _model_fingerprint(m.name_or_path)
+    tok_deps = {"tokenizer": "tokenizer"} if m.shape is not None else {}
+
+    # target and retain models: a task name ("task:models/finetuned") or an external reference
+    refs: dict[str, str | None] = {}
+    for role, sec_name, row_name in (("target", "train_target", "finetuned"), ("retain", "train_retain", "retain")):
+        sec: TrainSection = getattr(recipe, sec_name)
+        if sec.enabled:
+            splits = sec.splits or default_splits(recipe, role)
+            add(Task("train", f"models/{row_name}", {"model": model_spec, "data": fp,
+                                                    **_train_settings(sec, splits)}, dict(tok_deps)))
+            refs[role] = f"task:models/{row_name}"
+        else:
+            refs[role] = m.name_or_path if role == "target" else sec.model
+
+    def deps_of(ref: str | None, role: str = "model") -> dict[str, str]:
+        return {role: ref[5:]} if ref and ref.startswith("task:") else {}
+
+    def src_settings(ref: str) -> dict:
+        """The source of a task: a task reference (hashed through its dependency) or an external model."""
+        return {"source": ref} if ref.startswith("task:") else {"source": ref, "fingerprint": _model_fingerprint(ref)}
+
+    p, u, e = recipe.prune, recipe.unlearn, recipe.evaluate
+    prunings = []
+    if p.enabled:
+        structure = p.structure
+        for method in p.method:
+            for sp in (p.sparsity if structure == "unstructured" else [None]):
+                pid = prune_id(method, sp or 0.0, structure)
+                if pid not in [x[0] for x in prunings]:
+                    prunings.append((pid, method, sp, _target_sparsity(sp, structure)))
+    labels = {pid: method if p.structure == "unstructured" else f"{method} {p.structure}"
+              for pid, method, _, _ in prunings}
+
+    def prune_settings(method: str, sp: float | None, ref: str) -> dict:
+        return {**src_settings(ref), "method": method,
+                "sparsity": sp, "structure": p.structure, "calibration_split": p.calibration_split,
+                "calibration_path": p.calibration_path, "num_samples": p.num_samples, "seq_len": p.seq_len,
+                "batch_size": p.batch_size, "dtype": m.dtype, "data": fp}
+
+    for pid, method, sp, _ in prunings:
+        add(Task("prune", f"models/finetuned+{pid}", prune_settings(method, sp, refs["target"]),
+                 {**deps_of(refs["target"]), **tok_deps}))
+        if p.prune_retain and refs["retain"]:
+            add(Task("prune", f"models/retain+{pid}", prune_settings(method, sp, refs["retain"]),
+                     {**deps_of(refs["retain"]), **tok_deps}))
+    # unlearning grid
+    forget_split = d.forget_split
+    retain_split = u.retain_split or f"retain{100 - int(forget_split[-2:]):02d}"
+    u_settings = {k: v for k, v in asdict(u).items()
+                  if k not in ("enabled", "model", "objective", "sau", "learning_rate", "seed", "then_prune",
+                               "retain_split")}
+    runs = []  # (row name, task name, start, pid, target sparsity, objective, sau, lr, seed)
+    if u.enabled:
+        starts = []
+        if "dense" in u.model:
+            starts.append(("dense", None, 0.0, refs["target"]))
+        if "sparse" in u.model:
+            starts += [(pid, pid, ts, f"task:models/finetuned+{pid}") for pid, _, _, ts in prunings]
+        for start, pid, ts, ref in starts:
+            for obj in u.objective:
+                for sau in u.sau:
+                    for lr in u.learning_rate:
+                        for seed in u.seed:
+                            name = run_name(start, obj, sau, lr, seed)
+                            settings = {**src_settings(ref), "objective": obj, "sau": sau,
+                                        "learning_rate": lr, "seed": seed, "unlearn": u_settings,
+                                        "forget_split": forget_split, "retain_split": retain_split,
+                                        "dtype": m.dtype, "data": fp}
+                            add(Task("unlearn", f"models/{name}", settings, {**deps_of(ref, "source"), **tok_deps}))
+                            runs.append(dict(name=name, model="sparse" if pid else "dense", pruning=labels.get(pid),
+                                             prune_id=pid,
+                                             target_sparsity=ts, objective=obj, sau=sau, learning_rate=lr,
+                                             seed=seed))
+        if u.then_prune:
+            for r in [r for r in runs if r["model"] == "dense"]:
+                for pid, method, sp, ts in prunings:
+                    name = f"{r['name']}+{pid}"
+                    add(Task("prune", f"models/{name}", prune_settings(method, sp, f"task:models/{r['name']}"),
+                             {"model": f"models/{r['name']}", **tok_deps}))
+                    runs.append({**r, "name": name, "pruning": labels[pid], "prune_id": pid, "target_sparsity": ts,
+                                 "unlearn_then_prune": True})
+
+    # evaluation: the retain references first (forget quality is measured against them)
+    e_settings = {"evaluate": asdict(e), "forget_split": forget_split, "data": fp}
+    refs_rows = []
+    tseed = recipe.train_target.seed
+    if refs["retain"]:
+        refs_rows.append(dict(name="retain", model="retain", pruning=None, target_sparsity=0.0, ref=refs["retain"],
+                              seed=recipe.train_retain.seed))
+        for pid, _, _, ts in prunings:
+            if p.prune_retain:
+                refs_rows.append(dict(name=f"retain+{pid}", model="retain", pruning=labels[pid], prune_id=pid,
+                                      target_sparsity=ts,
+                                      ref=f"task:models/retain+{pid}", seed=recipe.train_retain.seed))
+    refs_rows.append(dict(name="finetuned", model="finetuned", pruning=None, target_sparsity=0.0,
+                          ref=refs["target"], seed=tseed))
+    for pid, _, _, ts in prunings:
+        refs_rows.append(dict(name=f"finetuned+{pid}", model="finetuned", pruning=labels[pid], prune_id=pid,
+                              target_sparsity=ts,
+                              ref=f"task:models/finetuned+{pid}", seed=tseed))
+    rows = [dict(r, reference=True, objective=None, sau=False, learning_rate=None) for r in refs_rows]
+    rows += [dict(r, reference=False, ref=f"task:models/{r['name']}") for r in runs]
+    has_retain_eval = bool(refs["retain"])
+    for row in rows:
+        deps = {**deps_of(row["ref"], "model"), **tok_deps}
+        settings = {**src_settings(row["ref"]), **e_settings}
+        if row["name"] == "retain":
+            settings["is_retain"] = True
+        elif has_retain_eval:
+            deps["retain_eval"] = "eval/retain"
+        pid = row.get("prune_id")
+        if pid and p.prune_retain and has_retain_eval and row["name"] != f"retain+{pid}":
+            deps["pruned_retain_eval"] = f"eval/retain+{pid}"
+        meta = {k: row.get(k) for k in ("name", "model", "pruning", "target_sparsity", "objective", "sau",
+                                        "learning_rate", "seed", "reference")}
+        meta["unlearn_then_prune"] = bool(row.get("unlearn_then_prune"))
+        meta["model_dir"] = row["ref"]
+        add(Task("evaluate", f"eval/{row['name']}", settings, deps, meta))
+
+    add(Task("report", "report", {"report": asdict(recipe.report)},
+             {t.name: t.name for t in tasks if t.kind == "evaluate"}))
+    h = recipe.push
+    if h.push_to_hub:
+        sparse_runs = [r for r in runs if r["model"] == "sparse"]
+        chosen = h.run or next((r["name"] for r in sparse_runs if r["sau"]), sparse_runs[0]["name"])
+        if chosen not in [r["name"] for r in sparse_runs]:
+            from .schema import RecipeError, _closest
+
+            raise RecipeError(f"push.run: {chosen!r} is not a sparse run of the grid; "
+                              f"{_closest(chosen, [r['name'] for r in sparse_runs])}")
+        add(Task("push", "push", {"run": chosen, "hub_model_id": h.hub_model_id, "private": h.private,
+                                  "commit_message": h.commit_message},
+                 {"model": f"models/{chosen}", "eval": f"eval/{chosen}", "report": "report"}))
+    _check_order(tasks)
+    return tasks
+
+
+def _check_order(tasks: list[Task]) -> None:
+    seen: set[str] = set()
+    for t in tasks:
+        if t.name in seen:
+            raise RuntimeError(f"two tasks named {t.name!r}")  # pragma: no cover - a planner bug
+        missing = [d for d in t.deps.values() if d not in seen]
+        if missing:
+            raise RuntimeError(f"task {t.name} depends on {missing}, planned later")  # pragma: no cover
+        seen.add(t.name)
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    """Copy a directory with hard links where possible (a model is not duplicated on disk)."""
+    def link_or_copy(s, d):
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+    shutil.copytree(src, dst, copy_function=link_or_copy, dirs_exist_ok=True)
