@@ -35,7 +35,7 @@ def test_batch_granularity_matches_float64_loop(setup):
     ref = {n: torch.zeros_like(p) for n, p in ref_params.items()}
     for batch in batches:
         grads = torch.autograd.grad(_loss(ref_model, batch), list(ref_params.values()))
-        for n, g in zip(ref_params, grads):
+        for n, g in zip(ref_params, grads, strict=True):
             ref[n] += g.square()
     for n in ref:
         ref[n] /= len(batches)

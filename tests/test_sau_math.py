@@ -98,14 +98,16 @@ def test_param_redistribution_is_capped_at_ten():
     ratio = 5.0 / 1003.0
     assert float(w[0]) == pytest.approx(1 + ratio * min(1000 / (1003 / 4), 10))
     s2 = torch.tensor([1e6, 1.0, 1.0] + [1.0] * 20 + [50.0])
-    m2 = torch.ones(24, dtype=torch.bool); m2[-1] = False
+    m2 = torch.ones(24, dtype=torch.bool)
+    m2[-1] = False
     w2 = redistribution_weights(s2, m2, m2, alpha=1.0, mode="param")
     assert float(w2[0]) == pytest.approx(1 + (50 / float(s2[:-1].double().sum())) * 10)
 
 
 def test_zero_selected_saliency_gives_w_one():
     s = torch.zeros(3, 4)
-    m = torch.ones(3, 4, dtype=torch.bool); m[0, 0] = False
+    m = torch.ones(3, 4, dtype=torch.bool)
+    m[0, 0] = False
     g = select_topk(s, m, 0.5)
     assert float(redistribution_weights(s, m, g, 0.1, "matrix")) == 1.0
     assert torch.equal(redistribution_weights(s, m, g, 0.1, "row"), torch.ones(3, 1))
