@@ -70,3 +70,25 @@ def test_perplexity_matches_the_model_loss_and_ignores_padding():
                                                                     rel=1e-4)
     with pytest.raises(ValueError, match="tokenizer"):
         perplexity(model, texts)
+
+
+def test_perplexity_scores_only_continuations_and_labels():
+    tok = word_tokenizer()
+    model = tiny_model(vocab_size=len(tok))
+    pairs = [("who wrote the book", "the fox"), ("where is the cat", "on a mat big")]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ctx, cont in pairs:
+            c = tok(ctx)["input_ids"]
+            a = tok(cont, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([c + a])
+            labels = torch.tensor([[-100] * len(c) + a])
+            total += float(model(input_ids=ids, labels=labels).loss) * len(a)
+            count += len(a)
+    expected = math.exp(total / count)
+    assert perplexity(model, pairs, tok) == pytest.approx(expected, rel=1e-4)
+    rows = [{"input_ids": tok(c)["input_ids"] + tok(a, add_special_tokens=False)["input_ids"],
+             "labels": [-100] * len(tok(c)["input_ids"]) + tok(a, add_special_tokens=False)["input_ids"]}
+            for c, a in pairs]
+    assert perplexity(model, rows, batch_size=1) == pytest.approx(expected, rel=1e-4)
+    assert perplexity(model, pairs, tok) != pytest.approx(perplexity(model, [c + " " + a for c, a in pairs], tok))
