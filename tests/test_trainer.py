@@ -196,3 +196,52 @@ def test_peft_model_is_rejected(tokenizer, tmp_path):
 def test_topk_out_of_range_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="sau_topk"):
         _args(tmp_path, sau_topk=1.2)
+
+
+# ---------------------------------------------------------------------------- options
+def test_dense_params_freeze_and_topk(tokenizer, tiny_splits, tmp_path):
+    base = sparse_model(tokenizer).state_dict()
+    dense_names = [n for n in base if n not in prunable_parameters(sparse_model(tokenizer, state_dict=base))]
+    forget, retain = qa(tiny_splits, "forget10", 8), qa(tiny_splits, "retain90", 8)
+
+    frozen = make_trainer(sparse_model(tokenizer, state_dict=base), tokenizer, forget, retain, tmp_path / "f",
+                          sau_dense_params="freeze", max_steps=2)
+    frozen.train()
+    after = frozen.model.state_dict()
+    assert all(torch.equal(after[n], base[n]) for n in dense_names)
+
+    topk = make_trainer(sparse_model(tokenizer, state_dict=base), tokenizer, forget, retain, tmp_path / "t",
+                        sau_dense_params="topk", max_steps=2)
+    topk.train()
+    after = topk.model.state_dict()
+    emb = "model.embed_tokens.weight"
+    g = topk.sau_state.mask(emb)
+    assert int(g.sum()) == -(-3 * g.numel() // 10)  # ceil(0.3 * |S|) with M = all ones
+    assert torch.equal(after[emb][~g], base[emb][~g])
+    assert not torch.equal(after[emb][g], base[emb][g])
+    assert float(topk.sau_state.weight(emb)) == 1.0  # nothing pruned: I_P = 0, W = 1
+
+
+def test_objective_saliency_of_ga_equals_forget_nll_saliency(tokenizer, tiny_splits, tmp_path):
+    """GA's forget term is -NLL: its squared gradients are those of the NLL."""
+    base = sparse_model(tokenizer).state_dict()
+    states = []
+    for loss in ("forget_nll", "objective"):
+        t = make_trainer(sparse_model(tokenizer, state_dict=base), tokenizer, qa(tiny_splits, "forget10", 8), None,
+                         tmp_path / loss, objective="ga", saliency_loss=loss, max_steps=1)
+        t.train()
+        states.append(t.sau_state)
+    for n in states[0].selected:
+        assert torch.equal(states[0].mask(n), states[1].mask(n))
+        assert torch.equal(states[0].weights[n], states[1].weights[n])
+
+
+def test_kl_retain_loss_uses_a_frozen_copy(tokenizer, tiny_splits, tmp_path):
+    trainer = make_trainer(sparse_model(tokenizer), tokenizer, qa(tiny_splits, "forget10", 8),
+                           qa(tiny_splits, "retain90", 8), tmp_path, retain_loss="kl", max_steps=2, logging_steps=1)
+    trainer.train()
+    ref = trainer.objective_ctx.ref_model
+    assert ref is not None and ref is not trainer.model and not any(p.requires_grad for p in ref.parameters())
+    kl = [h["retain_loss"] for h in trainer.state.log_history if "retain_loss" in h]
+    assert kl[0] == pytest.approx(0.0, abs=1e-5)  # the first step starts from the reference itself
+    assert kl[-1] > 0
