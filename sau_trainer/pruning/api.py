@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..masks import MASKS_FILE, SparsityMasks, decoder_layers, pack_bool, prunable_modules, prunable_parameters
+from ..masks import (
+    MASKS_FILE,
+    SparsityMasks,
+    decoder_layers,
+    pack_bool,
+    prunable_modules,
+    prunable_parameters,
+)
 from .calibration import CalibrationSet, make_batches, prepare_calibration, prune_layers
 from .nm import parse_structure, resolve_sparsity
 from .registry import PRUNERS

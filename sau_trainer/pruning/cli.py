@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-samples", type=int, default=128, help="calibration samples (default 128)")
     parser.add_argument("--seq-len", type=int, default=2048, help="tokens per calibration sample (default 2048)")
     parser.add_argument("--batch-size", type=int, default=8, help="calibration/evaluation batch size (default 8)")
-    parser.add_argument("--device", default=None, help="where each layer runs, e.g. cuda (default: the model's device)")
+    parser.add_argument("--device", default=None, help="device for the model, e.g. cuda (default: cpu)")
+    parser.add_argument("--offload", action="store_true",
+                        help="keep the model on the CPU and move one decoder layer at a time to --device")
     parser.add_argument("--dtype", default="auto", choices=_DTYPES, help="dtype to load the model in")
     parser.add_argument("--output-dir", "--output", dest="output_dir", required=True, help="where to save")
     parser.add_argument("--force", action="store_true", help="write into a non-empty output directory")
@@ -79,6 +81,8 @@ def _run(args: argparse.Namespace) -> int:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+    if args.device is not None and not args.offload:
+        model.to(args.device)
 
     def ppl():
         return perplexity(model, eval_texts, tokenizer, seq_len=args.eval_seq_len, batch_size=args.batch_size)
@@ -86,7 +90,8 @@ def _run(args: argparse.Namespace) -> int:
     before = ppl() if eval_texts is not None else None
     result = prune_model(
         model, args.method, args.sparsity, args.structure, calibration=calibration, tokenizer=tokenizer,
-        num_samples=args.num_samples, seq_len=args.seq_len, batch_size=args.batch_size, device=args.device,
+        num_samples=args.num_samples, seq_len=args.seq_len, batch_size=args.batch_size,
+        device=args.device if args.offload else None,
         progress=not args.no_progress, text_field=args.text_field, calibration_source=args.calibration,
     )
     save_sparse_model(model, tokenizer, out, result)

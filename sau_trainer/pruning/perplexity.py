@@ -89,10 +89,10 @@ def perplexity(
             for r, (i, t) in enumerate(group):
                 ids[r, : i.numel()], labels[r, : i.numel()], mask[r, : i.numel()] = i, t, 1
             ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
             target = labels[:, 1:]
-            nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                         ignore_index=IGNORE, reduction="sum"))
+            for row_logits, row_target in zip(logits, target, strict=True):  # one fp32 row at a time (large vocabs)
+                nll += float(F.cross_entropy(row_logits.float(), row_target, ignore_index=IGNORE, reduction="sum"))
             count += int((target != IGNORE).sum())
     finally:
         model.train(was_training)

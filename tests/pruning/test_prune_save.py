@@ -42,7 +42,7 @@ def test_save_and_load_give_back_the_same_masks(tmp_path, method, structure):
     loaded = AutoModelForCausalLM.from_pretrained(out)
     from_file = SparsityMasks.load(out, model=loaded)
     from_zeros = SparsityMasks.from_model(loaded)
-    for name, p in prunable_parameters(loaded).items():
+    for name in prunable_parameters(loaded):
         assert torch.equal(from_file.get(name), result.masks.get(name))
         assert torch.equal(from_zeros.get(name), result.masks.get(name))
     for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
