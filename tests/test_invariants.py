@@ -31,6 +31,10 @@ def test_pruned_entries_stay_exactly_zero(tokenizer, tiny_splits, tmp_path, opti
                            weight_decay=0.1, learning_rate=5e-3, max_steps=2)
     trainer.train()
     assert _pruned_all_zero(model, masks)
+    if "8bit" in optim:  # the 8-bit state is really used (bitsandbytes keeps 32-bit state under 4096 entries)
+        opt = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+        state = opt.state[model.model.layers[0].mlp.up_proj.weight]
+        assert state["state1"].dtype == torch.uint8
     moved = sum(int((p.detach() != 0).sum()) for p in prunable_parameters(model).values())
     assert moved == sum(masks.num_surviving(n) for n in masks.names)  # nothing revived, nothing lost
 
