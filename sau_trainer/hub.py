@@ -22,7 +22,7 @@ import yaml
 
 logger = logging.getLogger(__name__)
 
-SKIP_FILES = {"stage.json", "training_args.bin", "README.md"}
+SKIP_FILES = {"stage.json", "training_args.bin", "README.md", "results.json"}
 CARD_METRICS = (
     ("forget_quality", "Forget quality (KS p-value vs retain model)"),
     ("forget_quality_pruned_retain", "Forget quality vs the pruned retain model"),

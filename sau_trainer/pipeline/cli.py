@@ -13,8 +13,25 @@ OVERRIDE_HELP = ("overrides, KEY.PATH=VALUE with a YAML value: unlearn.learning_
                  "unlearn.objective=[npo], prune.enabled=false")
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """Lets overrides follow options (``run R.yaml --output-dir D a.b=1``): plain argparse would stop at
+    the first option and reject the later positionals."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the ``run`` subcommand."""
+    parser.__class__ = _IntermixedParser
     parser.add_argument("recipe", help="recipe YAML file (see recipes/demo.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
     parser.add_argument("--output-dir", "--output", dest="output_dir", default=None,

@@ -121,6 +121,10 @@ def run_recipe(recipe: Recipe, output_dir: str | os.PathLike, force: bool = Fals
                state=None) -> RunSummary:
     """Run every task of `recipe` into `output_dir`, skipping finished ones (all of them again with `force`)."""
     out = Path(output_dir)
+    if recipe.torch_threads:
+        import torch
+
+        torch.set_num_threads(recipe.torch_threads)
     state = state if state is not None else _partial_state(recipe)
     tasks = plan(recipe)
     hash_tasks(tasks)

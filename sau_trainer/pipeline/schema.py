@@ -170,6 +170,8 @@ class Recipe:
     output_dir: str | None = opt(None, "Output directory (the command line's --output-dir wins).")
     distributed_timeout_s: int = opt(10800, "Under accelerate launch: how long the other processes wait "
                                      "while the main process prunes or evaluates.")
+    torch_threads: int | None = opt(None, "torch.set_num_threads for this run (None: torch's default). 1 is "
+                                    "fastest for tiny models on a small or busy CPU.")
     model: ModelSection = opt(None, "The model.", section=True)
     data: DataSection = opt(None, "The benchmark.", section=True)
     train_target: TrainSection = opt(None, "Training the target model.", section=True)
@@ -345,6 +347,8 @@ def _check(recipe: Recipe, errors: list[str]) -> None:
     from ..modeling import MODEL_SHAPES
     from ..objectives import OBJECTIVES
 
+    if recipe.torch_threads is not None and recipe.torch_threads < 1:
+        errors.append(f"torch_threads: must be >= 1 or null, got {recipe.torch_threads!r}")
     m = recipe.model
     if (m.name_or_path is None) == (m.shape is None):
         errors.append("model: give exactly one of model.name_or_path (a pretrained model) and model.shape "

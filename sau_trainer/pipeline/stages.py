@@ -245,7 +245,7 @@ def run_train(ctx: Context, task: Task, out: Path) -> dict:
         model.config.save_pretrained(out)
     del model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    return {"rows": len(rows), "splits": s["splits"]}
+    return {"rows": len(rows), "splits": s["splits"], "num_processes": ctx.num_processes}
 
 
 def run_prune(ctx: Context, task: Task, out: Path) -> dict:
@@ -295,7 +295,8 @@ def run_unlearn(ctx: Context, task: Task, out: Path) -> dict:
                          retain_dataset=ctx.rows([s["retain_split"]]), processing_class=tok, sparsity_masks=masks)
     trainer.train()
     trainer.save_model(str(out))
-    info = {"measured_sparsity": measured_sparsity(trainer.model), "target_sparsity": masks.sparsity()}
+    info = {"measured_sparsity": measured_sparsity(trainer.model), "target_sparsity": masks.sparsity(),
+            "num_processes": ctx.num_processes, "global_step": trainer.state.global_step}
     if ctx.is_main:
         model.config.use_cache = True
         model.config.save_pretrained(out)
