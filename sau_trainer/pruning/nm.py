@@ -93,23 +93,31 @@ def num_pruned(numel: int, sparsity: float) -> int:
     return int(numel * sparsity + 1e-9)
 
 
-def lowest_k_mask(scores: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
+def lowest_k_mask(scores: torch.Tensor, k: int, dim: int | None = -1) -> torch.Tensor:
     """Keep-mask pruning the `k` lowest scores along `dim` (every slice loses exactly k entries).
 
-    ``dim=None`` ranks the whole tensor at once. A stable sort breaks ties by position.
+    ``dim=None`` ranks the whole tensor at once. Ties are broken by position (the lower index is
+    pruned first), as a stable sort would, but with a selection (`kthvalue`) instead of a full sort.
     """
     if dim is None:
-        flat = scores.reshape(-1)
-        keep = torch.ones(flat.shape, dtype=torch.bool, device=scores.device)
-        if k > 0:
-            order = torch.sort(flat, stable=True).indices[:k]
-            keep[order] = False
-        return keep.view_as(scores)
-    keep = torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
-    if k > 0:
-        order = torch.sort(scores, dim=dim, stable=True).indices.narrow(dim, 0, k)
-        keep.scatter_(dim, order, False)
-    return keep
+        return _lowest_k_rows(scores.reshape(1, -1), k).view(scores.shape)
+    moved = scores.movedim(dim, -1)
+    keep = _lowest_k_rows(moved.reshape(-1, moved.shape[-1]), k).reshape(moved.shape)
+    return keep.movedim(-1, dim)
+
+
+def _lowest_k_rows(x: torch.Tensor, k: int) -> torch.Tensor:
+    rows, n = x.shape
+    if k <= 0 or n == 0:
+        return torch.ones(x.shape, dtype=torch.bool, device=x.device)
+    if k >= n:
+        return torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+    threshold = x.kthvalue(k, dim=1, keepdim=True).values
+    below = x < threshold
+    need = k - below.sum(1, keepdim=True)  # how many entries equal to the threshold go too
+    tied = x == threshold
+    pruned = below | (tied & (tied.cumsum(1) <= need))
+    return ~pruned
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

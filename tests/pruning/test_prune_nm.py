@@ -46,6 +46,24 @@ def test_lowest_k_mask_counts_and_ties():
     assert lowest_k_mask(scores, 0, dim=None).all()
 
 
+@pytest.mark.parametrize("dim", [None, 0, 1, -1])
+def test_lowest_k_mask_agrees_with_a_stable_sort(dim):
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 5, (6, 9), generator=g).float()  # many ties
+    for k in (0, 1, 4, 8, 9):
+        if dim is None:
+            k = k * 6
+            ref = torch.ones(54, dtype=torch.bool)
+            ref[torch.sort(scores.reshape(-1), stable=True).indices[:k]] = False
+            ref = ref.view(6, 9)
+        else:
+            if k > scores.shape[dim]:
+                continue
+            ref = torch.ones_like(scores, dtype=torch.bool)
+            ref.scatter_(dim, torch.sort(scores, dim=dim, stable=True).indices.narrow(dim, 0, k), False)
+        assert torch.equal(lowest_k_mask(scores, k, dim=dim), ref), (k, dim)
+
+
 def test_nm_mask_exact_and_keeps_largest():
     torch.manual_seed(0)
     scores = torch.rand(16, 32)
