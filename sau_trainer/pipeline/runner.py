@@ -101,9 +101,12 @@ def _write_stage_json(out: Path, task: Task, info: dict, elapsed: float) -> None
 
 
 def _partial_state(recipe: Recipe):
+    """accelerate's process state. Without a GPU, `cpu=True` makes a torchrun / accelerate launch group
+    a gloo MULTI_CPU group (otherwise every process would think it is alone)."""
+    import torch
     from accelerate import PartialState
 
-    return PartialState(timeout=timedelta(seconds=recipe.distributed_timeout_s))
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=recipe.distributed_timeout_s))
 
 
 def _sync_ok(state, ok: bool, error: str | None) -> tuple[bool, str | None]:
@@ -137,8 +140,9 @@ def run_recipe(recipe: Recipe, output_dir: str | os.PathLike, force: bool = Fals
         os.replace(tmp, out / "recipe.yaml")
     state.wait_for_everyone()
     todo = {t.name for t in tasks if force or not STAGES[t.kind].cached or not is_done(ctx.task_dir(t.name), t)}
-    logger.info("%s: %d tasks, %d cached, %d to run -> %s", recipe.name, len(tasks), len(tasks) - len(todo),
-                len(todo), out)
+    logger.info("%s: %d tasks, %d cached, %d to run -> %s (%d process%s, %s)", recipe.name, len(tasks),
+                len(tasks) - len(todo), len(todo), out, ctx.num_processes, "es" if ctx.num_processes > 1 else "",
+                getattr(state, "distributed_type", "single"))
     for i, task in enumerate(tasks, 1):
         stage = STAGES[task.kind]
         final = ctx.task_dir(task.name)

@@ -139,8 +139,11 @@ def _model_fingerprint(ref: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def _trainer_kwargs(sec: TrainerSettings, num_processes: int, exclude: tuple = ()) -> dict:
+def _trainer_kwargs(sec: TrainerSettings, ctx: Context) -> dict:
     """TrainingArguments keywords from a section (gradient accumulation from the effective batch size)."""
+    import torch
+
+    num_processes = ctx.num_processes
     ga = sec.gradient_accumulation_steps
     if sec.effective_batch_size is not None:
         per_step = sec.per_device_train_batch_size * num_processes
@@ -154,11 +157,11 @@ def _trainer_kwargs(sec: TrainerSettings, num_processes: int, exclude: tuple = (
         warmup_steps=int(sec.warmup_steps) if sec.warmup_steps >= 1 else sec.warmup_steps,
         weight_decay=sec.weight_decay, optim=sec.optim, bf16=sec.bf16,
         gradient_checkpointing=sec.gradient_checkpointing, logging_steps=sec.logging_steps,
-        save_strategy="no", report_to=[],
+        save_strategy="no", report_to=[], ddp_timeout=ctx.recipe.distributed_timeout_s,
     )
+    if num_processes > 1 and not torch.cuda.is_available():
+        kwargs["use_cpu"] = True  # else TrainingArguments rebuilds a non-distributed state on a CPU-only group
     kwargs.update(sec.args)
-    for key in exclude:
-        kwargs.pop(key, None)
     return kwargs
 
 
@@ -233,7 +236,7 @@ def run_train(ctx: Context, task: Task, out: Path) -> dict:
     if sec.gradient_checkpointing:
         model.config.use_cache = False
     rows = ctx.rows(s["splits"])
-    kwargs = _trainer_kwargs(sec, ctx.num_processes)
+    kwargs = _trainer_kwargs(sec, ctx)
     kwargs.setdefault("disable_tqdm", not ctx.is_main)
     finetune(model, tok, rows, str(out), num_train_epochs=kwargs.pop("num_train_epochs"),
              learning_rate=sec.learning_rate,
@@ -283,7 +286,7 @@ def run_unlearn(ctx: Context, task: Task, out: Path) -> dict:
     masks = SparsityMasks.load(src, model) if sparse else SparsityMasks.dense(model)
     u = s["unlearn"]
     sec = TrainerSettings(**{k: u[k] for k in TrainerSettings.__dataclass_fields__})
-    kwargs = _trainer_kwargs(sec, ctx.num_processes)
+    kwargs = _trainer_kwargs(sec, ctx)
     kwargs.setdefault("disable_tqdm", not ctx.is_main)
     kwargs.setdefault("max_length", sec.max_length)
     if sec.gradient_checkpointing:
