@@ -135,6 +135,9 @@ def render_markdown(rows: list[dict], recipe) -> str:
     if recipe.description:
         lines += [recipe.description.strip(), ""]
     lines += [f"- model: {model}", f"- benchmark: {bench}, forget split {d.forget_split}",
+              "- rows: `model` is what was unlearned (dense: the finetuned model; sparse: a pruned one) or the "
+              "reference (finetuned, retain); `pruning` is the pruning of the evaluated weights (a dense run "
+              "with a pruning was unlearned first, then pruned)",
               "- forget quality: KS-test p-value against the dense retain model; FQ (pruned retain): against "
               "the retain model pruned the same way", "- measured sparsity: exact zeros in the saved weights "
               "over the prunable matrices", "- tradeoff plot: tradeoff.png", ""]

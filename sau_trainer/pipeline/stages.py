@@ -345,13 +345,23 @@ def run_evaluate(ctx: Context, task: Task, out: Path) -> dict:
 
 def run_push(ctx: Context, task: Task, out: Path) -> dict:
     """Upload the chosen unlearned sparse model with its metadata and model card."""
-    from ..hub import prepare_push_folder, upload
+    from ..hub import PushError, prepare_push_folder, upload
 
     s = task.settings
     folder = prepare_push_folder(ctx.task_dir(task.dep("model")), out / "upload",
-                                 results=ctx.task_dir(task.dep("eval")), recipe=ctx.recipe, run_name=s["run"])
-    url = upload(folder, s["hub_model_id"], private=s["private"],
-                 commit_message=s["commit_message"] or f"sau-trainer: {s['run']}")
+                                 results=ctx.task_dir(task.dep("eval")), recipe=ctx.recipe, run_name=s["run"],
+                                 repo_id=s["hub_model_id"])
+    try:
+        url = upload(folder, s["hub_model_id"], private=s["private"],
+                     commit_message=s["commit_message"] or f"sau-trainer: {s['run']}")
+    except PushError as err:
+        cause = err.__cause__
+        raise PushError(
+            f"push to {s['hub_model_id']!r} failed ({type(cause).__name__}: {cause}). Every other output in "
+            f"{ctx.output_dir} is kept. Log in (`hf auth login` or HF_TOKEN), check the network and that "
+            "HF_HUB_OFFLINE is unset, then re-run the same command (only the push runs again) or "
+            f"`sau-trainer push {ctx.output_dir} --repo-id {s['hub_model_id']} --run {s['run']}`."
+        ) from cause
     return {"url": url, "repo_id": s["hub_model_id"], "run": s["run"]}
 
 

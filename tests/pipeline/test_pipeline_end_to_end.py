@@ -12,7 +12,7 @@ import pytest
 
 from sau_trainer import hub
 from sau_trainer.cli import main as cli_main
-from sau_trainer.pipeline import STAGES, run_recipe, validate
+from sau_trainer.pipeline import STAGES, StageFailed, run_recipe, validate
 from sau_trainer.pipeline.runner import read_stage
 from sau_trainer.pipeline.stages import Stage
 
@@ -181,3 +181,20 @@ def test_a_third_run_is_all_cached_and_a_changed_setting_recomputes(demo, upload
     hash_tasks(tasks)
     stale = [t.name for t in tasks if not is_done(demo["out"] / "stages" / t.name, t)]
     assert stale and all(n.startswith(("eval/", "report", "push")) for n in stale)  # models are reused
+
+
+@pytest.mark.slow
+def test_a_failed_push_in_a_run_says_so_and_keeps_every_output(demo, monkeypatch):
+    from huggingface_hub import HfApi
+
+    def offline(self, repo_id, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(HfApi, "create_repo", offline)
+    out = demo["out"]
+    before = {p: p.stat().st_mtime_ns for p in (out / "stages" / "models").rglob("*") if p.is_file()}
+    recipe = validate({**demo["recipe"].to_dict(), "push": {"push_to_hub": True, "hub_model_id": "me/other"}})
+    with pytest.raises(StageFailed, match=r"(?s)push to 'me/other' failed.*offline.*sau-trainer push"):
+        run_recipe(recipe, out, state=OneProcess())
+    assert (out / "report.json").is_file() and read_stage(out / "stages" / "push")["info"]["repo_id"] == "me/e2e-sau"
+    assert {p: p.stat().st_mtime_ns for p in (out / "stages" / "models").rglob("*") if p.is_file()} == before
