@@ -155,10 +155,9 @@ def main(argv=None) -> int:
     print(f"# pruning benchmark: shape {args.shape}{f' ({args.layers} layers)' if args.layers else ''}, {dtype}, "
           f"{where}, torch {torch.__version__}; calibration {args.num_samples} x {args.seq_len} tokens, "
           f"batch {args.batch_size}; fastest of {args.repeat} run(s)")
-    warm = build("tiny", device, dtype, None, args.seed)  # one-time costs (kernels, thread pools) out of the timings
-    for m in args.methods:
-        prune_model(warm, m, calibration=torch.randint(0, 100, (2, 16)), progress=False)
-    del warm
+    for m in args.methods:  # one-time costs (kernels, thread pools) out of the timings
+        prune_model(build("tiny", device, dtype, None, args.seed), m, calibration=torch.randint(0, 100, (2, 16)),
+                    progress=False)
     rows = []
     for m in args.methods:  # the fastest of --repeat runs (a shared machine adds noise, never speed)
         runs = [bench_one(args, m, device, dtype) for _ in range(args.repeat)]

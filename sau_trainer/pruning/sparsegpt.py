@@ -32,19 +32,19 @@ def inverse_hessian_cholesky(hessian: torch.Tensor, percdamp: float = 0.01, dtyp
     Inputs that never fire (``H_jj = 0``) get unit curvature so H stays invertible. If the Cholesky
     factorisation still fails, the dampening is raised tenfold (up to three times) with a warning.
     """
-    H = hessian.detach().to(dtype).clone()
-    cols = H.shape[0]
-    diag = torch.diagonal(H)
-    dead = diag == 0
-    diag[dead] = 1.0
-    mean_diag = diag.mean()
     damp = percdamp
     for attempt in range(4):
-        Hd = H + (damp * mean_diag) * torch.eye(cols, dtype=dtype, device=H.device)
-        L, info = torch.linalg.cholesky_ex(Hd)
+        H = hessian.detach().to(dtype).clone()  # damped in place: at most two (cols x cols) buffers alive
+        diag = torch.diagonal(H)
+        diag[diag == 0] = 1.0
+        diag += damp * diag.mean()
+        L, info = torch.linalg.cholesky_ex(H)
+        del H, diag
         if int(info) == 0:
             Hinv = torch.cholesky_inverse(L)
+            del L
             U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            del Hinv
             if int(info) == 0:
                 if attempt:
                     logger.warning("SparseGPT: Hessian needed dampening %.3g of its mean diagonal", damp)

@@ -105,3 +105,15 @@ def test_bfloat16_weight_keeps_dtype_and_zeros():
     new, keep = sparsegpt_prune(W.bfloat16(), H, 0.5, 2, 4, blocksize=8)
     assert new.dtype == torch.bfloat16
     assert torch.equal(new == 0, ~keep)
+
+
+def test_indefinite_hessian_gets_more_dampening_and_nan_is_a_clear_error(caplog):
+    W, _, H = layer_problem(dead=())
+    H = H.clone()
+    H[0, 1] = H[1, 0] = 3 * H[0, 0]  # not positive definite with 1% dampening
+    with caplog.at_level("WARNING"):
+        new, keep = sparsegpt_prune(W, H, 0.5, blocksize=8)
+    assert "dampening" in caplog.text and torch.isfinite(new).all()
+    assert int((~keep).sum()) == W.numel() // 2
+    with pytest.raises(ValueError, match="could not factorise"):
+        sparsegpt_prune(W, torch.full_like(H, float("nan")), 0.5)
