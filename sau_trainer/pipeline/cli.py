@@ -51,9 +51,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"sau-trainer run: error: {err}", file=sys.stderr)
         return 2
     output_dir = Path(args.output_dir or recipe.output_dir or Path("outputs") / recipe.name)
-    if args.dry_run:
-        return _dry_run(recipe, output_dir)
     try:
+        if args.dry_run:
+            return _dry_run(recipe, output_dir)
         summary = run_recipe(recipe, output_dir, force=args.force)
     except RecipeError as err:
         print(f"sau-trainer run: error: {err}", file=sys.stderr)

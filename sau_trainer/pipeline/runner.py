@@ -129,9 +129,10 @@ def run_recipe(recipe: Recipe, output_dir: str | os.PathLike, force: bool = Fals
 
         torch.set_num_threads(recipe.torch_threads)
     state = state if state is not None else _partial_state(recipe)
-    tasks = plan(recipe)
+    ctx = Context(recipe, out, {}, state)
+    tasks = plan(recipe, lambda: ctx.benchmark)  # the data is loaded once, and only if needed
     hash_tasks(tasks)
-    ctx = Context(recipe, out, {t.name: t for t in tasks}, state)
+    ctx.tasks = {t.name: t for t in tasks}
     summary = RunSummary(out)
     if ctx.is_main:
         (out / "stages").mkdir(parents=True, exist_ok=True)

@@ -104,12 +104,18 @@ class Context:
 def load_data(recipe: Recipe) -> dict[str, list[dict]]:
     """Every split of the recipe's benchmark."""
     from ..data.tofu import load_benchmark
+    from .schema import RecipeError
 
     d = recipe.data
-    return load_benchmark(d.benchmark, data_dir=d.data_dir, preset=d.preset, seed=d.seed)
+    try:
+        return load_benchmark(d.benchmark, data_dir=d.data_dir, preset=d.preset, seed=d.seed)
+    except Exception as err:  # noqa: BLE001 - say which setting to change, before any work
+        hint = "" if "data_dir" in str(err) else " Offline? Point data.data_dir at a local copy."
+        raise RecipeError(f"data: could not load the {d.benchmark} benchmark ({type(err).__name__}: {err}){hint}") \
+            from err
 
 
-def data_fingerprint(recipe: Recipe) -> dict:
+def data_fingerprint(recipe: Recipe, load: Callable[[], dict] | None = None) -> dict:
     """What identifies the data in a hash: the synthetic generator's inputs, or the rows themselves."""
     from ..evaluation.results import data_fingerprint as rows_digest
 
@@ -119,7 +125,8 @@ def data_fingerprint(recipe: Recipe) -> dict:
 
         return {"benchmark": "synthetic", "preset": d.preset, "seed": d.seed,
                 "generator": _file_digest(synthetic.__file__)}
-    return {"benchmark": d.benchmark, "data_dir": d.data_dir, "rows": rows_digest(load_data(recipe))}
+    data = load() if load is not None else load_data(recipe)
+    return {"benchmark": d.benchmark, "data_dir": d.data_dir, "rows": rows_digest(data)}
 
 
 def _file_digest(path: str) -> str:
@@ -421,10 +428,10 @@ def default_splits(recipe: Recipe, role: str) -> list[str]:
     return base + (list(GENERAL_SPLITS) if recipe.data.benchmark == "synthetic" else [])
 
 
-def plan(recipe: Recipe) -> list[Task]:
-    """The tasks of a recipe in an order that respects their dependencies."""
+def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
+    """The tasks of a recipe in an order that respects their dependencies (`load` gives the data if needed)."""
     tasks: list[Task] = []
-    fp = data_fingerprint(recipe)
+    fp = data_fingerprint(recipe, load)
     m, d = recipe.model, recipe.data
 
     def add(task: Task) -> Task:

@@ -123,3 +123,21 @@ def test_the_grid_expands_to_one_task_per_point():
     assert {"eval/finetuned", "eval/retain", "eval/finetuned+magnitude-50", "eval/retain+wanda-50"} <= evals
     assert "eval/dense-npo-sau-lr0.0001-s1+wanda-50" in evals  # unlearn, then prune
     assert len({t.name for t in tasks}) == len(tasks)
+
+
+def test_a_tofu_recipe_plans_from_a_local_copy_and_hashes_its_rows(tmp_path):
+    from sau_trainer.data.synthetic import write_benchmark
+    from sau_trainer.pipeline.runner import hash_tasks
+
+    data = tmp_path / "tofu"
+    paths = write_benchmark(data, "tiny", 0)
+    recipe = ROOT / "recipes/llama-3.2-1b/tofu/sau_forget10.yaml"
+    tasks = plan(load_recipe(recipe, [f"data.data_dir={data}"]))
+    hash_tasks(tasks)
+    train = next(t for t in tasks if t.name == "models/finetuned")
+    assert train.settings["splits"] == ["full"] and train.settings["data"]["rows"]
+    assert train.settings["train"]["effective_batch_size"] == 32 and train.settings["train"]["bf16"] is True
+    paths["forget10"].write_text(paths["forget10"].read_text().replace("a", "b", 1))  # one changed row
+    again = plan(load_recipe(recipe, [f"data.data_dir={data}"]))
+    hash_tasks(again)
+    assert all(a.hash != b.hash for a, b in zip(tasks, again, strict=True) if a.kind != "report")
