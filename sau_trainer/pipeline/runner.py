@@ -170,6 +170,8 @@ def run_recipe(recipe: Recipe, output_dir: str | os.PathLike, force: bool = Fals
                     raise  # a data-parallel stage failed here: the launcher stops the other processes
                 ok, error = False, f"{type(err).__name__}: {err}"
                 logger.exception("stage %s failed", task.name)
+                if stage.distributed and state.num_processes > 1:
+                    raise StageFailed(f"stage {task.name} failed: {error}") from err  # others may be mid-step
         if stage.distributed and state.num_processes > 1:
             state.wait_for_everyone()
         if ctx.is_main and ok:

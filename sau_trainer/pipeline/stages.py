@@ -231,7 +231,7 @@ def run_train(ctx: Context, task: Task, out: Path) -> dict:
     from ..modeling import build_llama
 
     s = task.settings
-    sec = TrainSection(**{k: v for k, v in s["train"].items()})
+    sec = TrainSection(**s["train"])
     tok = ctx.tokenizer()
     m = ctx.recipe.model
     if m.shape is not None:
@@ -254,7 +254,8 @@ def run_train(ctx: Context, task: Task, out: Path) -> dict:
         model.config.use_cache = True
         model.config.save_pretrained(out)
     del model
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return {"rows": len(rows), "splits": s["splits"], "num_processes": ctx.num_processes}
 
 
@@ -319,7 +320,8 @@ def run_unlearn(ctx: Context, task: Task, out: Path) -> dict:
         if sparse:
             _write_json(out / SPARSITY_FILE, meta)
     del trainer, model
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return info
 
 
