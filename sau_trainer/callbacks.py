@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -45,11 +46,10 @@ class SaliencyCallback(TrainerCallback):
                 return mean_token_nll(*forward_nll(model, batch)[:2])
         return compute_saliency(
             trainer.model,
-            trainer.saliency_batches(),
+            trainer.saliency_batches(max_examples=args.saliency_max_examples),
             loss_fn,
             trainer.saliency_targets(),
             granularity=args.saliency_granularity,
-            max_examples=_per_rank(args.saliency_max_examples, args.world_size),
             loss_scale=2.0**16 if args.fp16 else 1.0,
             autocast=trainer.autocast_smart_context_manager,
             show_progress=not args.disable_tqdm and args.process_index == 0,
@@ -58,12 +58,10 @@ class SaliencyCallback(TrainerCallback):
     def build_state(self):
         trainer, args = self.trainer, self.trainer.args
         saliency = self.saliency()
-        surviving = {n: trainer.surviving_mask(n, s.device) for n, s in saliency.items()}
-        state = build_sau_state(
-            saliency, surviving, args.sau_topk, args.sau_alpha, args.sau_topk_scope, args.sau_redistribution,
-            settings=args.sau_settings(),
+        return build_sau_state(
+            saliency, _LazySurviving(trainer, saliency), args.sau_topk, args.sau_alpha, args.sau_topk_scope,
+            args.sau_redistribution, settings=args.sau_settings(), global_names=list(trainer.sparsity_masks.names),
         )
-        return state
 
     def log_stats(self) -> None:
         stats = self.trainer.sau_state.stats
@@ -81,5 +79,17 @@ class SaliencyCallback(TrainerCallback):
         self.trainer.log(logs)
 
 
-def _per_rank(max_examples: int | None, world: int) -> int | None:
-    return None if max_examples is None else -(-max_examples // world)
+class _LazySurviving(Mapping):
+    """Surviving masks unpacked one at a time on lookup (all at once would cost 1 byte per weight)."""
+
+    def __init__(self, trainer, saliency):
+        self.trainer, self.saliency = trainer, saliency
+
+    def __getitem__(self, name):
+        return self.trainer.surviving_mask(name, self.saliency[name].device)
+
+    def __iter__(self):
+        return iter(self.saliency)
+
+    def __len__(self):
+        return len(self.saliency)

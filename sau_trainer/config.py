@@ -120,4 +120,6 @@ class SAUConfig(TrainingArguments):
         """The settings that determine G and W (saved beside them in checkpoints)."""
         settings = {name: getattr(self, name) for name in SAU_SETTING_FIELDS}
         settings["saliency_batch_size"] = self.saliency_batch_size or self.per_device_train_batch_size
+        if self.saliency_loss == "objective":  # then the objective's forget term shapes the saliency too
+            settings |= {k: getattr(self, k) for k in ("objective", "npo_beta", "simnpo_beta", "simnpo_delta")}
         return settings

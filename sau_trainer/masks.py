@@ -21,6 +21,14 @@ logger = logging.getLogger(__name__)
 
 MASKS_FILE = "sparsity_masks.safetensors"
 _BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+_BIT_WEIGHTS_ON: dict[torch.device, torch.Tensor] = {}
+
+
+def _bit_weights(device: torch.device) -> torch.Tensor:
+    """The bit values on `device`, copied there once (not a host-to-device copy per unpack)."""
+    if device not in _BIT_WEIGHTS_ON:
+        _BIT_WEIGHTS_ON[device] = _BIT_WEIGHTS.to(device)
+    return _BIT_WEIGHTS_ON[device]
 
 
 # --------------------------------------------------------------------------- bit packing
@@ -30,7 +38,7 @@ def pack_bool(mask: torch.Tensor) -> torch.Tensor:
     pad = (-flat.numel()) % 8
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    bits = flat.view(-1, 8).to(torch.uint8) * _BIT_WEIGHTS.to(flat.device)
+    bits = flat.view(-1, 8).to(torch.uint8) * _bit_weights(flat.device)
     return bits.sum(dim=1, dtype=torch.uint8)
 
 
@@ -40,7 +48,7 @@ def unpack_bool(packed: torch.Tensor, shape: Iterable[int]) -> torch.Tensor:
     numel = 1
     for s in shape:
         numel *= s
-    bits = packed.unsqueeze(1).bitwise_and(_BIT_WEIGHTS.to(packed.device)).ne(0)
+    bits = packed.unsqueeze(1).bitwise_and(_bit_weights(packed.device)).ne(0)
     return bits.reshape(-1)[:numel].reshape(shape)
 
 
@@ -184,6 +192,13 @@ class SparsityMasks:
                 f"The sparsity masks name {len(missing)} matrices the model does not have (first: {missing[0]!r}). "
                 "Were they saved for another model?"
             )
+        uncovered = [k for k in params if k not in self._packed]
+        if uncovered:
+            raise ValueError(
+                f"The sparsity masks cover {len(self._packed)} of the model's {len(params)} prunable matrices; "
+                f"{len(uncovered)} have no mask (first: {uncovered[0]!r}). Save the masks of the whole model "
+                "(SparsityMasks.from_model) or let them be inferred (sparsity_masks=None)."
+            )
         for name, shape in self._shapes.items():
             if tuple(params[name].shape) != shape:
                 raise ValueError(
@@ -193,11 +208,17 @@ class SparsityMasks:
 
     @torch.no_grad()
     def apply_(self, model: nn.Module) -> None:
-        """Set every pruned entry of `model` to exactly zero."""
+        """Set every pruned entry of `model` to exactly +0.0 (``mul_`` would leave -0.0 and NaN)."""
         params = prunable_parameters(model)
         for name in self._packed:
             p = params[name]
-            p.mul_(self.get(name, p.device).to(p.dtype))
+            p.masked_fill_(~self.get(name, p.device), 0.0)
+
+    @torch.no_grad()
+    def count_nonzero_pruned(self, model: nn.Module) -> int:
+        """How many pruned entries of `model` are not exactly zero."""
+        params = prunable_parameters(model)
+        return sum(int(params[n][~self.get(n, params[n].device)].count_nonzero()) for n in self._packed)
 
     # ---- files
     def save(self, path: str | os.PathLike) -> str:

@@ -5,7 +5,8 @@ the batch's mean answer NLL (so ``s`` depends on the batch size). ``example`` gr
 ``s = (1/N) sum_i (grad L_f(x_i))^2``, one backward per example. Each gradient is folded into
 ``s`` (fp32) as soon as it is accumulated, by a post-accumulate-grad hook, and then freed: the
 pass needs 4 bytes per target parameter beyond a plain forward+backward. Across processes the
-sums and counts are all-reduced, so every rank ends with the same ``s``. The model (weights,
+sums and counts are all-reduced, so every rank ends with the same ``s``. The model runs in train
+mode (so gradient checkpointing stays on) with its dropout modules off. The model (weights,
 grads, train/eval mode, requires_grad flags) and the RNG state are left as they were found.
 """
 
@@ -63,7 +64,11 @@ def compute_saliency(
             p.requires_grad_(id(p) in targets)
         for p in params.values():
             handles.append(p.register_post_accumulate_grad_hook(fold))
-        model.eval()
+        # Train mode keeps gradient checkpointing on (HF checkpoints only while training); dropout is switched off.
+        model.train()
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.eval()
         count, seen = 0, 0
         with torch.random.fork_rng(devices=[p.device for p in params.values() if p.device.type == "cuda"][:1]):
             for batch in tqdm(batches, desc="saliency", disable=not show_progress, leave=False):

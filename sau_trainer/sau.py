@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -57,44 +58,43 @@ def select_topk(saliency: torch.Tensor, surviving: torch.Tensor, k: float, scope
     alive = surviving.reshape(rows, -1).bool()
     values = torch.where(alive, s, torch.full_like(s, -math.inf))
     order = _stable_desc_order(values)
-    f = _fraction(k)
-    counts = alive.sum(dim=1, keepdim=True)
-    quota = -((-counts * f.numerator) // f.denominator)
+    # Python ints: k's exact fraction can have a 16-digit numerator, which would overflow int64.
+    quota = torch.tensor([topk_count(int(c), k) for c in alive.sum(dim=1).tolist()], device=s.device).unsqueeze(1)
     take = torch.arange(s.shape[1], device=s.device).unsqueeze(0) < quota
     selected = torch.zeros_like(alive).scatter_(1, order, take)
     return selected.reshape(shape)
 
 
 def select_topk_global(
-    saliency: dict[str, torch.Tensor], surviving: dict[str, torch.Tensor], k: float
+    saliency: Mapping[str, torch.Tensor], surviving: Mapping[str, torch.Tensor], k: float
 ) -> dict[str, torch.Tensor]:
     """Top ``ceil(k |S|)`` over all matrices together, ties by (matrix order, flat index).
 
-    Finds the threshold by a binary search over the float bit patterns (monotone for s >= 0), so
-    no concatenated copy of all saliencies is ever made.
+    Finds the threshold by a binary search over the float bit patterns (monotone for s >= 0),
+    one matrix at a time: no concatenated or masked copy of the saliencies is made. `surviving`
+    may be a lazy mapping that unpacks one mask per lookup.
     """
     names = list(saliency)
     for n in names:
         _check_saliency(saliency[n])
-    total = sum(int(surviving[n].sum()) for n in names)
-    quota = topk_count(total, k)
-    bits = {n: torch.where(surviving[n].bool(), saliency[n].float(), -1.0).view(torch.int32) for n in names}
+    bits = {n: saliency[n].float().contiguous().view(torch.int32) for n in names}  # no copy for fp32
 
-    def count_ge(b: int) -> int:  # pruned entries hold -1.0, whose bit pattern is negative
-        return sum(int((bits[n] >= b).sum()) for n in names)
+    def count(b: int, strict: bool = False) -> int:
+        return sum(int(((bits[n] > b) if strict else (bits[n] >= b)).logical_and_(surviving[n]).sum()) for n in names)
 
-    lo, hi = 0, 0x7F800000  # count_ge(lo) >= quota is guaranteed when quota <= total
+    quota = topk_count(sum(int(surviving[n].sum()) for n in names), k)
+    lo, hi = 0, 0x7F800000  # count(lo) >= quota: every saliency is >= +0.0
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if count_ge(mid) >= quota:
+        if count(mid) >= quota:
             lo = mid
         else:
             hi = mid - 1
-    threshold = lo
-    out, remaining = {}, quota - sum(int((bits[n] > threshold).sum()) for n in names)
+    out, remaining = {}, quota - count(lo, strict=True)
     for n in names:
-        sel = bits[n] > threshold
-        ties = (bits[n] == threshold).reshape(-1)
+        alive = surviving[n]
+        sel = (bits[n] > lo).logical_and_(alive)
+        ties = (bits[n] == lo).logical_and_(alive).reshape(-1)
         if remaining > 0 and ties.any():
             idx = ties.nonzero().squeeze(1)[:remaining]
             sel.view(-1)[idx] = True
@@ -208,23 +208,30 @@ class SAUState:
 
 def build_sau_state(
     saliency: dict[str, torch.Tensor],
-    surviving: dict[str, torch.Tensor],
+    surviving: Mapping[str, torch.Tensor],
     k: float,
     alpha: float,
     scope: str = "matrix",
     redistribution: str = "matrix",
     settings: dict | None = None,
+    global_names: list[str] | None = None,
 ) -> SAUState:
-    """Select ``G`` and compute ``W`` for every parameter in `saliency` (same keys as `surviving`)."""
+    """Select ``G`` and compute ``W`` for every parameter in `saliency` (same keys as `surviving`).
+
+    With ``scope="global"`` the pool is `global_names` (default: all); other parameters (dense ones
+    selected with ``sau_dense_params="topk"``) are selected per matrix. `surviving` may be lazy.
+    """
     if scope not in SCOPES:
         raise ValueError(f"sau_topk_scope must be one of {SCOPES}, got {scope!r}")
+    selected: dict[str, torch.Tensor] = {}
     if scope == "global":
-        selected = select_topk_global(saliency, surviving, k)
-    else:
-        selected = {n: select_topk(saliency[n], surviving[n], k, scope) for n in saliency}
+        pool = list(saliency) if global_names is None else list(global_names)
+        selected = select_topk_global({n: saliency[n] for n in pool}, surviving, k)
+        selected = {n: pack_bool(g) for n, g in selected.items()}
     state = SAUState(selected={}, shapes={}, settings=dict(settings or {}))
     for n, s in saliency.items():
-        g, m = selected[n], surviving[n]
+        m = surviving[n]
+        g = unpack_bool(selected[n], s.shape) if n in selected else select_topk(s, m, k, "row" if scope == "row" else "matrix")
         w = redistribution_weights(s, m, g, alpha, redistribution)
         state.selected[n] = pack_bool(g)
         state.shapes[n] = tuple(s.shape)
@@ -236,16 +243,25 @@ def build_sau_state(
             "surviving": n_alive,
             "selected_fraction": int(g.sum()) / max(n_alive, 1),
             "pruned_over_selected": pruned_selected_ratio(s, m, g),
-            "w_min": float(w.min()) if w is not None else 1.0,
-            "w_max": float(w.max()) if w is not None else 1.0,
+            "w_min": _selected_range(w, g, min),
+            "w_max": _selected_range(w, g, max),
         }
     return state
 
 
+def _selected_range(w: torch.Tensor | None, g: torch.Tensor, fn) -> float:
+    """Min or max of ``W`` over the selected entries (a per-entry ``W`` is 1 elsewhere)."""
+    if w is None:
+        return 1.0
+    if w.shape == g.shape:
+        w = w[g]
+    return float(fn(w.min(), w.max())) if w.numel() else 1.0
+
+
 @torch.no_grad()
 def apply_sau_(grad: torch.Tensor, selected: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """In place: ``grad * G * W`` (W broadcast as a scalar, per row, or per entry)."""
-    grad.mul_(selected.to(grad.dtype))
+    """In place: ``grad * G * W`` (W broadcast as a scalar, per row, or per entry); +0.0 outside G."""
+    grad.masked_fill_(~selected, 0.0)
     if weight is not None:
         grad.mul_(weight.to(grad.device, grad.dtype))
     return grad

@@ -95,6 +95,11 @@ class SAUTrainer(Trainer):
         elif not isinstance(sparsity_masks, SparsityMasks):
             sparsity_masks = SparsityMasks.load(sparsity_masks)
         sparsity_masks.check(model)
+        nonzero = sparsity_masks.count_nonzero_pruned(model)
+        if nonzero:
+            logger.warning("%d pruned entries of the model were not zero; setting them to zero before unlearning.",
+                           nonzero)
+            sparsity_masks.apply_(model)
         self.objective = OBJECTIVES[args.objective](args)
         forget_rows = tokenize_rows(forget_dataset, processing_class, args.max_length, name="forget set")
         self.retain_rows = None
@@ -169,11 +174,11 @@ class SAUTrainer(Trainer):
 
     # ------------------------------------------------------------------ loss and step
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        retain = self._retain_batch() if self.objective.uses_retain and model.training else None
+        retain = self._retain_batch() if self.objective.uses_retain else None
         loss, logs = self.objective(model, inputs, retain, self.objective_ctx)
-        if model.training:
+        if model.training:  # summed on device: no host sync per micro-step
             for k, v in logs.items():
-                self._log_sums[k] = self._log_sums.get(k, 0.0) + float(v)
+                self._log_sums[k] = self._log_sums.get(k, 0.0) + v
             self._log_count += 1
         return (loss, None) if return_outputs else loss
 
@@ -191,7 +196,7 @@ class SAUTrainer(Trainer):
         if self.sau_state is None:
             for name, p in self._prunable.items():
                 if p.grad is not None:
-                    p.grad.mul_(self.sparsity_masks.get(name, p.grad.device).to(p.grad.dtype))
+                    p.grad.masked_fill_(~self.sparsity_masks.get(name, p.grad.device), 0.0)
             return
         use_w = self.args.sau_redistribution_target == "grad"
         for name, p in self.saliency_targets().items():
@@ -225,11 +230,14 @@ class SAUTrainer(Trainer):
         if self.objective.needs_reference_nll and self.objective_ctx.ref_forget_nll_sum is None:
             self.objective_ctx.ref_forget_nll_sum = self.forget_nll_sums()
         if self.objective.needs_reference_model and self.objective_ctx.ref_model is None:
-            import copy
+            self._build_reference_model()
 
-            ref = copy.deepcopy(self.model).eval()
-            ref.requires_grad_(False)
-            self.objective_ctx.ref_model = ref
+    def _build_reference_model(self) -> None:
+        import copy
+
+        ref = copy.deepcopy(self.model).eval()
+        ref.requires_grad_(False)
+        self.objective_ctx.ref_model = ref
 
     @torch.no_grad()
     def forget_nll_sums(self) -> torch.Tensor:
@@ -245,10 +253,13 @@ class SAUTrainer(Trainer):
         model.train(was_training)
         return out
 
-    def saliency_batches(self, shard: bool = True):
-        """The forget set in its original order, in batches of ``saliency_batch_size``; sharded by rank."""
+    def saliency_batches(self, shard: bool = True, max_examples: int | None = None):
+        """The first `max_examples` forget rows in order, in batches of ``saliency_batch_size``, sharded by rank.
+
+        The cut comes before the sharding, so the batches (and G) do not depend on the number of processes.
+        """
         bs = self.args.saliency_batch_size or self.args.per_device_train_batch_size
-        rows = self.train_dataset.rows
+        rows = self.train_dataset.rows[:max_examples]
         world, rank = (self.args.world_size, self.args.process_index) if shard else (1, 0)
         for b, start in enumerate(range(0, len(rows), bs)):
             if b % world == rank:
@@ -258,7 +269,7 @@ class SAUTrainer(Trainer):
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self._log_count and "loss" in logs:
             for k, v in self._log_sums.items():
-                logs[k] = round(v / self._log_count, 6)
+                logs[k] = round(float(v) / self._log_count, 6)
             self._log_sums, self._log_count = {}, 0
         super().log(logs, *args, **kwargs)
 
@@ -278,9 +289,15 @@ class SAUTrainer(Trainer):
         state.save(output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if self.objective.needs_reference_model and self.objective_ctx.ref_model is None:
+            self._build_reference_model()  # the reference is the starting model, not the checkpoint
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         if not os.path.isfile(os.path.join(resume_from_checkpoint, STATE_FILE)):
-            logger.warning("Checkpoint %s has no SAU state; G and W will be recomputed.", resume_from_checkpoint)
+            if self.args.sau:
+                raise ValueError(
+                    f"Checkpoint {resume_from_checkpoint} has no SAU state ({STATE_FILE}); recomputing G and W would "
+                    "select from the changed weights. Resume from a checkpoint saved by SAUTrainer, or start anew."
+                )
             return
         state = SAUState.load(resume_from_checkpoint)
         masks = SparsityMasks.load(resume_from_checkpoint, self.model)

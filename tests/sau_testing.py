@@ -41,10 +41,10 @@ def make_trainer(model, tokenizer, forget, retain, out, **kw):
 
 
 class GradRecorder(TrainerCallback):
-    """Copies the prunable gradients right before each optimizer step (after masking and clipping)."""
+    """Copies the gradients right before each optimizer step (after masking and clipping)."""
 
-    def __init__(self, model):
-        self.params = prunable_parameters(model)
+    def __init__(self, model, all_params=False):
+        self.params = dict(model.named_parameters()) if all_params else prunable_parameters(model)
         self.grads = []
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):

@@ -110,3 +110,50 @@ def test_reweight_applied_once_per_optimizer_step(tokenizer, tiny_splits, tmp_pa
         assert float(w) > 1.0
         expected = g_plain * trainer.sau_state.mask(name) * w
         torch.testing.assert_close(sau_grads[name], expected, rtol=1e-5, atol=1e-9)
+
+
+def test_mask_and_reweight_come_before_clipping(tokenizer, tiny_splits, tmp_path):
+    """The clipped norm is the norm of the SAU gradient (G * W applied), not of the raw gradient."""
+    base = sparse_model(tokenizer).state_dict()
+    plain_model = sparse_model(tokenizer, state_dict=base)
+    rec = GradRecorder(plain_model, all_params=True)
+    forget, retain = qa(tiny_splits, "forget10", 8), qa(tiny_splits, "retain90", 16)
+    make_trainer(plain_model, tokenizer, forget, retain, tmp_path / "plain", sau=False, max_steps=1,
+                 max_grad_norm=0.0, gradient_accumulation_steps=2, callbacks=[rec]).train()
+    raw = rec.grads[0]  # M applied, no clipping
+    trainer = make_trainer(sparse_model(tokenizer, state_dict=base), tokenizer, forget, retain, tmp_path / "sau",
+                           sau_alpha=1.0, max_steps=1, max_grad_norm=1e-3, gradient_accumulation_steps=2)
+    trainer.train()
+    state = trainer.sau_state
+    sq = 0.0
+    for name, g in raw.items():
+        if name in state.selected:
+            g = g * state.mask(name) * state.weight(name)
+        sq += float(g.double().square().sum())
+    logged = next(h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h)
+    assert logged == pytest.approx(sq**0.5, rel=1e-4)
+    assert logged != pytest.approx(sum(float(g.double().square().sum()) for g in raw.values()) ** 0.5, rel=1e-2)
+
+
+
+
+def test_rezero_after_every_step_even_if_something_moves_pruned_weights(tokenizer, tiny_splits, tmp_path):
+    """Like bitsandbytes' 8-bit AdamW, a callback moves pruned entries before each step; they end at zero."""
+    from transformers import TrainerCallback
+
+    model = sparse_model(tokenizer)
+    masks = SparsityMasks.from_model(model)
+    seen = []
+
+    class Mover(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, **kw):
+            seen.append(_pruned_all_zero(model, masks))
+            with torch.no_grad():
+                for n, p in prunable_parameters(model).items():
+                    p[~masks.get(n)] = 0.5
+
+    trainer = make_trainer(model, tokenizer, qa(tiny_splits, "forget10", 8), qa(tiny_splits, "retain90", 8),
+                           tmp_path, max_steps=3, callbacks=[Mover()])
+    trainer.train()
+    assert seen == [True, True, True]  # re-zeroed after each step, before the next one
+    assert _pruned_all_zero(model, masks)

@@ -103,3 +103,16 @@ def test_max_examples_limits_the_pass(setup):
     first_batch_only = compute_saliency(model, batches[:1], _loss, params, show_progress=False)[name]
     limited = compute_saliency(model, batches, _loss, params, max_examples=4, show_progress=False)[name]
     assert torch.equal(first_batch_only, limited)
+
+
+def test_gradient_checkpointing_stays_on_in_the_pass(setup):
+    """The pass runs in train mode: checkpointed layers recompute their forward in backward."""
+    model, _, batches = setup
+    model.gradient_checkpointing_enable()
+    model.eval()
+    calls = []
+    handle = model.model.layers[0].self_attn.register_forward_hook(lambda *a: calls.append(1))
+    compute_saliency(model, batches[:1], _loss, prunable_parameters(model), show_progress=False)
+    handle.remove()
+    assert len(calls) == 2  # forward + recomputation
+    assert not model.training  # and the mode is restored

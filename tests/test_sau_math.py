@@ -132,3 +132,17 @@ def test_state_save_load_roundtrip(tmp_path):
         assert torch.equal(back.mask(n), state.mask(n))
         assert torch.equal(back.weights[n], state.weights[n])
     assert torch.equal(back.extra["ref"], torch.arange(5.0))
+
+
+@pytest.mark.parametrize("scope", ["matrix", "row"])
+@pytest.mark.parametrize("k", [1 / 3, 0.1 * 3])
+def test_many_digit_k_on_a_large_matrix(scope, k):
+    """k's exact fraction has a 16-digit numerator: the count must not overflow."""
+    g = torch.Generator().manual_seed(0)
+    s = torch.rand(256, 1024, generator=g)
+    m = torch.rand(256, 1024, generator=g) >= 0.5
+    sel = select_topk(s, m, k, scope)
+    if scope == "matrix":
+        assert int(sel.sum()) == topk_count(int(m.sum()), k) > 0
+    else:
+        assert sel.sum(1).tolist() == [topk_count(int(c), k) for c in m.sum(1)]

@@ -133,6 +133,11 @@ def test_saved_model_has_masks_and_state(tokenizer, tiny_splits, tmp_path):
                            tmp_path, max_steps=1)
     trainer.train()
     trainer.save_model(str(tmp_path / "final"))
+    from sau_trainer.sau import SAUState
+
+    state = SAUState.load(tmp_path / "final")
+    assert state.settings == trainer.args.sau_settings()
+    assert all(torch.equal(state.mask(n), trainer.sau_state.mask(n).cpu()) for n in state.selected)
     loaded = SparsityMasks.load(tmp_path / "final")
     assert all(torch.equal(loaded.get(n), masks.get(n)) for n in masks.names)
     from transformers import AutoModelForCausalLM
@@ -176,6 +181,27 @@ def test_model_without_prunable_matrices(tokenizer, tmp_path):
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(tokenizer)))  # Conv1D, no Linear
     with pytest.raises(ValueError, match="no prunable matrices"):
         SAUTrainer(model, _args(tmp_path, objective="ga"), forget_dataset=[{"text": "a"}], processing_class=tokenizer)
+
+
+def test_partial_mask_file(tokenizer, tmp_path):
+    model = sparse_model(tokenizer)
+    masks = SparsityMasks.from_model(model)
+    partial = SparsityMasks.from_tensors({n: masks.get(n) for n in masks.names[:3]})
+    with pytest.raises(ValueError, match="cover 3 of the model's 14 prunable matrices"):
+        SAUTrainer(model, _args(tmp_path, objective="ga"), forget_dataset=[{"text": "a"}],
+                   processing_class=tokenizer, sparsity_masks=partial)
+
+
+def test_explicit_masks_zero_the_model_before_anything_runs(tokenizer, tmp_path):
+    model = sparse_model(tokenizer)
+    masks = SparsityMasks.from_model(model)
+    with torch.no_grad():
+        for p in prunable_parameters(model).values():
+            p.add_(0.01)  # dense again
+    assert masks.count_nonzero_pruned(model) > 0
+    SAUTrainer(model, _args(tmp_path, objective="ga"), forget_dataset=[{"text": "a"}], processing_class=tokenizer,
+               sparsity_masks=masks)
+    assert masks.count_nonzero_pruned(model) == 0
 
 
 def test_saved_masks_of_another_model(tokenizer, tmp_path):
@@ -234,6 +260,30 @@ def test_objective_saliency_of_ga_equals_forget_nll_saliency(tokenizer, tiny_spl
     for n in states[0].selected:
         assert torch.equal(states[0].mask(n), states[1].mask(n))
         assert torch.equal(states[0].weights[n], states[1].weights[n])
+
+
+def test_objective_saliency_of_npo_differs_from_nll(tokenizer, tiny_splits, tmp_path):
+    base = sparse_model(tokenizer).state_dict()
+    states = []
+    for loss in ("forget_nll", "objective"):
+        t = make_trainer(sparse_model(tokenizer, state_dict=base), tokenizer, qa(tiny_splits, "forget10", 8),
+                         qa(tiny_splits, "retain90", 8), tmp_path / loss, objective="npo", saliency_loss=loss,
+                         max_steps=1)
+        t.train()
+        states.append(t.sau_state)
+    assert "npo_beta" in states[1].settings and "npo_beta" not in states[0].settings
+    assert any(not torch.equal(states[0].mask(n), states[1].mask(n)) for n in states[0].selected)
+
+
+def test_resume_keeps_the_starting_model_as_kl_reference(tokenizer, tiny_splits, tmp_path):
+    base = sparse_model(tokenizer).state_dict()
+    kw = dict(max_steps=3, save_strategy="steps", save_steps=2, retain_loss="kl")
+    args = (tokenizer, qa(tiny_splits, "forget10", 8), qa(tiny_splits, "retain90", 8), tmp_path)
+    make_trainer(sparse_model(tokenizer, state_dict=base), *args, **kw).train()
+    resumed = make_trainer(sparse_model(tokenizer, state_dict=base), *args, **kw)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    ref = resumed.objective_ctx.ref_model.state_dict()
+    assert all(torch.equal(ref[k], base[k]) for k in base)
 
 
 def test_kl_retain_loss_uses_a_frozen_copy(tokenizer, tiny_splits, tmp_path):
