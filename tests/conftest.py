@@ -119,8 +119,13 @@ def trained_model(request, tiny_splits, tokenizer, tmp_path_factory):
             finetune(model, tokenizer, rows, str(model_dir), disable_tqdm=True, logging_steps=1000,
                      **TRAIN_SETTINGS)
             tokenizer.save_pretrained(model_dir)
-            if cached is not None:
-                shutil.copytree(model_dir, cached, dirs_exist_ok=True)
+            if cached is not None and not cached.exists():  # copy, then rename: never a half-written cache entry
+                staging = cached.with_name(f"{cached.name}.tmp-{os.getpid()}")
+                shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+                try:
+                    staging.rename(cached)
+                except OSError:  # another session stored it first
+                    shutil.rmtree(staging, ignore_errors=True)
         made[splits] = TrainedModel(model_dir, tokenizer, tiny_splits, splits, rows)
         return made[splits]
 
