@@ -10,6 +10,10 @@ import logging
 import sys
 from importlib import import_module
 
+# bitsandbytes warns at import, on CPUs with AVX512-BF16, that an optional 4-bit kernel package is missing;
+# this package never uses 4-bit kernels, so the command line keeps that line out of its output.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prune": ("sau_trainer.pruning.cli", "Prune a causal LM (magnitude, wanda, sparsegpt; unstructured or N:M)."),
     "eval": ("sau_trainer.evaluation.cli", "Evaluate a model with the TOFU protocol and write results.json."),
