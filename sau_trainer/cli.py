@@ -51,4 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Under `accelerate launch`, end the process group cleanly: gloo aborts a process that exits with it open."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
