@@ -35,6 +35,7 @@ def main(out_dir: str) -> None:
               "weights_hash": hashlib.sha256(weights.numpy().tobytes()).hexdigest()}
     with open(f"{out_dir}/rank{rank}.json", "w") as f:
         json.dump(report, f)
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
