@@ -206,19 +206,26 @@ class SAUTrainer(Trainer):
 
     @torch.no_grad()
     def _snapshot_for_update_mode(self) -> None:
+        """``update`` mode: keep the selected entries' values (only those: k of the survivors) before the step."""
         self._snapshots = {}
         if self.sau_state is not None and self.args.sau_redistribution_target == "update":
             params = self.saliency_targets()
-            self._snapshots = {n: params[n].detach().clone() for n in self.sau_state.weights}
+            for name in self.sau_state.weights:
+                p = params[name]
+                self._snapshots[name] = p.detach()[self.sau_state.mask(name, p.device)]
 
     @torch.no_grad()
     def _after_optimizer_step(self) -> None:
+        """Scale the step of selected entries by W (``update`` mode), then set pruned entries back to zero."""
         if self._snapshots:
             params = self.saliency_targets()
             for name, old in self._snapshots.items():
                 p = params[name]
-                gain = (self.sau_state.weight(name).to(p.device) - 1) * self.sau_state.mask(name, p.device)
-                p.add_(((p - old).float() * gain).to(p.dtype))
+                g = self.sau_state.mask(name, p.device)
+                w = self.sau_state.weight(name).to(p.device)
+                w = w.expand_as(p)[g] if w.dim() else w
+                new = p.detach()[g]
+                p[g] = (old.float() + w * (new.float() - old.float())).to(p.dtype)
             self._snapshots = {}
         self.sparsity_masks.apply_(self.model)
 

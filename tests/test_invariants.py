@@ -157,3 +157,17 @@ def test_rezero_after_every_step_even_if_something_moves_pruned_weights(tokenize
     trainer.train()
     assert seen == [True, True, True]  # re-zeroed after each step, before the next one
     assert _pruned_all_zero(model, masks)
+
+
+@pytest.mark.parametrize("optim", ["adamw_torch", pytest.param("adamw_bnb_8bit", marks=pytest.mark.skipif(
+    not HAS_BNB, reason="bitsandbytes"))])
+@pytest.mark.parametrize("redistribution", ["matrix", "param"])
+def test_update_mode_keeps_zeros_in_bf16(tokenizer, tiny_splits, tmp_path, optim, redistribution):
+    model = sparse_model(tokenizer)
+    masks = SparsityMasks.from_model(model)
+    trainer = make_trainer(model, tokenizer, qa(tiny_splits, "forget10", 8), qa(tiny_splits, "retain90", 8), tmp_path,
+                           optim=optim, bf16=True, sau_redistribution_target="update", sau_alpha=1.0,
+                           sau_redistribution=redistribution, weight_decay=0.1, gradient_accumulation_steps=2,
+                           per_device_train_batch_size=2, max_steps=2)
+    trainer.train()
+    assert _pruned_all_zero(model, masks)
