@@ -10,15 +10,6 @@ import torch
 from sau_trainer.cli import main as cli_main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from 2 threads, and on a shared 2-core CPU spin-waiting threads are ~20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM

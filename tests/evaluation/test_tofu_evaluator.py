@@ -12,15 +12,6 @@ from sau_trainer.evaluation import evaluate_tofu, forget_quality_from_results
 SPLITS = evaluation_splits("forget10")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from 2 threads, and on a shared 2-core CPU spin-waiting threads are ~20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def bench():
     return generate_benchmark("tiny", 0)

@@ -4,20 +4,10 @@ model (trained without it) does not, and forget quality tells them apart."""
 import json
 
 import pytest
-import torch
 
 from sau_trainer.evaluation import evaluate_tofu, forget_quality_from_results
 
 RETAIN_SPLITS = ("retain90", "real_authors_perturbed", "world_facts_perturbed")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from 2 threads, and on a shared 2-core CPU spin-waiting threads are ~20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
