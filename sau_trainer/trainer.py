@@ -95,11 +95,6 @@ class SAUTrainer(Trainer):
         elif not isinstance(sparsity_masks, SparsityMasks):
             sparsity_masks = SparsityMasks.load(sparsity_masks)
         sparsity_masks.check(model)
-        nonzero = sparsity_masks.count_nonzero_pruned(model)
-        if nonzero:
-            logger.warning("%d pruned entries of the model were not zero; setting them to zero before unlearning.",
-                           nonzero)
-            sparsity_masks.apply_(model)
         self.objective = OBJECTIVES[args.objective](args)
         forget_rows = tokenize_rows(forget_dataset, processing_class, args.max_length, name="forget set")
         self.retain_rows = None
@@ -110,6 +105,11 @@ class SAUTrainer(Trainer):
                     "or use objective='ga'."
                 )
             self.retain_rows = tokenize_rows(retain_dataset, processing_class, args.max_length, name="retain set")
+        nonzero = sparsity_masks.count_nonzero_pruned(model)  # inputs are valid: now the model may change
+        if nonzero:
+            logger.warning("%d pruned entries of the model were not zero; setting them to zero before unlearning.",
+                           nonzero)
+            sparsity_masks.apply_(model)
         super().__init__(
             model=model,
             args=args,
@@ -133,7 +133,7 @@ class SAUTrainer(Trainer):
         self._snapshots: dict[str, torch.Tensor] = {}
         self._micro_step = 0
         self._retain_perm: tuple[int, torch.Tensor] | None = None
-        self._log_sums: dict[str, float] = {}
+        self._log_sums: dict[str, torch.Tensor] = {}
         self._log_count = 0
         if args.sau_dense_params == "freeze":
             for p in self._dense_parameters().values():
@@ -144,7 +144,7 @@ class SAUTrainer(Trainer):
 
     # ------------------------------------------------------------------ parameters
     def _dense_parameters(self) -> dict[str, torch.nn.Parameter]:
-        prunable = {id(p) for p in self._prunable.values()} if hasattr(self, "_prunable") else set()
+        prunable = {id(p) for p in self._prunable.values()}
         return {n: p for n, p in self.model.named_parameters() if id(p) not in prunable and p.requires_grad}
 
     def saliency_targets(self) -> dict[str, torch.nn.Parameter]:
