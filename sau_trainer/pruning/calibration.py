@@ -265,27 +265,50 @@ def _first_device(module: nn.Module) -> torch.device:
 @dataclass
 class _Batch:
     hidden: torch.Tensor
-    kwargs: dict
+    kwargs: dict  # layer type -> the keyword arguments the model passes to layers of that type
     token_mask: torch.Tensor  # bool, (batch * seq,)
 
 
-@torch.no_grad()
-def capture_layer_inputs(model: nn.Module, first_layer: nn.Module, batches, device=None) -> list[_Batch]:
-    """Run the model up to `first_layer` on every batch and keep that layer's inputs and keyword arguments.
+def layer_types(model: nn.Module, n_layers: int) -> list[str]:
+    """Each decoder layer's attention type (``config.layer_types``: sliding vs full, ...), or one type for all.
 
-    A forward pre-hook stores ``hidden_states`` and the kwargs the model passes its layers (position
-    embeddings, attention mask, position ids, ...) and raises, so the rest of the model does not run.
+    Models that mix types (Gemma 2/3, Qwen with sliding windows, ...) pass each type its own attention
+    mask (and sometimes position embeddings), so calibration must replay the right ones per layer.
     """
-    captured = {}
+    types = getattr(getattr(model, "config", None), "layer_types", None)
+    return [str(t) for t in types] if types is not None and len(types) == n_layers else ["all"] * n_layers
 
-    def hook(module, args, kwargs):
-        captured["hidden"] = args[0] if args else kwargs.pop("hidden_states")
-        captured["kwargs"] = dict(kwargs)
-        raise _LayerInputsCaptured
+
+@torch.no_grad()
+def capture_layer_inputs(model: nn.Module, layers: nn.ModuleList, types: list[str], batches, device=None) -> list[_Batch]:
+    """Run the model up to the decoder layers on every batch and keep the first layer's inputs, plus the
+    keyword arguments (position embeddings, attention mask, position ids, ...) the model passes to the
+    first layer of each type.
+
+    Forward pre-hooks store them and the last one raises, so the rest of the model does not run.
+    """
+    first_of_type = {}
+    for idx, t in enumerate(types):
+        first_of_type.setdefault(t, idx)
+    wanted = set(first_of_type.values())
+    last = max(wanted)
+    captured: dict = {}
+
+    def make_hook(idx):
+        def hook(module, args, kwargs):
+            kwargs = dict(kwargs)
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            kwargs.pop("hidden_states", None)
+            if idx == 0:
+                captured["hidden"] = hidden
+            captured.setdefault("kwargs", {})[types[idx]] = kwargs
+            if idx == last:
+                raise _LayerInputsCaptured
+        return hook
 
     embed_device = model.get_input_embeddings().weight.device
     out = []
-    handle = first_layer.register_forward_pre_hook(hook, with_kwargs=True)
+    handles = [layers[idx].register_forward_pre_hook(make_hook(idx), with_kwargs=True) for idx in sorted(wanted)]
     try:
         for ids, mask in batches:
             captured.clear()
@@ -293,18 +316,19 @@ def capture_layer_inputs(model: nn.Module, first_layer: nn.Module, batches, devi
                 model(input_ids=ids.to(embed_device), attention_mask=mask.to(embed_device), use_cache=False)
             except _LayerInputsCaptured:
                 pass
-            if "hidden" not in captured:
-                raise RuntimeError("The model's forward never reached its first decoder layer.")
+            if "hidden" not in captured or len(captured["kwargs"]) != len(first_of_type):
+                raise RuntimeError("The model's forward never reached its decoder layers.")
             target = device if device is not None else captured["hidden"].device
             out.append(_Batch(captured["hidden"].to(target), _to_device(captured["kwargs"], target),
                               mask.reshape(-1).bool().to(target)))
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
     return out
 
 
-def _layer_forward(layer: nn.Module, batch: _Batch) -> torch.Tensor:
-    out = layer(batch.hidden, **batch.kwargs)
+def _layer_forward(layer: nn.Module, batch: _Batch, layer_type: str) -> torch.Tensor:
+    out = layer(batch.hidden, **batch.kwargs[layer_type])
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
@@ -335,8 +359,9 @@ def prune_layers(
         per_layer.append({n: m for n, m in modules.items() if n.startswith(prefix)})
 
     inputs = None
+    types = layer_types(model, len(layers))
     if statistic is not None:
-        inputs = capture_layer_inputs(model, layers[0], batches, device)
+        inputs = capture_layer_inputs(model, layers, types, batches, device)
     token_mask = {}
 
     bar = tqdm(list(enumerate(layers)), desc=desc, unit="layer", disable=not progress)
@@ -366,7 +391,7 @@ def prune_layers(
                     batch.hidden = batch.hidden.to(run_on)
                     batch.kwargs = _to_device(batch.kwargs, run_on)
                     token_mask["current"] = batch.token_mask
-                    _layer_forward(layer, batch)
+                    _layer_forward(layer, batch, types[idx])
             finally:
                 for h in handles:
                     h.remove()
@@ -374,7 +399,7 @@ def prune_layers(
                 prune_one(name, mod, accs.pop(name).value())
             if idx + 1 < len(layers):
                 for batch in inputs:
-                    batch.hidden = _layer_forward(layer, batch)
+                    batch.hidden = _layer_forward(layer, batch, types[idx])
         finally:
             if run_on != home:
                 layer.to(home)

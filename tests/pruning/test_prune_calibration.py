@@ -101,3 +101,49 @@ def test_progress_bar_per_layer(capsys):
     prune_model(tiny_model(), "wanda", calibration=torch.randint(0, 128, (2, 8)), progress=True)
     err = capsys.readouterr().err
     assert "2/2" in err and "layer" in err
+
+
+def test_mixed_layer_types_get_their_own_attention_mask(monkeypatch):
+    """A sliding-window layer and a full-attention layer each see their own mask during calibration."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from sau_trainer.masks import prunable_modules
+    from sau_trainer.pruning import PRUNERS, magnitude_mask, prune_model
+
+    class RecordingPruner:  # records each matrix's Hessian, prunes nothing
+        name, statistic = "record", "hessian"
+
+        def __init__(self):
+            self.stats = []
+
+        def prune(self, weight, stat, sparsity, structure, **kw):
+            self.stats.append(stat.clone())
+            keep = magnitude_mask(weight, sparsity, structure.n, structure.m)
+            return weight * keep, keep, {}
+
+    torch.manual_seed(0)
+    cfg = Qwen3Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+                      use_sliding_window=True, sliding_window=4, max_window_layers=1,
+                      layer_types=["sliding_attention", "full_attention"])
+    model = Qwen3ForCausalLM(cfg).eval()
+    calib = torch.randint(0, 128, (4, 24), generator=torch.Generator().manual_seed(0))
+    modules = prunable_modules(model)
+    o_proj = [n for n in modules if n.endswith("o_proj")]
+    truth, handles = {}, []
+    for n in o_proj:
+        def hook(m, args, out, n=n):
+            x = args[0].reshape(-1, args[0].shape[-1]).float()
+            truth[n] = x.T @ x / x.shape[0]
+        handles.append(modules[n].register_forward_hook(hook))
+    with torch.no_grad():
+        model(input_ids=calib)
+    for h in handles:
+        h.remove()
+    rec = RecordingPruner()
+    monkeypatch.setitem(PRUNERS, "record", rec)
+    prune_model(model, "record", 0.0, calibration=calib, progress=False)
+    got = dict(zip(modules, rec.stats, strict=True))
+    for n in o_proj:  # layer 1 (full attention) was fed the sliding mask before the fix: 0.87 relative error
+        torch.testing.assert_close(got[n], truth[n], rtol=1e-4, atol=1e-6)
