@@ -46,10 +46,14 @@ class RunSummary:
 
 def task_hash(task: Task, dep_hashes: dict[str, str]) -> str:
     """sha256 of the stage kind, its settings, its dependencies' hashes and the versions."""
+    import torch
+    import transformers
+
     from .. import __version__
 
     doc = {"kind": task.kind, "settings": task.settings, "deps": {k: dep_hashes[v] for k, v in task.deps.items()},
-           "pipeline_version": PIPELINE_VERSION, "sau_trainer": __version__}
+           "pipeline_version": PIPELINE_VERSION, "sau_trainer": __version__,
+           "torch": torch.__version__, "transformers": transformers.__version__}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

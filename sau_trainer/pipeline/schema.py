@@ -207,7 +207,7 @@ _Loader.add_implicit_resolver(
     list("-+0123456789"))
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)?\.?[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
     list("-+0123456789."))
 
 
@@ -425,7 +425,17 @@ def _check_trainer_settings(sec: TrainerSettings, name: str, errors: list[str], 
     for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "logging_steps"):
         if getattr(sec, key) < 1:
             errors.append(f"{name}.{key}: must be >= 1, got {getattr(sec, key)!r}")
-    if sec.effective_batch_size is not None and sec.effective_batch_size % sec.per_device_train_batch_size:
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    for key, enum in (("optim", OptimizerNames), ("lr_scheduler_type", SchedulerType)):
+        allowed = [e.value for e in enum]
+        if getattr(sec, key) not in allowed:
+            errors.append(f"{name}.{key}: {getattr(sec, key)!r} is not known; "
+                          f"{_closest(str(getattr(sec, key)), allowed, '')}")
+    if sec.effective_batch_size is not None and sec.effective_batch_size < 1:
+        errors.append(f"{name}.effective_batch_size: must be >= 1, got {sec.effective_batch_size!r}")
+    elif sec.effective_batch_size is not None and sec.effective_batch_size % sec.per_device_train_batch_size:
         errors.append(f"{name}.effective_batch_size: {sec.effective_batch_size} is not a multiple of "
                       f"per_device_train_batch_size={sec.per_device_train_batch_size}")
     if sec.num_train_epochs <= 0:
@@ -498,7 +508,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         raise RecipeError(f"no recipe file at {path}")
     try:
         data = yaml_load(path.read_text())
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, ValueError) as err:
         raise RecipeError(f"{path}: not valid YAML: {err}") from None
     if data is not None and not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .schema import Recipe, TrainerSettings, TrainSection
+from .schema import Recipe, RecipeError, TrainerSettings, TrainSection
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,6 @@ class Context:
 def load_data(recipe: Recipe) -> dict[str, list[dict]]:
     """Every split of the recipe's benchmark."""
     from ..data.tofu import load_benchmark
-    from .schema import RecipeError
 
     d = recipe.data
     try:
@@ -463,9 +462,13 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
     def deps_of(ref: str | None, role: str = "model") -> dict[str, str]:
         return {role: ref[5:]} if ref and ref.startswith("task:") else {}
 
+    loading = {k: model_spec.get(k) for k in ("dtype", "attn_implementation", "tokenizer")}
+
     def src_settings(ref: str) -> dict:
-        """The source of a task: a task reference (hashed through its dependency) or an external model."""
-        return {"source": ref} if ref.startswith("task:") else {"source": ref, "fingerprint": _model_fingerprint(ref)}
+        """The source of a task (a task reference, hashed through its dependency, or an external model) and
+        how it is loaded (dtype, attention, tokenizer), which every stage that loads it depends on."""
+        src = {"source": ref} if ref.startswith("task:") else {"source": ref, "fingerprint": _model_fingerprint(ref)}
+        return {**src, "loading": loading}
 
     p, u, e = recipe.prune, recipe.unlearn, recipe.evaluate
     prunings = []
@@ -474,7 +477,11 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
         for method in p.method:
             for sp in (p.sparsity if structure == "unstructured" else [None]):
                 pid = prune_id(method, sp or 0.0, structure)
-                if pid not in [x[0] for x in prunings]:
+                same = [x for x in prunings if x[0] == pid]
+                if same and same[0][2] != sp:
+                    raise RecipeError(f"prune.sparsity: {same[0][2]} and {sp} share the output name {pid!r}; "
+                                      "use sparsities that differ by at least one percent")
+                if not same:
                     prunings.append((pid, method, sp, _target_sparsity(sp, structure)))
     labels = {pid: method if p.structure == "unstructured" else f"{method} {p.structure}"
               for pid, method, _, _ in prunings}
@@ -529,7 +536,7 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
                                  "unlearn_then_prune": True})
 
     # evaluation: the retain references first (forget quality is measured against them)
-    e_settings = {"evaluate": asdict(e), "forget_split": forget_split, "data": fp}
+    e_settings = {"evaluate": asdict(e), "forget_split": forget_split, "data": fp, "loading": loading}
     refs_rows = []
     tseed = recipe.train_target.seed
     if refs["retain"]:
@@ -572,7 +579,7 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
         sparse_runs = [r for r in runs if r["model"] == "sparse"]
         chosen = h.run or next((r["name"] for r in sparse_runs if r["sau"]), sparse_runs[0]["name"])
         if chosen not in [r["name"] for r in sparse_runs]:
-            from .schema import RecipeError, _closest
+            from .schema import _closest
 
             raise RecipeError(f"push.run: {chosen!r} is not a sparse run of the grid; "
                               f"{_closest(chosen, [r['name'] for r in sparse_runs])}")

@@ -141,3 +141,33 @@ def test_a_tofu_recipe_plans_from_a_local_copy_and_hashes_its_rows(tmp_path):
     again = plan(load_recipe(recipe, [f"data.data_dir={data}"]))
     hash_tasks(again)
     assert all(a.hash != b.hash for a, b in zip(tasks, again, strict=True) if a.kind != "report")
+
+
+@pytest.mark.parametrize("override", ["model.dtype=bfloat16", "model.attn_implementation=eager"])
+def test_how_a_ready_model_is_loaded_enters_every_hash(tmp_path, override):
+    """With a ready-made target and retain model there is no training task to carry these settings."""
+    from sau_trainer.pipeline.runner import hash_tasks
+
+    model_dir = tmp_path / "ready"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    ready = [f"model.name_or_path={model_dir}", "model.shape=null", "train_target.enabled=false",
+             "train_retain.enabled=false", f"train_retain.model={model_dir}"]
+    before = plan(load_recipe(ROOT / "recipes/demo.yaml", ready))
+    after = plan(load_recipe(ROOT / "recipes/demo.yaml", [*ready, override]))
+    hash_tasks(before)
+    hash_tasks(after)
+    changed = {a.name for a, b in zip(before, after, strict=True) if a.hash != b.hash}
+    assert {t.name for t in before if t.kind in ("prune", "unlearn", "evaluate")} <= changed
+
+
+def test_optimizer_and_schedule_names_are_checked_before_any_work():
+    with pytest.raises(RecipeError, match="unlearn.optim: 'adamw_torh' is not known; did you mean 'adamw_torch'"):
+        load_recipe(ROOT / "recipes/demo.yaml", ["unlearn.optim=adamw_torh"])
+    with pytest.raises(RecipeError, match="did you mean 'cosine'"):
+        load_recipe(ROOT / "recipes/demo.yaml", ["train_target.lr_scheduler_type=cosin"])
+
+
+def test_sparsities_that_share_an_output_name_are_rejected():
+    with pytest.raises(RecipeError, match="share the output name"):
+        plan(load_recipe(ROOT / "recipes/demo.yaml", ["prune.sparsity=[0.5,0.501]"]))
