@@ -128,13 +128,14 @@ def main(args: argparse.Namespace) -> int:
             logger.warning("%s is not valid JSON; recomputing.", path)
         if old.get("settings_hash") == digest and old.get("settings") == settings:
             ref_old = (old.get("forget_quality_reference") or {}).get("digest")
-            if args.retain_results is None or ref_old == _reference_digest(args.retain_results):
+            ref_new = None if args.retain_results is None else _reference_digest(args.retain_results)
+            if ref_old == ref_new:  # the same reference, or none on both sides
                 logger.info("Reusing %s: it was computed with the same settings (hash %s). Pass --force to "
                             "recompute.", path, digest)
                 _print_summary(old, path)
                 return 0
             logger.info("Reusing the per-example numbers in %s (same settings, hash %s); recomputing forget "
-                        "quality against %s.", path, digest, args.retain_results)
+                        "quality against %s.", path, digest, args.retain_results or "no reference (null)")
             results = attach_forget_quality(load_results(old), args.retain_results)
             path = save_results(results, output_dir)
             _print_summary(results, path)

@@ -68,6 +68,12 @@ def test_eval_writes_then_reuses_then_recomputes(model_dir, tmp_path, caplog, ca
     assert with_fq["per_example"] == results["per_example"]
     assert with_fq["forget_quality_reference"]["settings_hash"] == results["settings_hash"]
 
+    caplog.clear()  # the same settings without a reference: forget quality goes back to null, never stale
+    assert _eval(model_dir, out) == 0
+    without = json.loads((out / "results.json").read_text())
+    assert without["summary"]["forget_quality"] is None and without["forget_quality_reference"] is None
+    assert "Forget quality is null" in caplog.text
+
     caplog.clear()  # other settings recompute and name what changed
     assert _eval(model_dir, out, "--seed", "1") == 0
     assert "other settings (data_fingerprint, seed changed); recomputing" in caplog.text
