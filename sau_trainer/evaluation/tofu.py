@@ -130,8 +130,11 @@ def greedy_generate(model: Any, tokenizer: Any, questions: Sequence[str], batch_
             budget = max_new_tokens if max_length is None else min(max_new_tokens, max_length - width)
             if budget <= 0:
                 continue
-            config = GenerationConfig(max_new_tokens=budget, do_sample=False, num_beams=1,
-                                      pad_token_id=collate.pad_token_id, eos_token_id=eos)
+            # Plain greedy decoding, set explicitly: transformers fills unset fields from the model's own
+            # generation_config.json (e.g. a shipped repetition_penalty would change ROUGE).
+            config = GenerationConfig(max_new_tokens=budget, min_new_tokens=0, do_sample=False, num_beams=1,
+                                      repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0,
+                                      bad_words_ids=None, pad_token_id=collate.pad_token_id, eos_token_id=eos)
             out = model.generate(input_ids=batch["input_ids"].to(device),
                                  attention_mask=batch["attention_mask"].to(device), generation_config=config)
             for j, i in enumerate(idx):
