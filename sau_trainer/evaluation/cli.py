@@ -67,19 +67,17 @@ def _settings(args: argparse.Namespace, splits: dict, model_dir: Path) -> dict[s
 
 
 def _model_info(model: Any, model_dir: Path) -> dict[str, Any]:
-    import torch
+
+    from ..pruning import measured_sparsity
 
     n_params = sum(p.numel() for p in model.parameters())
-    linear = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
-    n_lin = sum(w.numel() for w in linear)
-    zeros = sum(int((w == 0).sum()) for w in linear)
     return {
         "path": str(model_dir),
         "name_or_path": getattr(model.config, "_name_or_path", None),
         "architecture": (getattr(model.config, "architectures", None) or [type(model).__name__])[0],
         "num_parameters": n_params,
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "linear_zero_fraction": zeros / n_lin if n_lin else 0.0,
+        "sparsity": measured_sparsity(model),  # exact zeros over the prunable matrices
     }
 
 

@@ -13,7 +13,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 MAX_NLL = 1.0e4  # nats per token; exp(-MAX_NLL) == 0.0 in float64, but differences stay finite
@@ -54,12 +53,13 @@ def answer_token_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, 
     `logits` [B, T, V] and `labels` [B, T] are unshifted (as a causal LM's forward gives them);
     returns ``nll_sum`` [B], ``n_tokens`` [B], ``correct`` and ``mask`` [B, T-1] (float32 math).
     """
-    shift_logits = logits[:, :-1].float()
+    from ..objectives.losses import sequence_nll  # the one definition of the answer NLL
+
+    nll_sum, n_tokens = sequence_nll(logits, labels)
     shift_labels = labels[:, 1:]
     mask = shift_labels != IGNORE_INDEX
-    nll = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none")
-    correct = (shift_logits.argmax(-1) == shift_labels) & mask
-    return {"nll_sum": (nll * mask).sum(-1), "n_tokens": mask.sum(-1), "correct": correct, "mask": mask}
+    correct = (logits[:, :-1].argmax(-1) == shift_labels) & mask
+    return {"nll_sum": nll_sum, "n_tokens": n_tokens, "correct": correct, "mask": mask}
 
 
 def mean_nll(nll_sum: Floats, n_tokens: Floats) -> torch.Tensor:
