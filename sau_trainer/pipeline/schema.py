@@ -356,6 +356,14 @@ def _check(recipe: Recipe, errors: list[str]) -> None:
     if isinstance(m.shape, str) and m.shape not in MODEL_SHAPES:
         errors.append(f"model.shape: {m.shape!r} is not one of {sorted(MODEL_SHAPES)}; "
                       f"{_closest(m.shape, sorted(MODEL_SHAPES))}")
+    if isinstance(m.shape, dict):  # LlamaConfig ignores unknown fields: a typo would build its 7B default
+        from transformers import LlamaConfig
+
+        fields = sorted(LlamaConfig().to_dict())
+        for key in m.shape:
+            if key not in fields:
+                errors.append(f"unknown key 'model.shape.{key}' (a LlamaConfig field); "
+                              f"{_closest(key, fields, 'model.shape.')}")
     if m.shape is not None and not recipe.train_target.enabled:
         errors.append("train_target.enabled: a model built from model.shape is random; it must be trained")
     for name in ("train_target", "train_retain"):

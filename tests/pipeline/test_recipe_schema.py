@@ -171,3 +171,8 @@ def test_optimizer_and_schedule_names_are_checked_before_any_work():
 def test_sparsities_that_share_an_output_name_are_rejected():
     with pytest.raises(RecipeError, match="share the output name"):
         plan(load_recipe(ROOT / "recipes/demo.yaml", ["prune.sparsity=[0.5,0.501]"]))
+
+
+def test_a_misspelled_model_shape_field_is_rejected():
+    with pytest.raises(RecipeError, match="unknown key 'model.shape.hidden_sise'.*did you mean 'model.shape.hidden_size'"):
+        load_recipe(ROOT / "recipes/demo.yaml", ["model.shape={hidden_sise: 64, num_hidden_layers: 2}"])
