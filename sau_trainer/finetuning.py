@@ -5,22 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .data.qa import QACollator, tokenize_rows
+from .data.qa import QACollator, RowsDataset, tokenize_rows
 
 logger = logging.getLogger(__name__)
-
-
-class _ListDataset:
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        row = dict(self.rows[i])
-        row.pop("index", None)
-        return row
 
 
 def finetune(
@@ -43,7 +30,7 @@ def finetune(
     """
     from transformers import Trainer, TrainingArguments
 
-    data = _ListDataset(tokenize_rows(rows, tokenizer, max_length, name="training set"))
+    data = RowsDataset(tokenize_rows(rows, tokenizer, max_length, name="training set"), drop=("index",))
     defaults = dict(
         logging_steps=10, save_strategy="no", report_to=[], lr_scheduler_type="constant_with_warmup",
         warmup_steps=0, weight_decay=0.0, disable_tqdm=None,

@@ -143,12 +143,6 @@ class SparsityMasks:
     def names(self) -> list[str]:
         return list(self._packed)
 
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self._shapes[name]
-
-    def packed(self, name: str) -> torch.Tensor:
-        return self._packed[name]
-
     def get(self, name: str, device: torch.device | str | None = None) -> torch.Tensor:
         """The bool mask of one matrix (True = surviving)."""
         packed = self._packed[name]
@@ -207,9 +201,12 @@ class SparsityMasks:
                 )
 
     @torch.no_grad()
-    def apply_(self, model: nn.Module) -> None:
-        """Set every pruned entry of `model` to exactly +0.0 (``mul_`` would leave -0.0 and NaN)."""
-        params = prunable_parameters(model)
+    def apply_(self, model: nn.Module, params: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Set every pruned entry of `model` to exactly +0.0 (``mul_`` would leave -0.0 and NaN).
+
+        `params` (name -> weight) skips the model walk; the trainer passes it on every optimizer step.
+        """
+        params = prunable_parameters(model) if params is None else params
         for name in self._packed:
             p = params[name]
             p.masked_fill_(~self.get(name, p.device), 0.0)

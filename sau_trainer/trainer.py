@@ -19,23 +19,12 @@ from transformers import Trainer, TrainerCallback
 
 from .callbacks import SaliencyCallback
 from .config import SAUConfig
-from .data.qa import QACollator, tokenize_rows
+from .data.qa import QACollator, RowsDataset, tokenize_rows
 from .masks import SparsityMasks, prunable_parameters
 from .objectives import OBJECTIVES, ObjectiveContext, forward_nll
 from .sau import STATE_FILE, SAUState, apply_sau_
 
 logger = logging.getLogger(__name__)
-
-
-class _Rows(torch.utils.data.Dataset):
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.rows[i]
 
 
 class _SparsityCallback(TrainerCallback):
@@ -113,7 +102,7 @@ class SAUTrainer(Trainer):
         super().__init__(
             model=model,
             args=args,
-            train_dataset=_Rows(forget_rows),
+            train_dataset=RowsDataset(forget_rows),
             data_collator=data_collator or QACollator(processing_class),
             processing_class=processing_class,
             callbacks=callbacks,
@@ -227,7 +216,7 @@ class SAUTrainer(Trainer):
                 new = p.detach()[g]
                 p[g] = (old.float() + w * (new.float() - old.float())).to(p.dtype)
             self._snapshots = {}
-        self.sparsity_masks.apply_(self.model)
+        self.sparsity_masks.apply_(self.model, self._prunable)
 
     # ------------------------------------------------------------------ preparation (at train start)
     @torch.no_grad()

@@ -68,13 +68,18 @@ def test_example_granularity_matches_torch_func_float64(setup):
         torch.testing.assert_close(got[n].double(), ref, rtol=2e-3, atol=1e-3 * float(ref.max()))
 
 
-def test_granularities_differ_and_batch_depends_on_batch_size(setup):
+def test_granularities_differ_and_batch_depends_on_batch_size(setup, tokenizer):
     model, rows, batches = setup
     params = prunable_parameters(model)
     name = next(iter(params))
     per_batch = compute_saliency(model, batches, _loss, params, show_progress=False)[name]
     per_example = compute_saliency(model, batches, _loss, params, granularity="example", show_progress=False)[name]
     assert float(per_example.sum()) > float(per_batch.sum())  # averaging inside a batch cancels gradient noise
+    pairs = [QACollator(tokenizer)(rows[i : i + 2]) for i in range(0, len(rows), 2)]
+    per_pair = compute_saliency(model, pairs, _loss, params, show_progress=False)[name]
+    assert float(per_batch.sum()) < float(per_pair.sum()) < float(per_example.sum())  # s depends on the batch size
+    one_each = compute_saliency(model, [QACollator(tokenizer)([r]) for r in rows], _loss, params, show_progress=False)
+    torch.testing.assert_close(one_each[name], per_example, rtol=1e-4, atol=1e-12)  # batch size 1 == per example
 
 
 def test_pass_leaves_model_and_rng_as_found(setup):

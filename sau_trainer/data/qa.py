@@ -117,6 +117,20 @@ def tokenize_rows(rows: Any, tokenizer: Any, max_length: int | None = None, name
     return out
 
 
+class RowsDataset(torch.utils.data.Dataset):
+    """Encoded rows as a map-style dataset; `drop` removes keys the model must not receive (e.g. ``index``)."""
+
+    def __init__(self, rows: list[dict], drop: tuple[str, ...] = ()):
+        self.rows, self.drop = rows, drop
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.rows[i]
+        return {k: v for k, v in row.items() if k not in self.drop} if self.drop else row
+
+
 class QACollator:
     """Pads a list of encoded rows to one batch. ``padding_side="left"`` is for generation."""
 

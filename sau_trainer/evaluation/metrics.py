@@ -14,7 +14,8 @@ from functools import lru_cache
 
 import torch
 
-IGNORE_INDEX = -100
+from ..data.qa import IGNORE_INDEX
+
 MAX_NLL = 1.0e4  # nats per token; exp(-MAX_NLL) == 0.0 in float64, but differences stay finite
 
 Floats = torch.Tensor | Sequence[float]

@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.qa import IGNORE_INDEX
 from .calibration import _rows_from_tensor
-
-IGNORE = -100
 
 
 def _scored_rows(data, tokenizer) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -37,7 +36,7 @@ def _scored_rows(data, tokenizer) -> list[tuple[torch.Tensor, torch.Tensor]]:
     if all(isinstance(t, (tuple, list)) and len(t) == 2 and all(isinstance(s, str) for s in t) for t in data):
         rows = []
         for ctx, cont in zip(tok([c for c, _ in data], True), tok([c for _, c in data], False), strict=True):
-            rows.append((torch.cat([ctx, cont]), torch.cat([torch.full_like(ctx, IGNORE), cont])))
+            rows.append((torch.cat([ctx, cont]), torch.cat([torch.full_like(ctx, IGNORE_INDEX), cont])))
         return rows
     if all(isinstance(t, Mapping) for t in data):
         rows = []
@@ -70,7 +69,7 @@ def perplexity(
     if seq_len is None:
         seq_len = min(int(getattr(model.config, "max_position_embeddings", 2048) or 2048), 2048)
     windows = [(i, t) for ids, labels in rows for i, t in zip(ids.split(seq_len), labels.split(seq_len), strict=True)
-               if (t[1:] != IGNORE).any()]
+               if (t[1:] != IGNORE_INDEX).any()]
     if not windows:
         raise ValueError("perplexity found no token to score (sequences need two or more tokens).")
     windows.sort(key=lambda w: -w[0].numel())  # batch similar lengths together
@@ -84,7 +83,7 @@ def perplexity(
             group = windows[start : start + batch_size]
             length = max(w[0].numel() for w in group)
             ids = torch.zeros(len(group), length, dtype=torch.long)
-            labels = torch.full((len(group), length), IGNORE, dtype=torch.long)
+            labels = torch.full((len(group), length), IGNORE_INDEX, dtype=torch.long)
             mask = torch.zeros(len(group), length, dtype=torch.long)
             for r, (i, t) in enumerate(group):
                 ids[r, : i.numel()], labels[r, : i.numel()], mask[r, : i.numel()] = i, t, 1
@@ -92,8 +91,8 @@ def perplexity(
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
             target = labels[:, 1:]
             for row_logits, row_target in zip(logits, target, strict=True):  # one fp32 row at a time (large vocabs)
-                nll += float(F.cross_entropy(row_logits.float(), row_target, ignore_index=IGNORE, reduction="sum"))
-            count += int((target != IGNORE).sum())
+                nll += float(F.cross_entropy(row_logits.float(), row_target, ignore_index=IGNORE_INDEX, reduction="sum"))
+            count += int((target != IGNORE_INDEX).sum())
     finally:
         model.train(was_training)
     return math.exp(nll / count)
