@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from sau_testing import sparse_model
 from torch import nn
 
 from sau_trainer.masks import SparsityMasks, decoder_layers, pack_bool, prunable_parameters, unpack_bool
@@ -18,12 +19,7 @@ def test_pack_roundtrip_and_size(shape):
 
 
 def _sparse_llama(sparsity=0.5, seed=0):
-    model = build_llama("tiny", vocab_size=97, seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in prunable_parameters(model).values():
-            p.mul_((torch.rand(p.shape, generator=g) >= sparsity).float())
-    return model
+    return sparse_model(None, sparsity=sparsity, seed=seed, vocab_size=97)
 
 
 def test_prunable_parameters_are_decoder_linears_only():
