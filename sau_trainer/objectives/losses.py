@@ -40,3 +40,13 @@ def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torc
     logp = F.log_softmax(logits[:, :-1].float()[keep], dim=-1)
     ref_logp = F.log_softmax(ref_logits[:, :-1].float()[keep], dim=-1)
     return F.kl_div(logp, ref_logp, log_target=True, reduction="batchmean")
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token NLL ``[b, T-1]`` (0 where not supervised) and the bool mask of supervised positions, in fp32."""
+    shift_labels = labels[:, 1:]
+    nll = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.size(-1)), shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX, reduction="none",
+    ).view(shift_labels.shape)
+    return nll, shift_labels != IGNORE_INDEX
