@@ -86,6 +86,7 @@ class SAUTrainer(Trainer):
         sparsity_masks.check(model)
         self.objective = OBJECTIVES[args.objective](args)
         forget_rows = tokenize_rows(forget_dataset, processing_class, args.max_length, name="forget set")
+        self.objective.setup(forget_dataset, processing_class)
         self.retain_rows = None
         if self.objective.uses_retain:
             if retain_dataset is None:
@@ -164,6 +165,7 @@ class SAUTrainer(Trainer):
     # ------------------------------------------------------------------ loss and step
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         retain = self._retain_batch() if self.objective.uses_retain else None
+        self.objective_ctx.epoch = int(self.state.epoch or 0)
         loss, logs = self.objective(model, inputs, retain, self.objective_ctx)
         if model.training:  # summed on device: no host sync per micro-step
             for k, v in logs.items():
@@ -227,6 +229,7 @@ class SAUTrainer(Trainer):
             self.objective_ctx.ref_forget_nll_sum = self.forget_nll_sums()
         if self.objective.needs_reference_model and self.objective_ctx.ref_model is None:
             self._build_reference_model()
+        self.objective.prepare(self, self.objective_ctx)
 
     def _build_reference_model(self) -> None:
         import copy
@@ -238,14 +241,21 @@ class SAUTrainer(Trainer):
     @torch.no_grad()
     def forget_nll_sums(self) -> torch.Tensor:
         """Per-example answer NLL sum of the current model over the forget set (eval mode, fp32 result)."""
+        return self.answer_nll_sums(self.train_dataset.rows)
+
+    @torch.no_grad()
+    def answer_nll_sums(self, rows: list[dict]) -> torch.Tensor:
+        """Per-row answer NLL sum of the current model over encoded `rows` (eval mode, fp32, on every rank)."""
         model = self.model
         was_training = model.training
         model.eval()
-        out = torch.zeros(len(self.train_dataset), dtype=torch.float32)
-        for batch in self.saliency_batches(shard=False):
+        bs = self.args.saliency_batch_size or self.args.per_device_train_batch_size
+        out = torch.zeros(len(rows), dtype=torch.float32)
+        for start in range(0, len(rows), bs):
+            batch = self._prepare_inputs(self.data_collator(rows[start : start + bs]))
             with self.autocast_smart_context_manager():
                 nll_sum = forward_nll(model, batch)[0]
-            out[batch["index"].cpu()] = nll_sum.float().cpu()
+            out[start : start + len(nll_sum)] = nll_sum.float().cpu()
         model.train(was_training)
         return out
 
@@ -282,6 +292,8 @@ class SAUTrainer(Trainer):
         state = self.sau_state or SAUState(selected={}, shapes={}, settings={"sau": False})
         if self.objective_ctx.ref_forget_nll_sum is not None:
             state.extra["ref_forget_nll_sum"] = self.objective_ctx.ref_forget_nll_sum
+        for key, value in self.objective_ctx.tensors.items():
+            state.extra[f"objective.{key}"] = value
         state.save(output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -300,6 +312,8 @@ class SAUTrainer(Trainer):
         self.sparsity_masks = masks.to(self.args.device)
         if "ref_forget_nll_sum" in state.extra:
             self.objective_ctx.ref_forget_nll_sum = state.extra.pop("ref_forget_nll_sum")
+        for key in [k for k in state.extra if k.startswith("objective.")]:
+            self.objective_ctx.tensors[key.removeprefix("objective.")] = state.extra.pop(key)
         if self.args.sau:
             wanted = self.args.sau_settings()
             if state.settings != wanted:

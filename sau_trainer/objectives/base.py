@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -12,10 +12,16 @@ from .losses import kl_to_reference, mean_token_nll, sequence_nll
 
 @dataclass
 class ObjectiveContext:
-    """What an objective may need besides the batches: reference NLLs of the forget set, a reference model."""
+    """What an objective may need besides the batches: reference NLLs of the forget set, a reference model.
+
+    `tensors` holds what an objective computes once before training (`Objective.prepare`); SAUTrainer saves
+    them with every checkpoint and restores them on resume. `epoch` is the current epoch (0-based).
+    """
 
     ref_forget_nll_sum: torch.Tensor | None = None
     ref_model: torch.nn.Module | None = None
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    epoch: int = 0
 
 
 def forward_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, Any]:
@@ -44,8 +50,14 @@ class Objective:
     def needs_reference_model(self) -> bool:
         return self.uses_retain and self.retain_loss == "kl"
 
+    def setup(self, forget_dataset: Any, tokenizer: Any) -> None:
+        """Called by SAUTrainer with the raw forget rows before the model changes: check and keep what is needed."""
+
+    def prepare(self, trainer: Any, ctx: ObjectiveContext) -> None:
+        """Called once at train start (after a resume too): compute reference outputs into ``ctx.tensors``."""
+
     def forget_term(self, model, forget: dict, ctx: ObjectiveContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (forget term, mean answer NLL of the forget batch)."""
+        """Returns (forget term, mean answer NLL of the forget batch, or None where it is not computed)."""
         raise NotImplementedError
 
     def retain_term(self, model, retain: dict, ctx: ObjectiveContext) -> torch.Tensor:
@@ -61,7 +73,9 @@ class Objective:
         """Returns (loss, logs) with the forget and retain terms logged separately."""
         f_term, f_nll = self.forget_term(model, forget, ctx)
         loss = self.forget_weight * f_term
-        logs = {"forget_loss": f_term.detach(), "forget_nll": f_nll.detach()}
+        logs = {"forget_loss": f_term.detach()}
+        if f_nll is not None:
+            logs["forget_nll"] = f_nll.detach()
         if self.uses_retain:
             if retain is None:
                 raise ValueError(f"Objective {self.name!r} needs a retain set: pass retain_dataset=...")
