@@ -60,7 +60,8 @@ class SaliencyCallback(TrainerCallback):
         saliency = self.saliency()
         return build_sau_state(
             saliency, _LazySurviving(trainer, saliency), args.sau_topk, args.sau_alpha, args.sau_topk_scope,
-            args.sau_redistribution, settings=args.sau_settings(), global_names=list(trainer.sparsity_masks.names),
+            args.sau_redistribution, settings=args.sau_settings(),
+            global_names=[n for n in trainer.sparsity_masks.names if n in saliency],  # RMU: trainable ones only
         )
 
     def log_stats(self) -> None:

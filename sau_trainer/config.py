@@ -15,7 +15,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "sau_dense_params": ("train", "freeze", "topk"),
     "saliency_loss": ("forget_nll", "objective"),
     "saliency_granularity": ("batch", "example"),
-    "retain_loss": ("nll", "kl"),
 }
 
 # The settings that make G and W; a checkpoint's SAU state must have been made with the same ones.
@@ -80,12 +79,53 @@ class SAUConfig(TrainingArguments):
     retain_weight: float | None = field(
         default=None, metadata={"help": "alpha of the objective, weight of the retain term (None: its default)."}
     )
-    retain_loss: str = field(
-        default="nll", metadata={"help": "Retain term: nll, or kl to the frozen starting model (built only then)."}
+    retain_loss: str | None = field(
+        default=None,
+        metadata={"help": "Retain term: nll, kl to the frozen starting model (built only then), or embed_diff "
+                  "(RMU only: hidden states at the hooked block); None: the objective's default (nll; rmu: "
+                  "embed_diff)."},
     )
     npo_beta: float = field(default=0.1, metadata={"help": "beta of NPO."})
     simnpo_beta: float = field(default=4.5, metadata={"help": "beta of SimNPO."})
     simnpo_delta: float = field(default=0.0, metadata={"help": "delta (reward margin) of SimNPO."})
+    rmu_layer: int | None = field(
+        default=None,
+        metadata={"help": "rmu: index (0-based) of the decoder block whose output is steered; None: 7 where the "
+                  "model has more than 7 blocks (open-unlearning), else the middle block."},
+    )
+    rmu_steering_coeff: float = field(
+        default=2.0, metadata={"help": "rmu: norm c of the control vector (open-unlearning's TOFU config: 2)."}
+    )
+    rmu_trainable_params: str = field(
+        default=".*",
+        metadata={"help": "rmu: regular expression, full-matched against parameter names; the others are frozen "
+                  r"('.*': all, OU's TOFU setting; OU's WMDP setting: 'model\.layers\.(5|6|7)\.mlp\.down_proj"
+                  r"\.weight')."},
+    )
+    pdu_epsilon: float | None = field(
+        default=None,
+        metadata={"help": "pdu: retain-loss bound epsilon of the constraint; None: 1.1 x the retain NLL of the "
+                  "starting model over the retain set, measured at train start."},
+    )
+    pdu_dual_lr: float = field(default=1.0, metadata={"help": "pdu: step size eta of the dual ascent on lambda."})
+    pdu_dual_warmup_epochs: int = field(
+        default=5, metadata={"help": "pdu: completed epochs before lambda starts to move."}
+    )
+    pdu_primal_dual: bool = field(
+        default=True, metadata={"help": "pdu: update lambda by dual ascent (False: lambda stays at retain_weight)."}
+    )
+    pdu_shifted_mask: bool = field(
+        default=False,
+        metadata={"help": "pdu: flatten the logits that predict answer tokens (False: open-unlearning's unshifted "
+                  "label mask, off by one)."},
+    )
+    wga_beta: float = field(default=1.0, metadata={"help": "wga: exponent beta of the token weight p^beta."})
+    satimp_beta1: float = field(
+        default=5.0, metadata={"help": "satimp: exponent beta1 of the token weight p^beta1 (1-p)^beta2."}
+    )
+    satimp_beta2: float = field(
+        default=1.0, metadata={"help": "satimp: exponent beta2 of the token weight p^beta1 (1-p)^beta2."}
+    )
     max_length: int = field(default=512, metadata={"help": "Tokenised rows are truncated to this many tokens."})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: SAUTrainer tokenises its own forget/retain rows."}
@@ -113,13 +153,49 @@ class SAUConfig(TrainingArguments):
         for name in ("npo_beta", "simnpo_beta"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be > 0.")
+        self._validate_objective_fields()
         if self.max_length < 2:
             raise ValueError(f"max_length={self.max_length!r} must be at least 2.")
+
+    def _validate_objective_fields(self) -> None:
+        import re
+
+        retain_losses = ("nll", "kl", "embed_diff") if self.objective == "rmu" else ("nll", "kl")
+        if self.retain_loss is not None and self.retain_loss not in retain_losses:
+            raise ValueError(f"retain_loss={self.retain_loss!r} is not allowed; choose one of {list(retain_losses)} "
+                             f"for objective={self.objective!r} (or None for its default).")
+        if self.rmu_layer is not None and self.rmu_layer < 0:
+            raise ValueError(f"rmu_layer={self.rmu_layer!r} must be a block index >= 0, or None for the default.")
+        try:
+            re.compile(self.rmu_trainable_params)
+        except re.error as err:
+            raise ValueError(f"rmu_trainable_params={self.rmu_trainable_params!r} is not a regular expression: "
+                             f"{err}") from None
+        if self.rmu_steering_coeff <= 0:
+            raise ValueError(f"rmu_steering_coeff={self.rmu_steering_coeff!r} must be > 0.")
+        if self.pdu_epsilon is not None and self.pdu_epsilon < 0:
+            raise ValueError(f"pdu_epsilon={self.pdu_epsilon!r} must be >= 0 (a bound on the retain loss), or None.")
+        if self.objective == "pdu" and self.pdu_epsilon is None and self.retain_loss == "kl":
+            raise ValueError("objective='pdu' with retain_loss='kl' needs pdu_epsilon: its default (1.1 x the "
+                             "starting retain NLL) measures an NLL, and the starting KL is 0.")
+        if self.pdu_dual_lr < 0 or self.pdu_dual_warmup_epochs < 0:
+            raise ValueError(f"pdu_dual_lr={self.pdu_dual_lr!r} and pdu_dual_warmup_epochs="
+                             f"{self.pdu_dual_warmup_epochs!r} must be >= 0.")
+        for name in ("wga_beta", "satimp_beta1", "satimp_beta2"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0.")
 
     def sau_settings(self) -> dict:
         """The settings that determine G and W (saved beside them in checkpoints)."""
         settings = {name: getattr(self, name) for name in SAU_SETTING_FIELDS}
         settings["saliency_batch_size"] = self.saliency_batch_size or self.per_device_train_batch_size
         if self.saliency_loss == "objective":  # then the objective's forget term shapes the saliency too
-            settings |= {k: getattr(self, k) for k in ("objective", "npo_beta", "simnpo_beta", "simnpo_delta")}
+            settings |= {k: getattr(self, k) for k in ("objective", "npo_beta", "simnpo_beta", "simnpo_delta",
+                                                        "rmu_layer", "rmu_steering_coeff", "pdu_shifted_mask",
+                                                        "wga_beta", "satimp_beta1", "satimp_beta2")}
+        if self.saliency_loss == "objective":
+            settings |= {k: getattr(self, k) for k in ("idk_path", "idk_pairing", "idkdpo_beta", "undial_beta",
+                                                        "undial_label_mask", "ceu_ignore_first_n")}
+        if self.objective == "rmu":  # RMU's trainable parameters are the saliency targets
+            settings["rmu_trainable_params"] = self.rmu_trainable_params
         return settings

@@ -85,6 +85,7 @@ class SAUTrainer(Trainer):
             sparsity_masks = SparsityMasks.load(sparsity_masks)
         sparsity_masks.check(model)
         self.objective = OBJECTIVES[args.objective](args)
+        self.objective.bind_model(model)
         forget_rows = tokenize_rows(forget_dataset, processing_class, args.max_length, name="forget set")
         self.objective.setup(forget_dataset, processing_class)
         self.retain_rows = None
@@ -128,6 +129,11 @@ class SAUTrainer(Trainer):
         if args.sau_dense_params == "freeze":
             for p in self._dense_parameters().values():
                 p.requires_grad_(False)
+        self._trainable_names = self.objective.trainable_names  # None: all; else the others are frozen
+        if self._trainable_names is not None:
+            for n, p in model.named_parameters():
+                if n not in self._trainable_names:
+                    p.requires_grad_(False)
         self.add_callback(_SparsityCallback(self))
         if args.sau:
             self.add_callback(SaliencyCallback(self))
@@ -138,8 +144,12 @@ class SAUTrainer(Trainer):
         return {n: p for n, p in self.model.named_parameters() if id(p) not in prunable and p.requires_grad}
 
     def saliency_targets(self) -> dict[str, torch.nn.Parameter]:
-        """The parameters that get a saliency score: the prunable matrices (+ dense ones in ``topk`` mode)."""
-        return {**self._prunable, **self._dense_targets}
+        """The parameters that get a saliency score: the prunable matrices (+ dense ones in ``topk`` mode),
+        only those the objective trains where it declares `trainable_names` (RMU)."""
+        targets = {**self._prunable, **self._dense_targets}
+        if self._trainable_names is not None:
+            targets = {n: p for n, p in targets.items() if n in self._trainable_names}
+        return targets
 
     def surviving_mask(self, name: str, device=None) -> torch.Tensor:
         if name in self.sparsity_masks:
@@ -232,11 +242,7 @@ class SAUTrainer(Trainer):
         self.objective.prepare(self, self.objective_ctx)
 
     def _build_reference_model(self) -> None:
-        import copy
-
-        ref = copy.deepcopy(self.model).eval()
-        ref.requires_grad_(False)
-        self.objective_ctx.ref_model = ref
+        self.objective_ctx.ref_model = self.objective.build_reference(self.model)
 
     @torch.no_grad()
     def forget_nll_sums(self) -> torch.Tensor:

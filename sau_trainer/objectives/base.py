@@ -39,11 +39,13 @@ class Objective:
     needs_reference_nll = False
     default_forget_weight = 1.0
     default_retain_weight = 1.0
+    default_retain_loss = "nll"
+    trainable_names: set[str] | None = None  # set by `bind_model` to train only these parameters; None: all
 
     def __init__(self, args: Any):
         self.forget_weight = args.forget_weight if args.forget_weight is not None else self.default_forget_weight
         self.retain_weight = args.retain_weight if args.retain_weight is not None else self.default_retain_weight
-        self.retain_loss = args.retain_loss
+        self.retain_loss = args.retain_loss or self.default_retain_loss
         self.args = args
 
     @property
@@ -55,6 +57,18 @@ class Objective:
 
     def prepare(self, trainer: Any, ctx: ObjectiveContext) -> None:
         """Called once at train start (after a resume too): compute reference outputs into ``ctx.tensors``."""
+
+    def bind_model(self, model: torch.nn.Module) -> None:
+        """Called by SAUTrainer with the model before it changes: check settings that depend on it (layers,
+        parameter names) and set `trainable_names` where only some parameters may train."""
+
+    def build_reference(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The frozen reference: a copy of the starting model (an objective may keep only the part it needs)."""
+        import copy
+
+        ref = copy.deepcopy(model).eval()
+        ref.requires_grad_(False)
+        return ref
 
     def forget_term(self, model, forget: dict, ctx: ObjectiveContext) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (forget term, mean answer NLL of the forget batch, or None where it is not computed)."""

@@ -1,0 +1,186 @@
+"""RMU, Representation Misdirection for Unlearning (Li et al. 2024, "The WMDP Benchmark: Measuring and
+Reducing Malicious Use With Unlearning", arXiv 2403.03218), as open-unlearning computes it (METHODS.md 1.3).
+
+The forget term steers the hidden states of one decoder block on the forget answers towards a fixed random
+direction scaled by ``c``; the retain term keeps that block's hidden states on retain answers where the
+starting model had them:
+
+* control vector, drawn once at train start: ``c * u / ||u||`` with ``u ~ U[0, 1)^d`` (``d`` = hidden size;
+  from a generator seeded with ``args.seed``), saved with every checkpoint and restored exactly on resume;
+* masked activation MSE over the positions ``M`` whose *unshifted* label is supervised (QA: the answer tokens
+  and EOS): ``D(H, G) = mean_i [ sum_{t in M_i} (1/d) ||H_it - G_it||^2 / |M_i| ]``;
+* ``L_forget = D(h(f), c * u_hat)``, ``L_retain = D(h(r), h_ref(r))`` (``retain_loss="embed_diff"``, the
+  default; ``nll`` and ``kl`` also work), ``L = gamma * L_forget + alpha * L_retain`` (1, 1).
+
+Defaults follow open-unlearning's TOFU config (``configs/trainer/RMU.yaml``): c = 2, every parameter
+trainable (``.*``), block index 7 (``hidden_states[8]``) where the model has more than 7 blocks, else the
+middle block ``n // 2`` (so the defaults run on a 2-layer test model as on an 8B one; logged). OU's WMDP
+setting is ``rmu_trainable_params=r"model\\.layers\\.(5|6|7)\\.mlp\\.down_proj\\.weight"`` (class default
+c = 20; the original RMU used c = 6.5 and alpha = 1200 for Zephyr).
+
+Trainable parameters: OU hands only the matching parameters to the optimizer but still computes gradients for
+all of them (so its gradient-clipping norm includes frozen parameters' gradients); here the others are frozen
+(``requires_grad=False``), which saves their gradients, and with SAU only the trainable ones get a saliency
+and a selection ``G``. Blocks above the hooked one never receive a gradient from RMU's loss.
+
+Memory: the embed-diff retain term needs the starting model's activations at the hooked block for whatever
+retain batch is drawn, so a frozen reference stays in memory, but only the part that produces them: the
+embeddings and the blocks up to the hooked one (about a quarter of an 8B Llama at block 7; no ``lm_head``).
+Both models run full forward passes as in open-unlearning (the logits give the logged forget NLL).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+
+import torch
+from torch import nn
+
+from ..data.qa import IGNORE_INDEX
+from ..masks import decoder_layers
+from .base import Objective
+from .losses import mean_token_nll, sequence_nll
+
+logger = logging.getLogger(__name__)
+
+CONTROL = "rmu_control_vector"
+OU_LAYER = 7
+
+
+def default_layer(num_layers: int) -> int:
+    """Open-unlearning's block 7 where the model has more than 7 blocks, else the middle one."""
+    return OU_LAYER if num_layers > OU_LAYER else num_layers // 2
+
+
+def control_vector(hidden_size: int, coeff: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``coeff * u / ||u||_2`` with ``u ~ U[0, 1)^hidden_size`` (fp32)."""
+    u = torch.rand(hidden_size, generator=generator, dtype=torch.float32)
+    return coeff * u / u.norm()
+
+
+def masked_activation_mse(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``mean_i [ sum_{t in M_i} mean_d (H - G)^2 / |M_i| ]`` in fp32; `target` broadcasts against `hidden`."""
+    sq = (hidden.float() - target.float()).square().mean(dim=-1)  # [b, T]
+    mask = mask.to(sq.dtype)
+    per_example = (sq * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1)
+    return per_example.mean()
+
+
+class _Capture:
+    """Context manager: keeps the output of `module` (its first element if a tuple) from forward passes."""
+
+    def __init__(self, module: nn.Module):
+        self.module, self.value = module, None
+
+    def __enter__(self):
+        self.handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def _hook(self, module, inputs, output):
+        self.value = output[0] if isinstance(output, (tuple, list)) else output
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+class RMU(Objective):
+    name = "rmu"
+    uses_retain = True
+    default_retain_loss = "embed_diff"
+
+    def __init__(self, args):
+        super().__init__(args)
+        self.layer_index: int | None = args.rmu_layer
+        self.trainable_names: set[str] | None = None
+        self._layer: nn.Module | None = None
+        self._ref_layer: nn.Module | None = None
+
+    @property
+    def needs_reference_model(self) -> bool:
+        return self.retain_loss in ("embed_diff", "kl")
+
+    # ------------------------------------------------------------------ set-up against the model
+    def bind_model(self, model: nn.Module) -> None:
+        """Resolve the hooked block and the trainable parameters; a clear error if either matches nothing."""
+        layers = decoder_layers(model)
+        n = len(layers)
+        if self.layer_index is None:
+            self.layer_index = default_layer(n)
+            logger.info("RMU: hooking decoder block %d of %d (open-unlearning's 7 where a model has more than 7 "
+                        "blocks, else the middle one; set rmu_layer to choose)", self.layer_index, n)
+        if not 0 <= self.layer_index < n:
+            raise ValueError(f"rmu_layer={self.layer_index} matches no decoder block: {type(model).__name__} has {n} "
+                             f"blocks (0..{n - 1}). Pick one of those, or leave rmu_layer unset for the default.")
+        self._layer = layers[self.layer_index]
+        pattern = re.compile(self.args.rmu_trainable_params)
+        names = {name for name, _ in model.named_parameters() if pattern.fullmatch(name)}
+        if not names:
+            example = next(iter(dict(model.named_parameters())), "")
+            raise ValueError(f"rmu_trainable_params={self.args.rmu_trainable_params!r} matches no parameter of "
+                             f"{type(model).__name__} (a full match against named_parameters() names such as "
+                             f"{example!r}); use '.*' for all parameters.")
+        self.trainable_names = names
+
+    def build_reference(self, model: nn.Module) -> nn.Module:
+        """The frozen starting model up to the hooked block (embed-diff), or a whole copy (``kl``)."""
+        if self.retain_loss == "kl":
+            return super().build_reference(model)
+        ref, self._ref_layer = _truncated_copy(model, self.layer_index)
+        return ref
+
+    def prepare(self, trainer, ctx):
+        if CONTROL not in ctx.tensors:
+            config = trainer.model.config
+            hidden = getattr(config, "get_text_config", lambda: config)().hidden_size
+            g = torch.Generator().manual_seed(int(self.args.seed))
+            ctx.tensors[CONTROL] = control_vector(hidden, self.args.rmu_steering_coeff, g)
+
+    # ------------------------------------------------------------------ the loss
+    def _hidden(self, model, layer, batch):
+        with _Capture(layer) as cap:
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return cap.value, getattr(out, "logits", None)
+
+    def forget_term(self, model, forget, ctx):
+        if CONTROL not in ctx.tensors:
+            raise RuntimeError("RMU's control vector is not drawn: SAUTrainer draws it at train start.")
+        hidden, logits = self._hidden(model, self._layer, forget)
+        target = ctx.tensors[CONTROL].to(hidden.device, hidden.dtype)  # cast to the activation dtype, as OU does
+        loss = masked_activation_mse(hidden, target, forget["labels"] != IGNORE_INDEX)
+        return loss, mean_token_nll(*sequence_nll(logits, forget["labels"]))
+
+    def retain_term(self, model, retain, ctx):
+        if self.retain_loss != "embed_diff":
+            return super().retain_term(model, retain, ctx)
+        hidden, _ = self._hidden(model, self._layer, retain)
+        with torch.no_grad():
+            ref_hidden, _ = self._hidden(ctx.ref_model, self._ref_layer, retain)
+        return masked_activation_mse(hidden, ref_hidden.to(hidden.dtype), retain["labels"] != IGNORE_INDEX)
+
+
+def _truncated_copy(model: nn.Module, layer_index: int) -> tuple[nn.Module, nn.Module]:
+    """A frozen copy of the model's decoder (embeddings, blocks ``0..layer_index``, final norm, no head), and
+    its block `layer_index`. A copy of the whole model where ``get_decoder()`` does not hold the blocks.
+    """
+    layers = decoder_layers(model)
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    attr = None
+    if isinstance(decoder, nn.Module):
+        attr = next((name for name, child in decoder.named_children() if child is layers), None)
+    if attr is None:
+        logger.warning("RMU: could not isolate the decoder of %s; the reference is a full copy.", type(model).__name__)
+        ref = copy.deepcopy(model)
+        hooked = decoder_layers(ref)[layer_index]
+    else:
+        setattr(decoder, attr, nn.ModuleList(list(layers)[: layer_index + 1]))
+        try:
+            ref = copy.deepcopy(decoder)
+        finally:
+            setattr(decoder, attr, layers)
+        hooked = getattr(ref, attr)[layer_index]
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref, hooked
+
