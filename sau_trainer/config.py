@@ -15,6 +15,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "sau_dense_params": ("train", "freeze", "topk"),
     "saliency_loss": ("forget_nll", "objective"),
     "saliency_granularity": ("batch", "example"),
+    "idk_pairing": ("epoch", "fixed"),
 }
 
 # The settings that make G and W; a checkpoint's SAU state must have been made with the same ones.
@@ -126,6 +127,30 @@ class SAUConfig(TrainingArguments):
     satimp_beta2: float = field(
         default=1.0, metadata={"help": "satimp: exponent beta2 of the token weight p^beta1 (1-p)^beta2."}
     )
+    idk_path: str | None = field(
+        default=None,
+        metadata={"help": "idkdpo/idknll: file of \"I don't know\" answers, one per line (e.g. open-unlearning's "
+                  "data/idk.jsonl, for numbers comparable with published ones); None: the package's own 100."},
+    )
+    idk_pairing: str = field(
+        default="epoch",
+        metadata={"help": "idkdpo/idknll: epoch (a seeded draw of one idk answer per forget example and epoch, as "
+                  "open-unlearning draws afresh at every fetch) or fixed (one draw per example for the run)."},
+    )
+    idkdpo_beta: float = field(
+        default=0.1, metadata={"help": "idkdpo: beta of DPO (open-unlearning's config: 0.1; loss scaled by 2/beta)."}
+    )
+    undial_beta: float = field(
+        default=10.0, metadata={"help": "undial: beta subtracted from the teacher's logit of the true token."}
+    )
+    undial_label_mask: bool = field(
+        default=False,
+        metadata={"help": "undial: average over supervised positions only (False: open-unlearning's variant, every "
+                  "position incl. prompt and padding, beta at token V-100 where the label is -100)."},
+    )
+    ceu_ignore_first_n: int = field(
+        default=1, metadata={"help": "ceu: leave the first n supervised tokens of each answer out of the loss."}
+    )
     max_length: int = field(default=512, metadata={"help": "Tokenised rows are truncated to this many tokens."})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: SAUTrainer tokenises its own forget/retain rows."}
@@ -154,6 +179,7 @@ class SAUConfig(TrainingArguments):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be > 0.")
         self._validate_objective_fields()
+        self._validate_idk_undial_ceu_fields()
         if self.max_length < 2:
             raise ValueError(f"max_length={self.max_length!r} must be at least 2.")
 
@@ -184,6 +210,19 @@ class SAUConfig(TrainingArguments):
         for name in ("wga_beta", "satimp_beta1", "satimp_beta2"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0.")
+
+    def _validate_idk_undial_ceu_fields(self) -> None:
+        if self.idk_path is not None:
+            from .data.idk import load_idk_answers
+
+            load_idk_answers(self.idk_path)  # a missing, empty or non-text file is an error now, not mid-run
+        if self.idkdpo_beta <= 0:
+            raise ValueError(f"idkdpo_beta={self.idkdpo_beta!r} must be > 0 (open-unlearning uses 0.1).")
+        if self.undial_beta < 0:
+            raise ValueError(f"undial_beta={self.undial_beta!r} must be >= 0 (open-unlearning uses 10).")
+        if isinstance(self.ceu_ignore_first_n, bool) or not isinstance(self.ceu_ignore_first_n, int) \
+                or self.ceu_ignore_first_n < 0:
+            raise ValueError(f"ceu_ignore_first_n={self.ceu_ignore_first_n!r} must be an integer >= 0 (default 1).")
 
     def sau_settings(self) -> dict:
         """The settings that determine G and W (saved beside them in checkpoints)."""

@@ -1,16 +1,21 @@
 """Unlearning objectives, one file each, and their registry."""
 
 from .base import Objective, ObjectiveContext, forward_nll
+from .ceu import CEU
 from .ga import GradAscent
 from .graddiff import GradDiff
+from .idkdpo import IdkDPO
+from .idknll import IdkNLL
 from .npo import NPO
 from .pdu import PDU
 from .rmu import RMU
 from .satimp import SatImp
 from .simnpo import SimNPO
+from .undial import UNDIAL
 from .wga import WGA
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (GradAscent, GradDiff, NPO, SimNPO, RMU, PDU, WGA, SatImp)}
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (GradAscent, GradDiff, NPO, SimNPO, RMU, PDU, WGA, SatImp,
+                                                                  IdkDPO, IdkNLL, UNDIAL, CEU)}
 
 __all__ = ["OBJECTIVES", "Objective", "ObjectiveContext", "forward_nll", "GradAscent", "GradDiff", "NPO", "SimNPO",
-           "RMU", "PDU", "WGA", "SatImp"]
+           "RMU", "PDU", "WGA", "SatImp", "IdkDPO", "IdkNLL", "UNDIAL", "CEU"]

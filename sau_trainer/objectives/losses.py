@@ -50,3 +50,79 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
         ignore_index=IGNORE_INDEX, reduction="none",
     ).view(shift_labels.shape)
     return nll, shift_labels != IGNORE_INDEX
+
+
+def dpo_loss(win_nll_sum: torch.Tensor, win_ref_nll_sum: torch.Tensor, lose_nll_sum: torch.Tensor,
+             lose_ref_nll_sum: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO (Rafailov et al. 2023) as open-unlearning scales it: ``-(2/beta) * mean log sigmoid(beta * (rho_w - rho_l))``.
+
+    ``rho(y) = log p(y) - log p_ref(y) = -NLL_sum(y) + NLL_sum_ref(y)`` for the preferred (win) and the
+    rejected (lose) answer of the same question.
+    """
+    rho_win = win_ref_nll_sum - win_nll_sum
+    rho_lose = lose_ref_nll_sum - lose_nll_sum
+    return -(2.0 / beta) * F.logsigmoid(beta * (rho_win - rho_lose)).mean()
+
+
+def undial_targets(ref_logits: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
+    """UNDIAL's adjusted teacher distribution at every shifted position: ``softmax(z_ref - beta * e_y)``.
+
+    `ref_logits` ``[b, T, V]``, `labels` ``[b, T]``; returns ``[b, T-1, V]`` (fp32). As in open-unlearning,
+    an unsupervised label (-100) indexes the vocabulary from the end (PyTorch's negative indexing), so
+    there ``beta`` is subtracted at token ``V - 100``.
+    """
+    z = ref_logits[:, :-1].float()
+    index = labels[:, 1:].remainder(z.size(-1)).unsqueeze(-1)
+    adjusted = z.scatter(-1, index, z.gather(-1, index) - beta)
+    return adjusted.softmax(-1)
+
+
+def undial_loss(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, beta: float,
+                label_mask: bool = False) -> torch.Tensor:
+    """UNDIAL (Dong et al. 2025): cross-entropy from the adjusted teacher distribution to the model's.
+
+    Averaged over all ``b * (T-1)`` shifted positions (open-unlearning: prompt and padding included), or,
+    with `label_mask`, over the supervised ones only.
+    """
+    target = undial_targets(ref_logits, labels, beta)
+    z = logits[:, :-1].float()
+    if label_mask:
+        keep = labels[:, 1:] != IGNORE_INDEX
+        if not bool(keep.any()):
+            return z.sum() * 0.0
+        z, target = z[keep], target[keep]
+    return F.cross_entropy(z.reshape(-1, z.size(-1)), target.reshape(-1, target.size(-1)))
+
+
+def ignore_first_answer_tokens(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """A copy of `labels` with the first `n` supervised tokens of every row set to -100 (CE-U's footnote trick)."""
+    if n <= 0:
+        return labels
+    supervised = labels != IGNORE_INDEX
+    rank = supervised.long().cumsum(dim=1)  # 1 at the first supervised token, 2 at the second, ...
+    return labels.masked_fill(supervised & (rank <= n), IGNORE_INDEX)
+
+
+def ceu_targets(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CE-U's target at every supervised shifted position: ``softmax(sg(z))`` with the true token's logit at -inf.
+
+    Returns (targets ``[n, V]`` fp32, boolean mask ``[b, T-1]`` of the positions they belong to).
+    """
+    keep = labels[:, 1:] != IGNORE_INDEX
+    z = logits[:, :-1].detach().float()[keep]
+    y = labels[:, 1:][keep]
+    z = z.scatter(-1, y.unsqueeze(-1), float("-inf"))
+    return z.softmax(-1), keep
+
+
+def ceu_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CE-U (arXiv 2503.01224): mean over supervised positions of ``-sum_v q(v) log softmax(z)(v)``.
+
+    Its gradient with respect to the logits is ``softmax(z) - q``: mass leaves the true token while the rest
+    of the distribution keeps its shape. A batch without a supervised position gives 0.
+    """
+    target, keep = ceu_targets(logits, labels)
+    if target.numel() == 0:
+        return logits.sum() * 0.0
+    z = logits[:, :-1].float()[keep]
+    return F.cross_entropy(z, target)
