@@ -7,7 +7,14 @@ the batch's mean answer NLL (so ``s`` depends on the batch size). ``example`` gr
 pass needs 4 bytes per target parameter beyond a plain forward+backward. Across processes the
 sums and counts are all-reduced, so every rank ends with the same ``s``. The model runs in train
 mode (so gradient checkpointing stays on) with its dropout modules off. The model (weights,
-grads, train/eval mode, requires_grad flags) and the RNG state are left as they were found.
+grads, train/eval mode, requires_grad flags, hooks) and the RNG state are left as they were found.
+
+Gradient checkpointing: torch's *reentrant* checkpoint (transformers 4.57's default) gives a block's
+parameters no gradient when none of the block's inputs requires grad, and here everything but the
+targets is frozen, the embeddings included, so the backward would fail with "element 0 of tensors does
+not require grad". For that case the pass makes the input embeddings' output require grad, by a
+forward hook that it removes afterwards (what ``enable_input_require_grads`` does in transformers,
+and what 5.x does itself whenever checkpointing is on). Non-reentrant checkpointing needs nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +33,43 @@ def _split_examples(batch: dict[str, torch.Tensor]) -> Iterable[dict[str, torch.
     for i in range(batch["input_ids"].shape[0]):
         keep = batch["attention_mask"][i].bool()
         yield {k: (v[i][keep] if v.dim() > 1 else v[i]).unsqueeze(0) for k, v in batch.items()}
+
+
+def _uses_reentrant_checkpointing(model: nn.Module) -> bool:
+    """True when a module of `model` recomputes its forward with torch's reentrant checkpoint.
+
+    transformers stores the checkpoint function as ``functools.partial(checkpoint, **kwargs)`` on every
+    module with a ``gradient_checkpointing`` flag; torch treats a missing or None ``use_reentrant`` as
+    reentrant, and so does this test (an unknown function is assumed reentrant: the fix is harmless).
+    """
+    for m in model.modules():
+        if getattr(m, "gradient_checkpointing", False) is True:
+            kwargs = getattr(getattr(m, "_gradient_checkpointing_func", None), "keywords", None) or {}
+            if kwargs.get("use_reentrant") is not False:
+                return True
+    return False
+
+
+def _require_input_grads(model: nn.Module) -> torch.utils.hooks.RemovableHandle:
+    """A removable forward hook that makes the input embeddings' output require grad."""
+    get = getattr(model, "get_input_embeddings", None)
+    try:
+        embeddings = get() if get is not None else None
+    except NotImplementedError:
+        embeddings = None
+    if not isinstance(embeddings, nn.Module):
+        raise ValueError(
+            f"The saliency pass cannot run through reentrant gradient checkpointing on {type(model).__name__}: "
+            "it freezes every parameter but its targets and needs the input embeddings' output to require "
+            "grad, but the model exposes no input embeddings (get_input_embeddings). Use non-reentrant "
+            "checkpointing: gradient_checkpointing_kwargs={'use_reentrant': False}."
+        )
+
+    def hook(module, args, output):
+        if isinstance(output, torch.Tensor) and not output.requires_grad:
+            output.requires_grad_(True)
+
+    return embeddings.register_forward_hook(hook)
 
 
 def compute_saliency(
@@ -64,6 +108,8 @@ def compute_saliency(
             p.requires_grad_(id(p) in targets)
         for p in params.values():
             handles.append(p.register_post_accumulate_grad_hook(fold))
+        if _uses_reentrant_checkpointing(model):
+            handles.append(_require_input_grads(model))
         # Train mode keeps gradient checkpointing on (HF checkpoints only while training); dropout is switched off.
         model.train()
         for m in model.modules():

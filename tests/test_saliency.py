@@ -121,3 +121,28 @@ def test_gradient_checkpointing_stays_on_in_the_pass(setup):
     handle.remove()
     assert len(calls) == 2  # forward + recomputation
     assert not model.training  # and the mode is restored
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_saliency_through_gradient_checkpointing_equals_the_plain_pass(setup, reentrant):
+    """transformers 4.57 checkpoints reentrantly by default and adds no input-grad hook; the pass freezes the
+    embeddings, so without its own temporary hook the backward fails ("element 0 of tensors does not require
+    grad"). Both kinds of checkpointing give the plain pass's saliency, and no hook is left behind."""
+    model, _, batches = setup
+    params = prunable_parameters(model)
+    plain = compute_saliency(model, batches, _loss, params, show_progress=False)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    if hasattr(model, "_require_grads_hook"):  # transformers 5.x adds one: remove it, as 4.57 has none
+        model.disable_input_require_grads()
+    embeddings = model.get_input_embeddings()
+    hooks_before = dict(embeddings._forward_hooks)
+    recomputed = []
+    handle = model.model.layers[1].mlp.register_forward_pre_hook(lambda *a: recomputed.append(1))
+    got = compute_saliency(model, batches, _loss, params, show_progress=False)
+    handle.remove()
+    assert len(recomputed) == 2 * len(batches)  # checkpointing was on: every forward ran again in backward
+    assert dict(embeddings._forward_hooks) == hooks_before
+    assert all(p.requires_grad for p in model.parameters())
+    for n in params:
+        assert float(plain[n].max()) > 0
+        torch.testing.assert_close(got[n], plain[n], rtol=1e-5, atol=1e-6 * float(plain[n].max()))
