@@ -35,6 +35,7 @@ class Objective:
     """Base class: ``loss = forget_weight * forget_term + retain_weight * retain_term``."""
 
     name = ""
+    label = ""  # display name in reports (default: `name`)
     uses_retain = False
     needs_reference_nll = False
     default_forget_weight = 1.0

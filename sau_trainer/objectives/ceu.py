@@ -19,6 +19,7 @@ from .losses import ceu_loss, ignore_first_answer_tokens, mean_token_nll, sequen
 
 class CEU(Objective):
     name = "ceu"
+    label = "CE-U"
     uses_retain = False
 
     def forget_term(self, model, forget, ctx):

@@ -6,6 +6,7 @@ from .losses import mean_token_nll
 
 class GradAscent(Objective):
     name = "ga"
+    label = "GA"
 
     def forget_term(self, model, forget, ctx):
         nll = mean_token_nll(*forward_nll(model, forget)[:2])

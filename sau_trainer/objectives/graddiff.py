@@ -5,4 +5,5 @@ from .ga import GradAscent
 
 class GradDiff(GradAscent):
     name = "graddiff"
+    label = "GradDiff"
     uses_retain = True

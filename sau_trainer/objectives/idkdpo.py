@@ -26,6 +26,7 @@ REF_IDK_NLL = "idkdpo_ref_idk_nll_sum"
 
 class IdkDPO(Objective):
     name = "idkdpo"
+    label = "IdkDPO"
     uses_retain = True
     needs_reference_nll = True  # the forget answers' reference NLLs (SAUTrainer computes them at train start)
 

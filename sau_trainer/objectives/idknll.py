@@ -21,6 +21,7 @@ from .losses import mean_token_nll
 
 class IdkNLL(Objective):
     name = "idknll"
+    label = "IdkNLL"
     uses_retain = True
 
     def setup(self, forget_dataset, tokenizer):

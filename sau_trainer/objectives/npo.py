@@ -10,6 +10,7 @@ from .losses import mean_token_nll, npo_loss
 
 class NPO(Objective):
     name = "npo"
+    label = "NPO"
     uses_retain = True
     needs_reference_nll = True
 

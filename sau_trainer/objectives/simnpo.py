@@ -6,6 +6,7 @@ from .losses import mean_token_nll, simnpo_loss
 
 class SimNPO(Objective):
     name = "simnpo"
+    label = "SimNPO"
     uses_retain = True
     default_forget_weight = 0.125
 

@@ -26,6 +26,7 @@ from .losses import mean_token_nll, sequence_nll, undial_loss
 
 class UNDIAL(Objective):
     name = "undial"
+    label = "UNDIAL"
     uses_retain = True
     default_retain_weight = 0.0
 

@@ -16,8 +16,15 @@ from ..evaluation.results import load_results
 
 ROW_KEYS = ("name", "model", "pruning", "target_sparsity", "measured_sparsity", "objective", "sau",
             "learning_rate", "seed", "metrics")
-OBJECTIVE_LABELS = {"graddiff": "GradDiff", "npo": "NPO", "ga": "GA", "simnpo": "SimNPO"}
 FQ_FLOOR = 1e-30  # forget quality 0 on a log axis is drawn here
+
+
+def objective_label(name: Any) -> str:
+    """The objective's display name (its class's `label`), else its registry name."""
+    from ..objectives import OBJECTIVES
+
+    cls = OBJECTIVES.get(name)
+    return (cls.label if cls is not None else "") or str(name)
 
 
 def build_report(rows: list[dict]) -> dict:
@@ -73,7 +80,7 @@ def method_key(row: dict) -> tuple:
 
 
 def method_label(row: dict) -> str:
-    obj = OBJECTIVE_LABELS.get(row["objective"], str(row["objective"]))
+    obj = objective_label(row["objective"])
     obj += "+SAU" if row["sau"] else " plain"
     if row.get("unlearn_then_prune"):
         return f"dense {obj}, then {row['pruning']} {row['target_sparsity']:.0%}"

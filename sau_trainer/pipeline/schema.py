@@ -131,6 +131,12 @@ class UnlearnSection(TrainerSettings):
     retain_split: str | None = opt(None, "Retain rows for the objective's retain term (default retain{100-NN}).")
     then_prune: bool = opt(False, "The paper's motivating check: also prune every dense unlearned model with "
                            "each pruning setting and evaluate it (does the forgotten data come back?).")
+    objective_args: dict = opt(
+        {}, "Per-objective settings, {objective: {key: value}}, applied to that objective's runs only: this "
+        "section's trainer settings (num_train_epochs, warmup_steps, ...), sau_topk, sau_alpha, learning_rate (a "
+        "number or list: replaces the learning-rate axis for that objective) or SAUConfig fields (undial_beta, "
+        "retain_weight, ...). Objectives missing from unlearn.objective are ignored, so a recipe can carry "
+        "settings for every objective, e.g. {undial: {learning_rate: [1.0e-4]}}.")
 
 
 @dataclass
@@ -390,6 +396,7 @@ def _check(recipe: Recipe, errors: list[str]) -> None:
         values = getattr(u, axis)
         if len(set(map(repr, values))) != len(values):
             errors.append(f"unlearn.{axis}: repeated values in {values!r}")
+    _check_objective_args(u, errors, OBJECTIVES)
     if not 0 < u.sau_topk <= 1:
         errors.append(f"unlearn.sau_topk: must be in (0, 1], got {u.sau_topk!r}")
     if u.sau_alpha < 0:
@@ -419,6 +426,52 @@ def _check(recipe: Recipe, errors: list[str]) -> None:
     if h.push_to_hub and not (u.enabled and "sparse" in u.model):
         errors.append("push.push_to_hub: pushes an unlearned sparse model; the grid has none "
                       "(unlearn.enabled and 'sparse' in unlearn.model)")
+
+
+# keys of unlearn.objective_args.<objective> that take the section's own field (typed as there)
+OBJECTIVE_ARG_FIELDS = tuple(f for f in TrainerSettings.__dataclass_fields__ if f != "args") + (
+    "learning_rate", "sau_topk", "sau_alpha")
+
+
+def _check_objective_args(u: UnlearnSection, errors: list[str], objectives: dict) -> None:
+    """unlearn.objective_args: known objectives; per key a section field (coerced in place) or an SAUConfig field."""
+    hints = typing.get_type_hints(UnlearnSection)
+    fields = UnlearnSection.__dataclass_fields__
+    sau_names = _sau_config_names()
+    for obj, over in u.objective_args.items():
+        where = f"unlearn.objective_args.{obj}"
+        if obj not in objectives:
+            errors.append(f"{where}: {obj!r} is not one of {sorted(objectives)}; {_closest(str(obj), sorted(objectives))}")
+            continue
+        if not isinstance(over, dict):
+            errors.append(f"{where}: expected a mapping of settings, got {over!r}")
+            continue
+        for key, value in over.items():
+            if key in ("output_dir", "objective", "sau", "seed", "data_seed"):
+                errors.append(f"{where}.{key}: set by the pipeline or the grid; not allowed per objective")
+            elif key in OBJECTIVE_ARG_FIELDS:
+                over[key] = _coerce(value, hints[key], f"{where}.{key}", errors, dict(fields[key].metadata))
+                if key == "learning_rate":
+                    lrs = over[key]
+                    if any(isinstance(lr, float) and not lr > 0 for lr in lrs) or len(set(map(repr, lrs))) != len(lrs):
+                        errors.append(f"{where}.learning_rate: values must be > 0 and distinct, got {lrs!r}")
+            elif key not in sau_names:
+                valid = sorted(set(OBJECTIVE_ARG_FIELDS) | set(sau_names))
+                errors.append(f"unknown key '{where}.{key}'; {_closest(str(key), valid, where + '.')}")
+
+
+def objective_settings(u_settings: dict, objective_args: dict, objective: str) -> tuple[dict, list | None]:
+    """The unlearn settings of one objective's runs, and its learning-rate axis (None: the section's)."""
+    over = dict(objective_args.get(objective) or {})
+    lrs = over.pop("learning_rate", None)
+    if not over:
+        return u_settings, lrs
+    out = dict(u_settings)
+    extra = {k: v for k, v in over.items() if k not in OBJECTIVE_ARG_FIELDS}
+    out.update({k: v for k, v in over.items() if k in OBJECTIVE_ARG_FIELDS})
+    if extra:
+        out["args"] = {**u_settings.get("args", {}), **extra}
+    return out, lrs
 
 
 def _check_trainer_settings(sec: TrainerSettings, name: str, errors: list[str], valid: list[str]) -> None:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .schema import Recipe, RecipeError, TrainerSettings, TrainSection
+from .schema import Recipe, RecipeError, TrainerSettings, TrainSection, objective_settings
 
 logger = logging.getLogger(__name__)
 
@@ -503,7 +503,7 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
     retain_split = u.retain_split or f"retain{100 - int(forget_split[-2:]):02d}"
     u_settings = {k: v for k, v in asdict(u).items()
                   if k not in ("enabled", "model", "objective", "sau", "learning_rate", "seed", "then_prune",
-                               "retain_split")}
+                               "retain_split", "objective_args")}
     runs = []  # (row name, task name, start, pid, target sparsity, objective, sau, lr, seed)
     if u.enabled:
         starts = []
@@ -513,12 +513,13 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
             starts += [(pid, pid, ts, f"task:models/finetuned+{pid}") for pid, _, _, ts in prunings]
         for start, pid, ts, ref in starts:
             for obj in u.objective:
+                obj_settings, obj_lrs = objective_settings(u_settings, u.objective_args, obj)
                 for sau in u.sau:
-                    for lr in u.learning_rate:
+                    for lr in obj_lrs or u.learning_rate:
                         for seed in u.seed:
                             name = run_name(start, obj, sau, lr, seed)
                             settings = {**src_settings(ref), "objective": obj, "sau": sau,
-                                        "learning_rate": lr, "seed": seed, "unlearn": u_settings,
+                                        "learning_rate": lr, "seed": seed, "unlearn": obj_settings,
                                         "forget_split": forget_split, "retain_split": retain_split,
                                         "dtype": m.dtype, "data": fp}
                             add(Task("unlearn", f"models/{name}", settings, {**deps_of(ref, "source"), **tok_deps}))
