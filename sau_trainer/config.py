@@ -7,12 +7,15 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .objectives import OBJECTIVES
+from .precision import OPTIMIZER_CHOICES, POLICIES
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "sau_topk_scope": ("matrix", "row", "global"),
     "sau_redistribution": ("matrix", "row", "param", "none"),
     "sau_redistribution_target": ("grad", "update"),
     "sau_dense_params": ("train", "freeze", "topk"),
+    "low_precision_weights": POLICIES,
+    "compensated_optimizer": OPTIMIZER_CHOICES,
     "saliency_loss": ("forget_nll", "objective"),
     "saliency_granularity": ("batch", "example"),
     "idk_pairing": ("epoch", "fixed"),
@@ -151,6 +154,25 @@ class SAUConfig(TrainingArguments):
     ceu_ignore_first_n: int = field(
         default=1, metadata={"help": "ceu: leave the first n supervised tokens of each answer out of the loss."}
     )
+    low_precision_weights: str = field(
+        default="upcast",
+        metadata={"help": "Trainable bf16/fp16 weights whose optimizer does not compensate rounding (plain AdamW "
+                  "loses every step below half a ULP: at lr 1e-5 all survivors of magnitude pruning): upcast "
+                  "(cast them to fp32 master weights before training, logged; bf16=True keeps bf16 compute), "
+                  "error (refuse, naming the fixes) or keep (train anyway: explicit opt-out, warned). "
+                  "See sau_trainer.precision."},
+    )
+    compensated_optimizer: str = field(
+        default="none",
+        metadata={"help": "An optimizer whose updates reach bf16 weights, used instead of `optim`: kahan_adamw "
+                  "(torch-optimi AdamW, Kahan summation), sr_adamw or sr_adamw8bit (torchao AdamW, bf16 "
+                  "stochastic rounding; 8-bit states). Needs `pip install 'sau-trainer[precision]'`. none: `optim`."},
+    )
+    update_check_steps: int = field(
+        default=1,
+        metadata={"help": "After this many optimizer steps with lr > 0, log the fraction of a fixed sample of "
+                  "selected surviving entries (G; M for plain) that changed, and warn if far below 1. 0: off."},
+    )
     max_length: int = field(default=512, metadata={"help": "Tokenised rows are truncated to this many tokens."})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: SAUTrainer tokenises its own forget/retain rows."}
@@ -182,6 +204,8 @@ class SAUConfig(TrainingArguments):
         self._validate_idk_undial_ceu_fields()
         if self.max_length < 2:
             raise ValueError(f"max_length={self.max_length!r} must be at least 2.")
+        if not isinstance(self.update_check_steps, int) or self.update_check_steps < 0:
+            raise ValueError(f"update_check_steps={self.update_check_steps!r} must be an integer >= 0 (0: no check).")
 
     def _validate_objective_fields(self) -> None:
         import re
