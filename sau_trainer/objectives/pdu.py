@@ -61,6 +61,7 @@ def dual_update(lam: torch.Tensor, retain_loss: torch.Tensor, epsilon: torch.Ten
 
 class PDU(Objective):
     name = "pdu"
+    label = "PDU"
     uses_retain = True
 
     def forget_term(self, model, forget, ctx):

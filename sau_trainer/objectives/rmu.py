@@ -87,6 +87,7 @@ class _Capture:
 
 class RMU(Objective):
     name = "rmu"
+    label = "RMU"
     uses_retain = True
     default_retain_loss = "embed_diff"
 

@@ -36,6 +36,7 @@ def satimp_loss(nll: torch.Tensor, mask: torch.Tensor, beta1: float, beta2: floa
 
 class SatImp(Objective):
     name = "satimp"
+    label = "SatImp"
     uses_retain = True
     default_forget_weight = 0.1  # OU's yaml (quirk: the paper and OU's class default say 1.0)
     default_retain_weight = 1.0  # OU's yaml (the paper: 0.1)

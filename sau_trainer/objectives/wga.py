@@ -35,6 +35,7 @@ def wga_loss(nll: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor
 
 class WGA(Objective):
     name = "wga"
+    label = "WGA"
     uses_retain = True
 
     def forget_term(self, model, forget, ctx):
