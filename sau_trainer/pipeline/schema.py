@@ -397,6 +397,11 @@ def _check(recipe: Recipe, errors: list[str]) -> None:
         if len(set(map(repr, values))) != len(values):
             errors.append(f"unlearn.{axis}: repeated values in {values!r}")
     _check_objective_args(u, errors, OBJECTIVES)
+    for where, given in [("unlearn.args", u.args), *((f"unlearn.objective_args.{o}", a)
+                                                     for o, a in u.objective_args.items() if isinstance(a, dict))]:
+        if given.get("idk_path") is not None and not os.path.isfile(str(given["idk_path"])):
+            errors.append(f"{where}.idk_path: no file at {given['idk_path']!r} (one \"I don't know\" answer per line; "
+                          "leave it unset for the package's own set)")
     if not 0 < u.sau_topk <= 1:
         errors.append(f"unlearn.sau_topk: must be in (0, 1], got {u.sau_topk!r}")
     if u.sau_alpha < 0:
@@ -547,6 +552,36 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return out
 
 
+def _lift_sau_config_fields(data: dict, errors: list[str]) -> None:
+    """``unlearn.<SAUConfig field>`` that is not a key of the section means ``unlearn.args.<field>``.
+
+    So any `SAUConfig` field (``low_precision_weights``, ``compensated_optimizer``, ...) can be set directly in
+    the `unlearn` section or under ``unlearn.args``, with the same effect and the same task hash.
+    """
+    u = data.get("unlearn")
+    if not isinstance(u, dict):
+        return
+    own, sau = UnlearnSection.__dataclass_fields__, set(_sau_config_names())
+    lifted = {k: v for k, v in u.items() if k not in own and k in sau}
+    args = u.get("args") or {}
+    if not lifted or not isinstance(args, dict):
+        return
+    for key in lifted:
+        if key in args:
+            errors.append(f"unlearn.{key}: given both directly and under unlearn.args; keep one")
+    data["unlearn"] = {**{k: v for k, v in u.items() if k not in lifted}, "args": {**args, **lifted}}
+
+
+def _check_sau_choices(recipe: Recipe, errors: list[str]) -> None:
+    """SAUConfig fields with a fixed set of values (sau_trainer.config.CHOICES) checked before any work starts."""
+    from ..config import CHOICES
+
+    for key, value in recipe.unlearn.args.items():
+        if key in CHOICES and value not in CHOICES[key]:
+            errors.append(f"unlearn.{key}: {value!r} is not one of {list(CHOICES[key])}; "
+                          f"{_closest(str(value), list(CHOICES[key]))}")
+
+
 def validate(data: dict | None) -> Recipe:
     """A `Recipe` from a raw mapping, or `RecipeError` listing every problem."""
     errors: list[str] = []
@@ -554,9 +589,11 @@ def validate(data: dict | None) -> Recipe:
     version = data.pop("version", RECIPE_VERSION)
     if version != RECIPE_VERSION:
         errors.append(f"version: this sau-trainer reads recipe version {RECIPE_VERSION}, got {version!r}")
+    _lift_sau_config_fields(data, errors)
     recipe = _build(Recipe, data, "", errors)
     if not errors:
         _check(recipe, errors)
+        _check_sau_choices(recipe, errors)
     if errors:
         raise RecipeError("invalid recipe:\n  - " + "\n  - ".join(errors))
     return recipe

@@ -56,3 +56,13 @@ def test_bad_objective_args_are_named(over, message):
 def test_an_unknown_objective_lists_the_valid_ones():
     with pytest.raises(RecipeError, match="'idk_dpo' is not one of .*did you mean 'idkdpo'"):
         load_recipe(ROOT / "recipes/demo.yaml", ["unlearn.objective=[idk_dpo]"])
+
+
+@pytest.mark.parametrize("where", ["args", "objective_args"])
+def test_an_idk_file_that_does_not_exist_is_rejected_with_the_recipe(tmp_path, where):
+    given = {"idk_path": str(tmp_path / "idk.jsonl")}
+    unlearn = {"args": given} if where == "args" else {"objective_args": {"idkdpo": given}}
+    with pytest.raises(RecipeError, match=f"unlearn.{where}.*idk_path: no file at"):
+        validate({**MINIMAL, "unlearn": {"objective": ["idkdpo"], **unlearn}})
+    (tmp_path / "idk.jsonl").write_text("No idea.\n")
+    validate({**MINIMAL, "unlearn": {"objective": ["idkdpo"], **unlearn}})
