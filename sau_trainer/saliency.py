@@ -72,6 +72,19 @@ def _require_input_grads(model: nn.Module) -> torch.utils.hooks.RemovableHandle:
     return embeddings.register_forward_hook(hook)
 
 
+def require_input_grads_if_reentrant(model: nn.Module) -> torch.utils.hooks.RemovableHandle | None:
+    """For training with frozen parameters under reentrant checkpointing: the input-grad hook, or None.
+
+    `SAUTrainer` freezes parameters (``sau_dense_params="freeze"``, objectives that train a few layers);
+    under transformers 4.57's default reentrant checkpointing their blocks would then get no gradient or
+    fail. transformers 5.x adds the same hook whenever checkpointing is on, so there this changes nothing.
+    The caller removes the handle when training ends.
+    """
+    if all(p.requires_grad for p in model.parameters()) or not _uses_reentrant_checkpointing(model):
+        return None
+    return _require_input_grads(model)
+
+
 def compute_saliency(
     model: nn.Module,
     batches: Iterable[dict[str, torch.Tensor]],

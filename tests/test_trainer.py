@@ -295,3 +295,26 @@ def test_kl_retain_loss_uses_a_frozen_copy(tokenizer, tiny_splits, tmp_path):
     kl = [h["retain_loss"] for h in trainer.state.log_history if "retain_loss" in h]
     assert kl[0] == pytest.approx(0.0, abs=1e-5)  # the first step starts from the reference itself
     assert kl[-1] > 0
+
+
+@pytest.mark.parametrize("sau", [True, False])
+def test_frozen_parameters_under_reentrant_checkpointing(tokenizer, tiny_splits, tmp_path, sau):
+    """transformers 4.57 checkpoints reentrantly by default: with the embeddings frozen (here by
+    ``sau_dense_params="freeze"``) its blocks would get no gradient, and the backward fails. The run equals
+    the one without checkpointing, and the trainer's input-grad hook is gone after training."""
+    base = sparse_model(tokenizer).state_dict()
+    forget, retain = qa(tiny_splits, "forget10", 8), qa(tiny_splits, "retain90", 8)
+    runs = {}
+    for checkpointing in (False, True):
+        model = sparse_model(tokenizer, state_dict=base)
+        hooks_before = dict(model.get_input_embeddings()._forward_hooks)
+        trainer = make_trainer(model, tokenizer, forget, retain, tmp_path / str(checkpointing), sau=sau,
+                               sau_dense_params="freeze", max_steps=2, gradient_checkpointing=checkpointing,
+                               gradient_checkpointing_kwargs={"use_reentrant": True} if checkpointing else None)
+        trainer.train()
+        runs[checkpointing] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        own = [h for k, h in model.get_input_embeddings()._forward_hooks.items() if k not in hooks_before]
+        assert all(getattr(h, "__module__", "") != "sau_trainer.saliency" for h in own)
+    for n, p in prunable_parameters(sparse_model(tokenizer, state_dict=base)).items():
+        assert not torch.equal(runs[True][n], p.detach())  # every prunable matrix moved
+        torch.testing.assert_close(runs[True][n], runs[False][n], rtol=1e-5, atol=1e-7)
