@@ -23,6 +23,7 @@ from .data.qa import QACollator, RowsDataset, tokenize_rows
 from .masks import SparsityMasks, prunable_parameters
 from .objectives import OBJECTIVES, ObjectiveContext, forward_nll
 from .saliency import require_input_grads_if_reentrant
+from .precision import UpdateCheckCallback, apply_precision_plan, check_precision, compensated_optimizer_cls_and_kwargs
 from .sau import STATE_FILE, SAUState, apply_sau_
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ class SAUTrainer(Trainer):
                     "or use objective='ga'."
                 )
             self.retain_rows = tokenize_rows(retain_dataset, processing_class, args.max_length, name="retain set")
+        # precision: decided (or refused) before the model changes, carried out once the frozen ones are frozen
+        self.precision_plan, kwargs = self._check_precision(model, args, params, kwargs)
         nonzero = sparsity_masks.count_nonzero_pruned(model)  # inputs are valid: now the model may change
         if nonzero:
             logger.warning("%d pruned entries of the model were not zero; setting them to zero before unlearning.",
@@ -142,9 +145,46 @@ class SAUTrainer(Trainer):
             for n, p in model.named_parameters():
                 if n not in self._trainable_names:
                     p.requires_grad_(False)
+        apply_precision_plan(model, self.precision_plan)
         self.add_callback(_SparsityCallback(self))
+        if args.update_check_steps:
+            self.update_check = UpdateCheckCallback(
+                self.saliency_targets, self._selected_mask, lambda: self.optimizer, steps=args.update_check_steps,
+                log=self.log, seed=args.seed)
+            self.add_callback(self.update_check)
         if args.sau:
             self.add_callback(SaliencyCallback(self))
+
+    # ------------------------------------------------------------------ precision
+    def _check_precision(self, model, args: SAUConfig, params: dict, kwargs: dict):
+        """`sau_trainer.precision.check_precision` for this run: the optimizer that will train (the user's
+        `optimizers`, `optimizer_cls_and_kwargs`, `compensated_optimizer` or `optim`) and the parameters that
+        will stay trainable. Returns the plan and the Trainer kwargs (with the compensated optimizer)."""
+        user_optimizer = (kwargs.get("optimizers") or (None, None))[0]
+        cls_and_kwargs = kwargs.get("optimizer_cls_and_kwargs")
+        if args.compensated_optimizer != "none":
+            if user_optimizer is not None or cls_and_kwargs is not None:
+                raise ValueError(
+                    f"compensated_optimizer={args.compensated_optimizer!r} builds the optimizer; do not pass "
+                    "`optimizers` or `optimizer_cls_and_kwargs` as well (or set compensated_optimizer='none').")
+            cls_and_kwargs = compensated_optimizer_cls_and_kwargs(args.compensated_optimizer, args)
+            kwargs = {**kwargs, "optimizer_cls_and_kwargs": cls_and_kwargs}
+            logger.info("compensated_optimizer=%r: %s replaces optim=%r.", args.compensated_optimizer,
+                        cls_and_kwargs[0].__name__, str(args.optim))
+        prunable = {id(p) for p in params.values()}
+        trainable = getattr(self.objective, "trainable_names", None)
+        frozen = [n for n, p in model.named_parameters()
+                  if (args.sau_dense_params == "freeze" and id(p) not in prunable)
+                  or (trainable is not None and n not in trainable)]
+        plan = check_precision(model, args, optimizer=user_optimizer, optimizer_cls_and_kwargs=cls_and_kwargs,
+                               update_mode=args.sau and args.sau_redistribution_target == "update", exclude=frozen)
+        return plan, kwargs
+
+    def _selected_mask(self, name: str) -> torch.Tensor:
+        """The entries whose updates matter: `G` with SAU, the surviving mask `M` for plain."""
+        if self.sau_state is not None:
+            return self.sau_state.mask(name)
+        return self.surviving_mask(name)
 
     # ------------------------------------------------------------------ parameters
     def _dense_parameters(self) -> dict[str, torch.nn.Parameter]:
