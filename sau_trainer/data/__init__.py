@@ -1,4 +1,5 @@
-"""Data: QA tokenisation (the prompt format), tokenizers for small models, the built-in benchmark, TOFU loading."""
+"""Data: QA tokenisation (the prompt format), tokenizers for small models, the built-in benchmarks, TOFU and
+MUSE loading, and the benchmark registry."""
 
 from .qa import (
     IGNORE_INDEX,
@@ -11,11 +12,13 @@ from .qa import (
     tokenize_rows,
 )
 from .synthetic import PRESETS, generate_benchmark, write_benchmark
-from .tofu import BENCHMARKS, load_benchmark
+from .benchmarks import BENCHMARKS, get_benchmark, load_benchmark
+from .synthetic_muse import MUSE_PRESETS, generate_muse_benchmark, write_muse_benchmark
 
 __all__ = [
     "BENCHMARKS",
     "IGNORE_INDEX",
+    "MUSE_PRESETS",
     "PLAIN_PROMPT",
     "PRESETS",
     "QACollator",
@@ -24,7 +27,10 @@ __all__ = [
     "encode_text",
     "format_prompt",
     "generate_benchmark",
+    "generate_muse_benchmark",
+    "get_benchmark",
     "load_benchmark",
     "tokenize_rows",
     "write_benchmark",
+    "write_muse_benchmark",
 ]

@@ -1,4 +1,4 @@
-"""Loading TOFU (from the Hub or a local directory) and the benchmark registry.
+"""Loading TOFU (from the Hub or a local directory); the benchmark registry is `data.benchmarks`.
 
 Every split is returned as a list of row dicts and validated against the columns that
 SPEC section 5 gives it, so a malformed file fails at load time with the file and the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -151,21 +151,14 @@ def _load_synthetic(splits: Iterable[str] | None, data_dir: str | Path | None, p
     return {s: bench[s] for s in names}
 
 
-def _load_tofu(splits: Iterable[str] | None, data_dir: str | Path | None, **_: Any) -> dict[str, list[dict]]:
-    return load_tofu(splits, data_dir)
+def holdout_split(forget_split: str = "forget10") -> str:
+    """The holdout split matching `forget_split` (``forget10`` -> ``holdout10``): the non-members of the
+    membership-inference attacks."""
+    if forget_split not in FORGET_SPLITS:
+        raise ValueError(f"Unknown forget split {forget_split!r}; choose one of {list(FORGET_SPLITS)}.")
+    return f"holdout{forget_split[-2:]}"
 
 
-# One line per benchmark: name -> loader(splits, data_dir, preset, seed) -> {split: rows}.
-BENCHMARKS: dict[str, Callable[..., dict[str, list[dict]]]] = {
-    "tofu": _load_tofu,
-    "synthetic": _load_synthetic,
-}
-
-
-def load_benchmark(name: str = "tofu", data_dir: str | Path | None = None, preset: str = "tiny", seed: int = 0,
-                   splits: Iterable[str] | None = None) -> dict[str, list[dict]]:
-    """Splits of a registered benchmark. ``synthetic`` generates from (`preset`, `seed`) unless
-    `data_dir` holds written files; ``tofu`` reads `data_dir` or the Hub."""
-    if name not in BENCHMARKS:
-        raise ValueError(f"Unknown benchmark {name!r}; choose one of {sorted(BENCHMARKS)}.")
-    return BENCHMARKS[name](splits=splits, data_dir=data_dir, preset=preset, seed=seed)
+# The registry of every benchmark (TOFU, the built-in ones, MUSE) lives in `data.benchmarks`; these names stay
+# importable from here.
+from .benchmarks import BENCHMARKS, load_benchmark  # noqa: E402

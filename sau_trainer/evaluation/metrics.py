@@ -146,16 +146,30 @@ def model_utility(summary: Mapping[str, float]) -> float:
     return harmonic_mean(summary[k] for k in MODEL_UTILITY_COMPONENTS)
 
 
-def extraction_strength(correct: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def extraction_strength(correct: torch.Tensor, mask: torch.Tensor, ou_quirk: bool = False) -> torch.Tensor:
     """``1 - k/|y|`` per row: k the shortest answer prefix after which the teacher-forced argmax
     predicts every remaining answer token (k = |y| if even the last is wrong). `mask` marks the
-    answer tokens; rows without any get 0."""
+    answer tokens; rows without any get 0.
+
+    ``ou_quirk=True`` is open-unlearning's variant (used for MUSE, METHODS.md section 2.4): k stops at
+    |y| - 1 when no suffix matches, so such a row scores 1/|y| instead of 0."""
     mask = mask.bool()
     ok = correct.bool() | ~mask  # non-answer positions never break a correct suffix
     suffix_ok = ok.flip(-1).long().cumprod(-1).flip(-1).bool()  # all(ok[t:])
     n = mask.sum(-1).to(torch.float64)
     k = (mask & ~suffix_ok).sum(-1).to(torch.float64)
+    if ou_quirk:
+        k = torch.minimum(k, (n - 1).clamp(min=0))
     return torch.where(n > 0, 1.0 - k / n.clamp(min=1), torch.zeros_like(n))
+
+
+def exact_memorization(correct: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the fraction of `mask`ed positions whose teacher-forced argmax is the true token
+    (Tirumala et al. 2022); NaN for rows without positions (skip them when averaging)."""
+    mask = mask.bool()
+    n = mask.sum(-1).to(torch.float64)
+    hits = (correct.bool() & mask).sum(-1).to(torch.float64)
+    return torch.where(n > 0, hits / n.clamp(min=1), torch.full_like(n, math.nan))
 
 
 @lru_cache(maxsize=1)
@@ -174,3 +188,22 @@ def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> lis
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
     scorer = _rouge_scorer()
     return [float(scorer.score(ref, pred)["rougeL"].recall) for pred, ref in zip(predictions, references, strict=True)]
+
+
+@lru_cache(maxsize=1)
+def _rouge_scorer_muse():
+    import logging
+
+    from rouge_score.rouge_scorer import RougeScorer
+
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    return RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+
+
+def rouge_l_f1(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """ROUGE-L F1 (the F-measure of LCS precision and recall) of each prediction against its reference:
+    MUSE's score as open-unlearning computes it (rouge-score 0.1.2, stemmer on; '' scores 0)."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
+    scorer = _rouge_scorer_muse()
+    return [float(scorer.score(ref, pred)["rougeL"].fmeasure) for pred, ref in zip(predictions, references, strict=True)]

@@ -25,6 +25,7 @@ RESULTS_VERSION = 1
 RESULTS_FILENAME = "results.json"
 SUMMARY_ORDER = (
     "forget_quality", "model_utility", "forget_rouge", "forget_truth_ratio", "forget_probability",
+    "forget_verbmem_rouge", "forget_knowmem_rouge", "retain_knowmem_rouge", "privleak",
     "extraction_strength", *metrics.MODEL_UTILITY_COMPONENTS,
 )
 
@@ -66,10 +67,8 @@ def load_results(source: Mapping | str | Path) -> dict[str, Any]:
     version = results.get("version", RESULTS_VERSION)
     if results.get("format", RESULTS_FORMAT) != RESULTS_FORMAT or version > RESULTS_VERSION:
         raise ValueError(f"{where}: not a {RESULTS_FORMAT} file of version <= {RESULTS_VERSION}.")
-    try:
-        results["per_example"]["forget"]["log_truth_ratio"]
-    except (KeyError, TypeError):
-        raise ValueError(f"{where}: no per_example.forget.log_truth_ratio to compute forget quality from.") from None
+    if not isinstance(results.get("summary"), Mapping) or not isinstance(results.get("per_example"), Mapping):
+        raise ValueError(f"{where}: no summary and per_example: not an evaluation's results.")
     if isinstance(source, str | Path):
         results.setdefault("path", str(Path(where).resolve()))
     return results
@@ -79,6 +78,10 @@ def forget_quality_from_results(results: Mapping, retain_results: Mapping | str 
     """KS p-value between two evaluations' forget-set truth ratios; they must cover the same questions."""
     mine = load_results(results)
     ref = load_results(retain_results)
+    for doc, name in ((mine, "these results"), (ref, ref.get("path", "the retain results"))):
+        if not has_truth_ratios(doc):
+            raise ValueError(f"{name}: no per_example.forget.log_truth_ratio to compute forget quality from "
+                             "(forget quality is a TOFU-protocol metric).")
     if mine.get("forget_split") and ref.get("forget_split") and mine["forget_split"] != ref["forget_split"]:
         raise ValueError(f"Forget quality compares the same forget split: {mine['forget_split']} vs "
                          f"{ref['forget_split']} in {ref.get('path', 'the retain results')}.")
@@ -91,14 +94,54 @@ def forget_quality_from_results(results: Mapping, retain_results: Mapping | str 
                                   ref["per_example"]["forget"]["log_truth_ratio"])
 
 
+def has_truth_ratios(results: Mapping) -> bool:
+    """Whether `results` has the per-example forget truth ratios that forget quality needs (TOFU protocol)."""
+    try:
+        results["per_example"]["forget"]["log_truth_ratio"]
+    except (KeyError, TypeError):
+        return False
+    return True
+
+
+def privleak_from_results(results: Mapping, retain_results: Mapping | str | Path | None) -> tuple[float, float | None]:
+    """(privleak, the retain AUC it used) from the ``mia_min_k`` AUCs of two evaluations; without retain
+    results (or when they have no ``mia_min_k``) the retain AUC is open-unlearning's fallback 0.5 (None)."""
+    from .mia import DEFAULT_RETAIN_AUC, privleak
+
+    auc = results["summary"]["mia_min_k"]
+    auc_ret = None
+    if retain_results is not None:
+        ref = load_results(retain_results)
+        auc_ret = ref["summary"].get("mia_min_k")
+        if auc_ret is None:
+            logger.warning("The retain results (%s) have no mia_min_k; privleak uses the fallback AUC %.1f.",
+                           ref.get("path", "given"), DEFAULT_RETAIN_AUC)
+    return privleak(auc, DEFAULT_RETAIN_AUC if auc_ret is None else auc_ret), auc_ret
+
+
+def reference_metrics(results: Mapping, retain_results: Mapping | str | Path) -> dict[str, float]:
+    """The metrics that compare a model with a retain model: forget quality (TOFU protocol) and privleak
+    (wherever membership inference ran)."""
+    out: dict[str, float] = {}
+    if has_truth_ratios(results):
+        out["forget_quality"] = forget_quality_from_results(results, retain_results)
+    if "mia_min_k" in results.get("summary", {}):
+        out["privleak"] = privleak_from_results(results, retain_results)[0]
+    return out
+
+
 def reference_info(retain_results: Mapping | str | Path) -> dict[str, Any]:
     ref = load_results(retain_results)
     model = ref.get("model")
+    keyed = ref["per_example"]["forget"]["log_truth_ratio"] if has_truth_ratios(ref) else None
+    if "mia_min_k" in ref["summary"]:
+        keyed = {"log_truth_ratio": keyed, "mia_min_k": ref["summary"]["mia_min_k"]} if keyed is not None \
+            else {"mia_min_k": ref["summary"]["mia_min_k"]}
     return {
         "path": ref.get("path"),
         "settings_hash": ref.get("settings_hash"),
         "model": model.get("path") if isinstance(model, Mapping) else model,
-        "digest": _digest(ref["per_example"]["forget"]["log_truth_ratio"])[:16],
+        "digest": _digest(keyed)[:16],
     }
 
 
@@ -110,17 +153,25 @@ def ordered_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def attach_forget_quality(results: Mapping, retain_results: Mapping | str | Path | None) -> dict[str, Any]:
-    """A copy of `results` with ``summary.forget_quality`` (None, with a log line, without a reference)."""
+    """A copy of `results` with the metrics measured against the retain model: ``summary.forget_quality``
+    (TOFU protocol; None, with a log line, without a reference) and ``summary.privleak`` (wherever
+    membership inference ran; against AUC 0.5 without a reference, as open-unlearning does)."""
     out = copy.deepcopy(dict(results))
     summary = dict(out["summary"])
+    tofu = has_truth_ratios(out)
     if retain_results is None:
-        logger.info("Forget quality is null: no retain-model results were given (pass the retain model's "
-                    "results.json as --retain-results / retain_results=).")
-        summary["forget_quality"] = None
+        if tofu:
+            logger.info("Forget quality is null: no retain-model results were given (pass the retain model's "
+                        "results.json as --retain-results / retain_results=).")
+            summary["forget_quality"] = None
         out["forget_quality_reference"] = None
     else:
-        summary["forget_quality"] = forget_quality_from_results(out, retain_results)
+        if tofu:
+            summary["forget_quality"] = forget_quality_from_results(out, retain_results)
         out["forget_quality_reference"] = reference_info(retain_results)
+    if "mia_min_k" in summary:
+        summary["privleak"], auc_ret = privleak_from_results({"summary": summary}, retain_results)
+        out["privleak_retain_auc"] = auc_ret
     out["summary"] = ordered_summary(summary)
     return out
 
@@ -132,7 +183,9 @@ def build_results(evaluation: Mapping, model: Mapping[str, Any], settings: Mappi
         "version": RESULTS_VERSION,
         "summary": ordered_summary(evaluation["summary"]),
         "forget_split": evaluation.get("forget_split"),
+        "protocol": evaluation.get("protocol", "tofu"),
         "forget_quality_reference": evaluation.get("forget_quality_reference"),
+        "privleak_retain_auc": evaluation.get("privleak_retain_auc"),
         "model": dict(model),
         "settings": dict(settings),
         "settings_hash": settings_hash(settings),

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.qa import QACollator, encode_prompt, encode_qa
-from ..data.tofu import evaluation_splits, validate_split
+from ..data.tofu import evaluation_splits, holdout_split, validate_split
 from . import metrics
 
 logger = logging.getLogger(__name__)
@@ -106,43 +106,34 @@ def teacher_forced_stats(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, 
     return {"nll": nll, "extraction_strength": es}
 
 
-@torch.no_grad()
 def greedy_generate(model: Any, tokenizer: Any, questions: Sequence[str], batch_size: int = 16,
                     max_new_tokens: int = 200, max_length: int | None = None, show_progress: bool = True,
                     desc: str = "TOFU generation") -> list[str]:
     """Greedy answers to `questions`, left-padded in batches, never longer than `max_length` in total."""
-    from transformers import GenerationConfig
+    from .generation import generate_from_ids
 
     prompts = [encode_prompt(tokenizer, q) for q in questions]
-    outputs = [""] * len(prompts)
-    usable = [i for i, p in enumerate(prompts) if max_length is None or len(p) < max_length]
-    if len(usable) < len(prompts):
-        logger.warning("%d prompts are as long as the model's maximum length (%s); their generations are empty.",
-                       len(prompts) - len(usable), max_length)
-    order = sorted(usable, key=lambda i: len(prompts[i]))
-    collate = QACollator(tokenizer, padding_side="left")
-    eos = tokenizer.eos_token_id
-    device = _device(model)
-    with _eval_mode(model):
-        for idx in tqdm(list(_batches(order, batch_size)), desc=desc, disable=not show_progress):
-            batch = collate([{"input_ids": prompts[i], "attention_mask": [1] * len(prompts[i])} for i in idx])
-            width = batch["input_ids"].shape[1]
-            budget = max_new_tokens if max_length is None else min(max_new_tokens, max_length - width)
-            if budget <= 0:
-                continue
-            # Plain greedy decoding, set explicitly: transformers fills unset fields from the model's own
-            # generation_config.json (e.g. a shipped repetition_penalty would change ROUGE).
-            config = GenerationConfig(max_new_tokens=budget, min_new_tokens=0, do_sample=False, num_beams=1,
-                                      repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0,
-                                      bad_words_ids=None, pad_token_id=collate.pad_token_id, eos_token_id=eos)
-            out = model.generate(input_ids=batch["input_ids"].to(device),
-                                 attention_mask=batch["attention_mask"].to(device), generation_config=config)
-            for j, i in enumerate(idx):
-                new = out[j, width:].tolist()
-                if eos is not None and eos in new:
-                    new = new[: new.index(eos)]
-                outputs[i] = tokenizer.decode(new, skip_special_tokens=True).strip()
-    return outputs
+    return generate_from_ids(model, tokenizer, prompts, max_new_tokens, batch_size, max_length,
+                             show_progress=show_progress, desc=desc)
+
+
+def _tofu_membership(model: Any, tokenizer: Any, forget_rows: list[dict], holdout_rows: Any, holdout: str,
+                     batch_size: int, max_length: int | None, show_progress: bool) -> dict[str, Any]:
+    """The attacks on forget answers (members) against holdout answers (non-members), QA-encoded."""
+    from . import mia
+
+    holdout_rows = validate_split(holdout_rows.to_list() if hasattr(holdout_rows, "to_list") else list(holdout_rows),
+                                  holdout, f"benchmark split {holdout!r}")
+
+    def encode(rows: list[dict]) -> list[dict]:
+        return [encode_qa(tokenizer, r["question"], r["answer"], max_length) for r in rows
+                if max_length is None or len(encode_prompt(tokenizer, r["question"])) < max_length]
+
+    result = mia.membership_inference(model, tokenizer, encode(forget_rows), encode(holdout_rows),
+                                      batch_size=batch_size, show_progress=show_progress)
+    em = [v for v in result["per_example"]["forget"]["exact_memorization"] if v is not None]
+    result["summary"]["exact_memorization"] = sum(em) / len(em) if em else 0.0
+    return result
 
 
 def _set_rows(benchmark_splits: Mapping[str, Any], forget_split: str) -> dict[str, list[dict]]:
@@ -159,13 +150,20 @@ def _set_rows(benchmark_splits: Mapping[str, Any], forget_split: str) -> dict[st
 
 def evaluate_tofu(model: Any, tokenizer: Any, benchmark_splits: Mapping[str, Any], forget_split: str = "forget10",
                   batch_size: int = 16, max_new_tokens: int = 200, retain_results: Mapping | str | Path | None = None,
-                  max_length: int | None = None, show_progress: bool = True) -> dict[str, Any]:
+                  max_length: int | None = None, show_progress: bool = True,
+                  membership_inference: bool = True) -> dict[str, Any]:
     """The TOFU protocol on `model`: ``{"summary": {...}, "per_example": {set: {...}}, "forget_split": ...}``.
 
     `benchmark_splits` maps split names to rows (lists of dicts or `datasets.Dataset`s) and
     must hold ``{forget_split}_perturbed``, ``retain_perturbed``, ``real_authors_perturbed``
     and ``world_facts_perturbed``. Forget quality is the KS p-value against `retain_results`
     (another evaluation's dict or results.json path); without it, it is None.
+
+    When ``holdout{NN}`` is there too (and `membership_inference` is on), the membership-inference
+    attacks compare the forget questions' answers (members) with the holdout ones (non-members):
+    ``mia_loss``, ``mia_zlib``, ``mia_min_k``, ``mia_min_k_plus_plus``, ``mia_gradnorm`` (AUCs),
+    ``exact_memorization`` of the forget answers, and ``privleak`` against the retain model's
+    ``mia_min_k`` (0.5 without `retain_results`), as open-unlearning computes them (METHODS.md 2.1-2.3).
     """
     if batch_size < 1 or max_new_tokens < 0:
         raise ValueError(f"batch_size must be >= 1 and max_new_tokens >= 0 (got {batch_size}, {max_new_tokens}).")
@@ -227,6 +225,14 @@ def evaluate_tofu(model: Any, tokenizer: Any, benchmark_splits: Mapping[str, Any
                                           else metrics.truth_ratio_retain(log_r))
     summary["extraction_strength"] = sum(per_example["forget"]["extraction_strength"]) / len(sets["forget"])
     summary["model_utility"] = metrics.model_utility(summary)
+    holdout = holdout_split(forget_split)
+    if membership_inference and holdout in benchmark_splits:
+        mia = _tofu_membership(model, tokenizer, sets["forget"], benchmark_splits[holdout], holdout, batch_size,
+                               max_length, show_progress)
+        summary.update(mia["summary"])
+        per_example["mia"] = mia["per_example"]
+    elif membership_inference:
+        logger.info("No %s split: membership inference (mia_*, privleak, exact_memorization) is skipped.", holdout)
     for key, value in summary.items():
         if not math.isfinite(value):  # pragma: no cover - the metrics are NaN-free by construction
             raise RuntimeError(f"Metric {key} is {value}.")

@@ -119,7 +119,7 @@ def test_registry_and_synthetic(tmp_path):
         s: generate_benchmark("tiny", 2)[s] for s in splits}
     write_benchmark(tmp_path, "tiny", seed=2)  # written files read back through the TOFU loader
     assert load_benchmark("synthetic", data_dir=tmp_path) == generate_benchmark("tiny", 2)
-    with pytest.raises(ValueError, match="Unknown benchmark 'muse'"):
-        load_benchmark("muse")
+    with pytest.raises(ValueError, match="Unknown benchmark 'mmlu'"):
+        load_benchmark("mmlu")
     with pytest.raises(ValueError, match="Unknown forget split 'forget20'"):
         evaluation_splits("forget20")

@@ -1,0 +1,158 @@
+"""The MUSE evaluation (Shi et al. 2024, arXiv 2407.06460), as open-unlearning runs it (METHODS.md section 3.3).
+
+- ``forget_verbmem_rouge``: BOS + the ``verbmem/forget`` prompt, up to 128 greedy new tokens, ROUGE-L F1
+  against the full ground-truth continuation.
+- ``forget_knowmem_rouge`` / ``retain_knowmem_rouge``: the in-context pairs of ``knowmem/*_qa_icl`` as
+  ``"Question: {q}\\nAnswer: {a}\\n\\n"``, then ``"Question: {q}\\nAnswer: "``; BOS; at most 512 tokens;
+  up to 32 greedy new tokens cut at ``"\\n\\n"``, ``"\\nQuestion"`` and ``"Question:"``; ROUGE-L F1
+  against the answer.
+- Membership inference on ``privleak/forget`` (members) against ``privleak/holdout`` (texts with BOS,
+  at most 2,048 tokens): ``mia_*`` AUCs, and ``privleak`` against the retain model's ``mia_min_k``.
+- ``exact_memorization`` and ``extraction_strength`` (open-unlearning's variant) teacher-forced on the
+  verbmem items (prompt, then a space and the ground truth; only the ground truth is scored).
+
+Differences from the original MUSE code (as in open-unlearning): ROUGE with stemming; the verbmem
+ground truth is not cut to 128 tokens; privleak uses texts cut to 2,048 tokens. A knowmem prompt longer
+than 512 tokens keeps BOS and its last 511 tokens (its question), where open-unlearning would cut the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..data.muse import encode_completion, validate_muse_split
+from . import metrics
+
+logger = logging.getLogger(__name__)
+
+VERBMEM_MAX_NEW_TOKENS = 128
+KNOWMEM_MAX_NEW_TOKENS = 32
+KNOWMEM_MAX_PROMPT_TOKENS = 512
+KNOWMEM_STOP_STRINGS = ("\n\n", "\nQuestion", "Question:")
+PRIVLEAK_MAX_TOKENS = 2048
+VERBMEM_MAX_TOKENS = 2048
+
+
+def knowmem_prompt(icl: Sequence[Mapping[str, str]], question: str) -> str:
+    """The few-shot prompt for `question`: every in-context pair, then the question (no BOS: added as a token)."""
+    shots = "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in icl)
+    return f"{shots}Question: {question}\nAnswer: "
+
+
+def _bos(tokenizer: Any) -> list[int]:
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return [bos] if bos is not None else []
+
+
+def encode_generation_prompt(tokenizer: Any, text: str, max_tokens: int | None = None) -> list[int]:
+    """BOS + the tokens of `text`; longer than `max_tokens`: BOS and the last tokens (the end is what is asked)."""
+    bos = _bos(tokenizer)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if max_tokens is not None and len(bos) + len(ids) > max_tokens:
+        ids = ids[len(ids) - (max_tokens - len(bos)):]
+    return bos + ids
+
+
+def _rows(splits: Mapping[str, Any], name: str) -> list[dict]:
+    if name not in splits:
+        raise KeyError(f"The benchmark has no split {name!r}, needed for the MUSE evaluation; it has {sorted(splits)}.")
+    rows = splits[name]
+    rows = rows.to_list() if hasattr(rows, "to_list") else list(rows)
+    return validate_muse_split(rows, name, f"benchmark split {name!r}")
+
+
+def _mean(values: Sequence[float | None]) -> float:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else 0.0
+
+
+def evaluate_muse(model: Any, tokenizer: Any, benchmark_splits: Mapping[str, Any], batch_size: int = 8,
+                  retain_results: Mapping | str | Path | None = None, max_length: int | None = None,
+                  show_progress: bool = True, reference_model: Any = None, gradnorm: bool = True,
+                  verbmem_max_new_tokens: int = VERBMEM_MAX_NEW_TOKENS,
+                  knowmem_max_new_tokens: int = KNOWMEM_MAX_NEW_TOKENS) -> dict[str, Any]:
+    """The MUSE protocol on `model` (see the module docstring): ``{"summary", "per_example", "protocol"}``.
+
+    `benchmark_splits` maps ``"<config>/<split>"`` names to rows and must hold ``verbmem/forget``,
+    ``knowmem/{forget,retain}_qa(_icl)``, ``privleak/forget`` and ``privleak/holdout``. `retain_results`
+    (the retain model's evaluation, a dict or a results.json path) is the privleak reference; without it
+    the reference AUC is 0.5. `reference_model` adds the ``mia_reference`` attack. `max_length` caps every
+    input (default: the model's limit).
+    """
+    from .generation import generate_from_ids
+    from .mia import membership_inference
+    from .results import attach_forget_quality
+    from .tofu import model_max_length
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    limit = model_max_length(model, tokenizer)
+    max_length = limit if max_length is None else (max_length if limit is None else min(max_length, limit))
+
+    def cap(n: int) -> int:
+        return n if max_length is None else min(n, max_length)
+
+    verbmem = _rows(benchmark_splits, "verbmem/forget")
+    summary: dict[str, Any] = {}
+    per_example: dict[str, Any] = {}
+
+    # VerbMem: greedy continuations of the forget excerpts.
+    prompts = [encode_generation_prompt(tokenizer, r["prompt"], cap(VERBMEM_MAX_TOKENS)) for r in verbmem]
+    gens = generate_from_ids(model, tokenizer, prompts, verbmem_max_new_tokens, batch_size, max_length,
+                             show_progress=show_progress, desc="MUSE verbmem")
+    truth = [r["gt"].strip() for r in verbmem]
+    rouge = metrics.rouge_l_f1(gens, truth)
+    per_example["verbmem_forget"] = {"prompt": [r["prompt"] for r in verbmem], "generation": gens,
+                                     "rouge_l_f1": rouge}
+    summary["forget_verbmem_rouge"] = _mean(rouge)
+
+    # KnowMem on the forget and the retain questions.
+    for part in ("forget", "retain"):
+        icl = _rows(benchmark_splits, f"knowmem/{part}_qa_icl")
+        qa = _rows(benchmark_splits, f"knowmem/{part}_qa")
+        prompts = [encode_generation_prompt(tokenizer, knowmem_prompt(icl, r["question"]),
+                                            cap(KNOWMEM_MAX_PROMPT_TOKENS)) for r in qa]
+        gens = generate_from_ids(model, tokenizer, prompts, knowmem_max_new_tokens, batch_size, max_length,
+                                 stop_strings=KNOWMEM_STOP_STRINGS, show_progress=show_progress,
+                                 desc=f"MUSE knowmem {part}")
+        rouge = metrics.rouge_l_f1(gens, [r["answer"] for r in qa])
+        per_example[f"knowmem_{part}"] = {"question": [r["question"] for r in qa], "generation": gens,
+                                          "rouge_l_f1": rouge}
+        summary[f"{part}_knowmem_rouge"] = _mean(rouge)
+
+    # Membership inference: privleak forget texts (members) against holdout texts (non-members).
+    members = [encode_completion(tokenizer, "", r["text"], cap(PRIVLEAK_MAX_TOKENS) - 1)
+               for r in _rows(benchmark_splits, "privleak/forget")]
+    others = [encode_completion(tokenizer, "", r["text"], cap(PRIVLEAK_MAX_TOKENS) - 1)
+              for r in _rows(benchmark_splits, "privleak/holdout")]
+    mia = membership_inference(model, tokenizer, members, others, batch_size=batch_size, gradnorm=gradnorm,
+                               reference_model=reference_model, show_progress=show_progress)
+    summary.update(mia["summary"])
+    per_example["mia"] = mia["per_example"]
+
+    # Exact memorisation and extraction strength on the verbmem items, teacher-forced.
+    from .mia import sequence_scores
+
+    encoded = []
+    for r in verbmem:
+        enc = encode_completion(tokenizer, r["prompt"], r["gt"], VERBMEM_MAX_TOKENS, insert_space=True)
+        if max_length is not None:
+            enc = {k: v[:max_length] for k, v in enc.items()}
+        encoded.append(enc)
+    tf = sequence_scores(model, tokenizer, encoded, batch_size, gradnorm=False, desc="MUSE verbmem teacher-forced",
+                         show_progress=show_progress)
+    per_example["verbmem_forget"]["exact_memorization"] = tf["exact_memorization"]
+    per_example["verbmem_forget"]["extraction_strength"] = tf["extraction_strength"]
+    summary["exact_memorization"] = _mean(tf["exact_memorization"])
+    summary["extraction_strength"] = _mean(tf["extraction_strength"])
+
+    for key, value in summary.items():
+        if not math.isfinite(value):  # pragma: no cover - the metrics are NaN-free by construction
+            raise RuntimeError(f"Metric {key} is {value}.")
+    evaluation = {"summary": summary, "per_example": per_example, "protocol": "muse", "forget_split": "raw/forget",
+                  "mia_k": mia["k"]}
+    return attach_forget_quality(evaluation, retain_results)
