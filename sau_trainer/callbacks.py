@@ -61,7 +61,8 @@ class SaliencyCallback(TrainerCallback):
         return build_sau_state(
             saliency, _LazySurviving(trainer, saliency), args.sau_topk, args.sau_alpha, args.sau_topk_scope,
             args.sau_redistribution, settings=args.sau_settings(),
-            global_names=[n for n in trainer.sparsity_masks.names if n in saliency],  # RMU: trainable ones only
+            # model order (not the mask file's), and only what has a saliency (RMU: the trainable ones)
+            global_names=[n for n in saliency if n in trainer.sparsity_masks], layouts=trainer.layouts,
         )
 
     def log_stats(self) -> None:

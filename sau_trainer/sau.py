@@ -22,7 +22,7 @@ from fractions import Fraction
 
 import torch
 
-from .masks import pack_bool, unpack_bool
+from .masks import PLAIN, Layout, pack_bool, unpack_bool
 
 STATE_FILE = "sau_state.safetensors"
 SCOPES = ("matrix", "row", "global")
@@ -47,22 +47,28 @@ def _stable_desc_order(values: torch.Tensor) -> torch.Tensor:
     return torch.sort(-values, dim=-1, stable=True).indices
 
 
-def select_topk(saliency: torch.Tensor, surviving: torch.Tensor, k: float, scope: str = "matrix") -> torch.Tensor:
-    """Bool mask ``G`` of one matrix: the top ``ceil(k |S|)`` surviving entries per matrix or per row."""
+def select_topk(
+    saliency: torch.Tensor, surviving: torch.Tensor, k: float, scope: str = "matrix", layout: Layout = PLAIN
+) -> torch.Tensor:
+    """Bool mask ``G`` of one parameter: the top ``ceil(k |S|)`` surviving entries per unit or per output row.
+
+    A unit is a matrix, or one expert's matrix of a fused expert tensor (`layout`); ties go to the lower
+    flat index of the unit read as ``[out, in]``.
+    """
     if scope not in ("matrix", "row"):
         raise ValueError(f"select_topk handles scope 'matrix' or 'row'; use select_topk_global for {scope!r}")
     _check_saliency(saliency)
-    shape = saliency.shape
-    rows = 1 if scope == "matrix" or saliency.dim() < 2 else shape[0]
-    s = saliency.reshape(rows, -1).float()
-    alive = surviving.reshape(rows, -1).bool()
+    units = layout.units(saliency)
+    rows = units.shape[0] if scope == "matrix" else units.shape[0] * units.shape[1]
+    s = units.reshape(rows, -1).float()
+    alive = layout.units(surviving).reshape(rows, -1).bool()
     values = torch.where(alive, s, torch.full_like(s, -math.inf))
     order = _stable_desc_order(values)
     # Python ints: k's exact fraction can have a 16-digit numerator, which would overflow int64.
     quota = torch.tensor([topk_count(int(c), k) for c in alive.sum(dim=1).tolist()], device=s.device).unsqueeze(1)
     take = torch.arange(s.shape[1], device=s.device).unsqueeze(0) < quota
     selected = torch.zeros_like(alive).scatter_(1, order, take)
-    return selected.reshape(shape)
+    return layout.restore(selected.reshape(units.shape), saliency.shape)
 
 
 def select_topk_global(
@@ -109,29 +115,30 @@ def _check_saliency(s: torch.Tensor) -> None:
 
 
 def redistribution_weights(
-    saliency: torch.Tensor, surviving: torch.Tensor, selected: torch.Tensor, alpha: float, mode: str = "matrix"
+    saliency: torch.Tensor, surviving: torch.Tensor, selected: torch.Tensor, alpha: float, mode: str = "matrix",
+    layout: Layout = PLAIN,
 ) -> torch.Tensor | None:
-    """``W`` for one matrix: a 0-d tensor (matrix), a ``[rows, 1]`` tensor (row), a full tensor (param), or None."""
+    """``W`` for one parameter, computed per unit (a matrix, or each expert of a fused expert tensor).
+
+    A matrix gets a 0-d tensor (matrix), ``[rows, 1]`` (row) or a full tensor (param); a fused expert tensor
+    gets ``[experts, 1, 1]`` (matrix), one factor per output row broadcastable against its storage (row), or a
+    full tensor (param); ``none`` gives None.
+    """
     if mode not in REDISTRIBUTIONS:
         raise ValueError(f"sau_redistribution must be one of {REDISTRIBUTIONS}, got {mode!r}")
     if mode == "none":
         return None
-    s = saliency.double()
-    pruned, sel = ~surviving.bool(), selected.bool()
-    if mode == "row" and s.dim() >= 2:
-        s2, p2, g2 = s.reshape(s.shape[0], -1), pruned.reshape(s.shape[0], -1), sel.reshape(s.shape[0], -1)
-        i_p, i_g = (s2 * p2).sum(1, keepdim=True), (s2 * g2).sum(1, keepdim=True)
-        ratio = torch.where(i_g > 0, i_p / i_g.clamp_min(1e-300), torch.zeros_like(i_g))
-        return (1.0 + alpha * ratio).float()
-    i_p, i_g = (s * pruned).sum(), (s * sel).sum()
-    ratio = i_p / i_g if i_g > 0 else torch.zeros((), dtype=torch.float64)
+    s = layout.units(saliency).double()
+    pruned, sel = ~layout.units(surviving).bool(), layout.units(selected).bool()
+    dims = (2,) if mode == "row" else (1, 2)
+    i_p, i_g = (s * pruned).sum(dims, keepdim=True), (s * sel).sum(dims, keepdim=True)
+    ratio = torch.where(i_g > 0, i_p / i_g.clamp_min(1e-300), torch.zeros_like(i_g))
     if mode in ("matrix", "row"):
-        return (1.0 + alpha * ratio).float()
-    n_sel = sel.sum()
-    if i_g <= 0:
-        return torch.ones_like(saliency, dtype=torch.float32)
-    rel = torch.clamp(s / (i_g / n_sel), max=PARAM_W_CAP)
-    return torch.where(sel, 1.0 + alpha * ratio * rel, torch.ones_like(s)).float()
+        return layout.restore_broadcast((1.0 + alpha * ratio).float(), saliency.dim())
+    mean_g = i_g / sel.sum(dims, keepdim=True).clamp_min(1)
+    rel = torch.clamp(s / mean_g.clamp_min(1e-300), max=PARAM_W_CAP)
+    w = torch.where(sel & (i_g > 0), 1.0 + alpha * ratio * rel, torch.ones_like(s))
+    return layout.restore(w.float(), saliency.shape)
 
 
 def pruned_selected_ratio(saliency: torch.Tensor, surviving: torch.Tensor, selected: torch.Tensor) -> float:
@@ -215,11 +222,14 @@ def build_sau_state(
     redistribution: str = "matrix",
     settings: dict | None = None,
     global_names: list[str] | None = None,
+    layouts: Mapping[str, Layout] | None = None,
 ) -> SAUState:
     """Select ``G`` and compute ``W`` for every parameter in `saliency` (same keys as `surviving`).
 
     With ``scope="global"`` the pool is `global_names` (default: all); other parameters (dense ones
-    selected with ``sau_dense_params="topk"``) are selected per matrix. `surviving` may be lazy.
+    selected with ``sau_dense_params="topk"``) are selected per matrix. `surviving` may be lazy. `layouts`
+    names the fused expert tensors, whose experts are selected and weighted one by one (default: plain
+    matrices).
     """
     if scope not in SCOPES:
         raise ValueError(f"sau_topk_scope must be one of {SCOPES}, got {scope!r}")
@@ -231,8 +241,10 @@ def build_sau_state(
     state = SAUState(selected={}, shapes={}, settings=dict(settings or {}))
     for n, s in saliency.items():
         m = surviving[n]
-        g = unpack_bool(selected[n], s.shape) if n in selected else select_topk(s, m, k, "row" if scope == "row" else "matrix")
-        w = redistribution_weights(s, m, g, alpha, redistribution)
+        layout = (layouts or {}).get(n, PLAIN)
+        unit_scope = "row" if scope == "row" else "matrix"
+        g = unpack_bool(selected[n], s.shape) if n in selected else select_topk(s, m, k, unit_scope, layout)
+        w = redistribution_weights(s, m, g, alpha, redistribution, layout)
         state.selected[n] = pack_bool(g)
         state.shapes[n] = tuple(s.shape)
         if w is not None:
@@ -260,8 +272,12 @@ def _selected_range(w: torch.Tensor | None, g: torch.Tensor, fn) -> float:
 
 @torch.no_grad()
 def apply_sau_(grad: torch.Tensor, selected: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """In place: ``grad * G * W`` (W broadcast as a scalar, per row, or per entry); +0.0 outside G."""
+    """In place: ``grad * G * W`` (W broadcast as a scalar, per row, or per entry); +0.0 outside G.
+
+    `W` keeps its fp32 values: the product is computed in fp32 and rounded once to the gradient's dtype
+    (casting ``W`` to bf16 first would round 1.12 to 1.117, and copy a per-entry ``W``).
+    """
     grad.masked_fill_(~selected, 0.0)
     if weight is not None:
-        grad.mul_(weight.to(grad.device, grad.dtype))
+        grad.mul_(weight.to(grad.device))
     return grad

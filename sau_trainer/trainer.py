@@ -20,7 +20,7 @@ from transformers import Trainer, TrainerCallback
 from .callbacks import SaliencyCallback
 from .config import SAUConfig
 from .data.qa import QACollator, RowsDataset, tokenize_rows
-from .masks import SparsityMasks, prunable_parameters
+from .masks import SparsityMasks, check_trainable_weights, prunable_weights
 from .objectives import OBJECTIVES, ObjectiveContext, forward_nll
 from .saliency import require_input_grads_if_reentrant
 from .precision import UpdateCheckCallback, apply_precision_plan, check_precision, compensated_optimizer_cls_and_kwargs
@@ -82,12 +82,15 @@ class SAUTrainer(Trainer):
             raise TypeError(f"SAUTrainer needs `args=SAUConfig(...)`, got {type(args).__name__}.")
         if "train_dataset" in kwargs:
             raise TypeError("SAUTrainer takes `forget_dataset` (and `retain_dataset`), not `train_dataset`.")
-        params = prunable_parameters(model)  # also rejects PEFT-wrapped models
+        weights = prunable_weights(model)  # also rejects PEFT-wrapped models
+        params = {n: w.param for n, w in weights.items()}
         if not params:
             raise ValueError(
-                f"{type(model).__name__} has no prunable matrices (nn.Linear layers inside the decoder blocks); "
-                "SAUTrainer needs a decoder-only transformer such as Llama, Mistral or Qwen."
+                f"{type(model).__name__} has no prunable matrices (nn.Linear layers or fused experts inside the "
+                "language model's decoder blocks); SAUTrainer needs a decoder-only transformer such as Llama, "
+                "Mistral, Qwen or Mixtral."
             )
+        check_trainable_weights(params)
         if sparsity_masks is None:
             sparsity_masks = SparsityMasks.from_model(model)
         elif not isinstance(sparsity_masks, SparsityMasks):
@@ -131,6 +134,7 @@ class SAUTrainer(Trainer):
         self.sau_state: SAUState | None = None
         self.objective_ctx = ObjectiveContext()
         self._prunable = params
+        self.layouts = {n: w.layout for n, w in weights.items()}  # fused experts: one selection unit per expert
         self._dense_targets = self._dense_parameters() if args.sau and args.sau_dense_params == "topk" else {}
         self._snapshots: dict[str, torch.Tensor] = {}
         self._micro_step = 0

@@ -73,3 +73,64 @@ def test_model_without_prunable_matrices_is_rejected():
 
     with pytest.raises(ValueError, match="no prunable matrices"):
         SparsityMasks.from_model(NotAnLM())
+
+
+def test_from_model_packs_one_matrix_at_a_time(monkeypatch):
+    """Inferring masks holds one unpacked bool matrix at a time (at 8B, all at once would be 7 GB).
+
+    Every bool mask handed out must be freed before the next one is asked for.
+    """
+    import weakref
+
+    from sau_trainer import masks as masks_module
+
+    handed_out = []
+
+    class Watched(masks_module._NonzeroMasks):
+        def __getitem__(self, name):
+            alive = [r for r in handed_out if r() is not None]
+            assert not alive, f"{len(alive)} earlier bool masks still alive when {name} was asked for"
+            m = super().__getitem__(name)
+            handed_out.append(weakref.ref(m))
+            return m
+
+    monkeypatch.setattr(masks_module, "_NonzeroMasks", Watched)
+    model = _sparse_llama()
+    masks = SparsityMasks.from_model(model)
+    assert len(handed_out) == len(prunable_parameters(model)) == len(masks)
+
+
+def test_load_keeps_model_order(tmp_path):
+    """safetensors sorts keys (layers.1, layers.10, layers.2); loading with the model restores model order."""
+    model = build_llama({"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 11,
+                         "num_attention_heads": 2, "num_key_value_heads": 2}, vocab_size=31)
+    masks = SparsityMasks.dense(model)
+    masks.save(tmp_path)
+    assert SparsityMasks.load(tmp_path).names != list(prunable_parameters(model))  # the file's sorted order
+    assert SparsityMasks.load(tmp_path, model).names == list(prunable_parameters(model))
+
+
+def test_global_scope_ties_follow_model_order_whatever_the_file_order(tmp_path, tokenizer, tiny_splits, monkeypatch):
+    """With equal saliency everywhere, global top-k takes the first matrices in model order, even when the
+    masks come from a file whose keys are sorted (layers.1, layers.10, layers.2, ...)."""
+    from sau_testing import make_trainer, qa
+
+    from sau_trainer.callbacks import SaliencyCallback
+    from sau_trainer.sau import topk_count
+
+    model = build_llama({"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 11,
+                         "num_attention_heads": 2, "num_key_value_heads": 2}, tokenizer)
+    SparsityMasks.dense(model).save(tmp_path)
+    trainer = make_trainer(model, tokenizer, qa(tiny_splits, "forget10", 4), None, tmp_path / "run", objective="ga",
+                           sau_topk_scope="global", sau_topk=0.5)
+    trainer.sparsity_masks = SparsityMasks.load(tmp_path)  # the file's (sorted) order, as a user might pass it
+    monkeypatch.setattr(SaliencyCallback, "saliency", lambda self: {
+        n: torch.ones(p.shape) for n, p in self.trainer.saliency_targets().items()})
+    state = SaliencyCallback(trainer).build_state()
+    params = prunable_parameters(model)
+    quota = topk_count(sum(p.numel() for p in params.values()), 0.5)
+    taken = 0
+    for name, p in params.items():  # model order: full matrices first, then at most one partial, then none
+        want = min(p.numel(), max(quota - taken, 0))
+        assert int(state.mask(name).sum()) == want, name
+        taken += want

@@ -146,3 +146,21 @@ def test_many_digit_k_on_a_large_matrix(scope, k):
         assert int(sel.sum()) == topk_count(int(m.sum()), k) > 0
     else:
         assert sel.sum(1).tolist() == [topk_count(int(c), k) for c in m.sum(1)]
+
+
+@pytest.mark.parametrize("w_shape", [(), (6, 1), (6, 10)])
+def test_apply_sau_keeps_w_in_fp32_for_bf16_gradients(w_shape):
+    """``grad * G * W`` for a bf16 gradient is the float64 product rounded once to bf16 (a bf16 copy of W=1.12
+    would be 1.1171875), and a per-entry W is used as it is, not copied to the gradient's dtype."""
+    from sau_trainer.sau import apply_sau_
+
+    g = torch.Generator().manual_seed(0)
+    grad = (torch.randn(6, 10, generator=g) * 3).to(torch.bfloat16)
+    selected = torch.rand(6, 10, generator=g) > 0.3
+    weight = torch.full(w_shape, 1.12) + (torch.rand(w_shape, generator=g) * 1e-3 if w_shape else 0.0)
+    expected = torch.where(selected, grad.double() * weight.double(), torch.zeros((), dtype=torch.float64))
+    out = apply_sau_(grad.clone(), selected, weight)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, expected.to(torch.bfloat16))
+    rounded_w = torch.where(selected, grad.double() * weight.to(torch.bfloat16).double(), torch.zeros(()).double())
+    assert not torch.equal(out, rounded_w.to(torch.bfloat16)), "the test must tell the two roundings apart"

@@ -15,10 +15,11 @@ from torch import nn
 from ..masks import (
     MASKS_FILE,
     SparsityMasks,
+    check_trainable_weights,
     decoder_layers,
     pack_bool,
-    prunable_modules,
     prunable_parameters,
+    prunable_weights,
 )
 from .calibration import CalibrationSet, make_batches, prepare_calibration, prune_layers
 from .nm import parse_structure, resolve_sparsity
@@ -108,8 +109,9 @@ def prune_model(
     - `device`: where each decoder layer runs (default: where it lives); layers elsewhere are moved
       there one at a time.
 
-    Every argument is validated before any weight changes. Embeddings, ``lm_head``, norms and biases
-    stay dense (see `sau_trainer.masks.prunable_modules`).
+    Every argument is validated before any weight changes. Embeddings, ``lm_head``, norms, routers and
+    biases stay dense (see `sau_trainer.masks.prunable_weights`). Fused mixture-of-experts tensors are
+    pruned one expert at a time (magnitude only: calibrated methods are refused on experts).
     """
     # ---- validation: nothing below touches a weight until all of it has passed
     if method not in PRUNERS:
@@ -123,14 +125,24 @@ def prune_model(
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     if not 0 <= percdamp:
         raise ValueError(f"percdamp must be non-negative, got {percdamp!r}.")
-    modules = prunable_modules(model)
-    if not modules:
+    weights = prunable_weights(model)
+    if not weights:
         raise ValueError(
-            f"{type(model).__name__} has no prunable matrices (nn.Linear layers inside decoder blocks); "
-            "pruning needs a decoder-only transformer such as Llama, Mistral or Qwen."
+            f"{type(model).__name__} has no prunable matrices (nn.Linear layers or fused experts inside the language "
+            "model's decoder blocks); pruning needs a decoder-only transformer such as Llama, Mistral or Qwen."
+        )
+    check_trainable_weights({n: w.param for n, w in weights.items()})
+    experts = [n for n, w in weights.items() if w.expert]
+    if pruner.statistic is not None and experts:
+        raise ValueError(
+            f"{method} cannot prune mixture-of-experts weights yet (first: {experts[0]}): its scores need each "
+            "expert's own input statistics, from the calibration tokens the router sends to that expert, which "
+            "this version does not collect (an expert that few tokens reach would be pruned on noise). Prune "
+            "this model with method='magnitude', which needs no calibration."
         )
     if struct.is_nm:
-        bad = {n: m.in_features for n, m in modules.items() if m.in_features % struct.m}
+        in_dims = {n: w.layout.units(w.param).shape[-1] for n, w in weights.items()}
+        bad = {n: d for n, d in in_dims.items() if d % struct.m}
         if bad:
             name, dim = next(iter(bad.items()))
             raise ValueError(
@@ -161,16 +173,24 @@ def prune_model(
         settings.update(blocksize=blocksize, percdamp=percdamp)
     packed, shapes, report = {}, {}, {}
 
-    def prune_one(name: str, module: nn.Linear, stat):
-        weight = module.weight
-        new, keep, extra = pruner.prune(weight.data, stat, target, struct, blocksize=blocksize, percdamp=percdamp)
-        weight.data.copy_(new.to(device=weight.device, dtype=weight.dtype))
-        param = f"{name}.weight"
-        packed[param] = pack_bool(keep).cpu()
-        shapes[param] = tuple(weight.shape)
+    def prune_one(name: str, module: nn.Module, stat):
+        """Prune one parameter in place, one selection unit (a matrix, or each expert's matrix) at a time."""
+        w = weights[name]
+        units = w.layout.units(w.param.data)
+        keeps, extra = [], {}
+        for u in range(units.shape[0]):
+            new, keep, extra = pruner.prune(units[u], stat, target, struct, blocksize=blocksize, percdamp=percdamp)
+            units[u].copy_(new.to(device=units.device, dtype=units.dtype))
+            keeps.append(keep.to(units.device))
+        keep = w.layout.restore(torch.stack(keeps), w.param.shape)
+        packed[name] = pack_bool(keep).cpu()
+        shapes[name] = tuple(w.param.shape)
         pruned = int(keep.numel() - keep.sum())
-        report[param] = {"shape": list(weight.shape), "numel": keep.numel(), "pruned": pruned,
-                         "sparsity": pruned / keep.numel(), **extra}
+        report[name] = {"shape": list(w.param.shape), "numel": keep.numel(), "pruned": pruned,
+                        "sparsity": pruned / keep.numel(), **extra}
+        if w.layout.experts:
+            per_expert = (~torch.stack(keeps)).reshape(len(keeps), -1).float().mean(1)
+            report[name]["per_expert_sparsity"] = [float(x) for x in per_expert]
 
     was_training = model.training
     model.eval()
@@ -180,12 +200,13 @@ def prune_model(
         if calib is not None:
             pad = getattr(tokenizer, "pad_token_id", None)
             batches = make_batches(calib.samples, batch_size, 0 if pad is None else pad)
-        prune_layers(model, decoder_layers(model), modules, prune_one, pruner.statistic, batches,
+        targets = {n: w.module for n, w in weights.items()}
+        prune_layers(model, decoder_layers(model), targets, prune_one, pruner.statistic, batches,
                      device, progress, desc=f"{method} {struct}" if struct.is_nm else f"{method} {target:g}")
     finally:
         model.train(was_training)
     elapsed = time.perf_counter() - start
-    order = list(prunable_parameters(model))
+    order = list(weights)
     masks = SparsityMasks({k: packed[k] for k in order}, {k: shapes[k] for k in order}, source=f"pruner:{method}")
     result = PruningResult(method, str(struct), target, masks, {k: report[k] for k in order},
                            calib.describe() if calib is not None else None, settings, elapsed)

@@ -337,7 +337,7 @@ def _layer_forward(layer: nn.Module, batch: _Batch, layer_type: str) -> torch.Te
 def prune_layers(
     model: nn.Module,
     layers: nn.ModuleList,
-    modules: Mapping[str, nn.Linear],
+    modules: Mapping[str, nn.Module],
     prune_one,
     statistic: str | None,
     batches=None,
@@ -347,8 +347,8 @@ def prune_layers(
 ) -> None:
     """Prune the decoder `layers` one at a time.
 
-    `modules` maps the prunable linear names to modules; ``prune_one(name, module, stat)`` prunes one
-    linear in place (`stat` is the accumulated statistic, or None when `statistic` is None). With a
+    `modules` maps the prunable parameter names to the modules that own them (an ``nn.Linear``, or a
+    fused experts module); ``prune_one(name, module, stat)`` prunes one parameter in place (`stat` is the accumulated statistic, or None when `statistic` is None). With a
     statistic, each layer sees the outputs of the already-pruned layers before it. `device` (optional)
     is where each layer runs; a layer living elsewhere is moved there and back (CPU offload).
     """
