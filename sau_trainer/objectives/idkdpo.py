@@ -17,11 +17,14 @@ per (example, epoch) pair at train start, as many reference forwards as open-unl
 training; ``idk_pairing="fixed"`` (one draw per example for the whole run) needs one per example.
 """
 
+import torch
+
 from ..data.idk import IdkPairing
 from .base import Objective, forward_nll
 from .losses import dpo_loss, mean_token_nll
 
 REF_IDK_NLL = "idkdpo_ref_idk_nll_sum"
+IDK_CHOICES = "idkdpo_idk_choices"
 
 
 class IdkDPO(Objective):
@@ -37,15 +40,18 @@ class IdkDPO(Objective):
         choices = self.pairing.draw(trainer.state.num_train_epochs)
         saved = ctx.tensors.get(REF_IDK_NLL)
         if saved is not None:  # restored from a checkpoint: computed from the starting model, keep it
-            if tuple(saved.shape) != tuple(choices.shape):
+            saved_choices = ctx.tensors.get(IDK_CHOICES)
+            if saved_choices is None or not torch.equal(saved_choices.cpu(), choices):
                 raise ValueError(
-                    f"The checkpoint's IdkDPO reference NLLs have shape {tuple(saved.shape)}, this run needs "
-                    f"{tuple(choices.shape)} (epochs x forget examples): resume with the original settings."
+                    "The checkpoint's IdkDPO reference NLLs belong to other idk pairs (epochs x forget examples "
+                    f"{tuple(saved.shape)}, this run {tuple(choices.shape)}): resume with the original seed, "
+                    "idk_pairing and number of epochs, or start a new run."
                 )
             return
         pairs, inverse = self.pairing.unique_pairs(choices)
         nll = trainer.answer_nll_sums(self.pairing.encode_pairs(pairs))
         ctx.tensors[REF_IDK_NLL] = nll[inverse].view(choices.shape)
+        ctx.tensors[IDK_CHOICES] = choices
 
     def forget_term(self, model, forget, ctx):
         if ctx.ref_forget_nll_sum is None or REF_IDK_NLL not in ctx.tensors:

@@ -112,6 +112,9 @@ def test_idkdpo_resume_restores_the_reference_nlls(tokenizer, tiny_splits, tmp_p
     assert torch.equal(first.objective_ctx.tensors[REF_IDK_NLL], second.objective_ctx.tensors[REF_IDK_NLL])
     for k, v in second.model.state_dict().items():  # same idk draws and reference values: the same weights
         torch.testing.assert_close(v, first.model.state_dict()[k], rtol=1e-5, atol=1e-6)
+    other_seed = _idkdpo(tokenizer, tiny_splits, tmp_path / "run", base, **{**kw, "seed": 1})
+    with pytest.raises(ValueError, match="belong to other idk pairs"):  # other draws than the saved NLLs
+        other_seed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
 
 
 def test_undial_keeps_a_reference_and_needs_no_retain_set_at_its_defaults(tokenizer, tiny_splits, tmp_path):
