@@ -72,9 +72,11 @@ def undial_targets(ref_logits: torch.Tensor, labels: torch.Tensor, beta: float) 
     there ``beta`` is subtracted at token ``V - 100``.
     """
     z = ref_logits[:, :-1].float()
+    if z.data_ptr() == ref_logits.data_ptr():  # fp32 input: .float() is a view; never modify the caller's logits
+        z = z.clone()
     index = labels[:, 1:].remainder(z.size(-1)).unsqueeze(-1)
-    adjusted = z.scatter(-1, index, z.gather(-1, index) - beta)
-    return adjusted.softmax(-1)
+    z.scatter_add_(-1, index, torch.full(index.shape, -float(beta), dtype=z.dtype, device=z.device))
+    return z.softmax(-1)  # in place above: one [b, T-1, V] buffer fewer at real vocabulary sizes
 
 
 def undial_loss(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, beta: float,

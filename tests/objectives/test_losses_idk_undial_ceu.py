@@ -109,3 +109,12 @@ def test_ceu_batch_without_supervised_positions_is_zero_not_nan():
     logits, _, labels = _batch(3)
     out = ceu_loss(logits.requires_grad_(True), torch.full_like(labels, -100))
     assert float(out) == 0.0
+
+
+def test_undial_targets_leave_the_reference_logits_untouched():
+    _, ref, labels = _batch(4)
+    for dtype in (torch.float32, torch.bfloat16):
+        r = ref.to(dtype)
+        before = r.clone()
+        undial_targets(r, labels, 10.0)
+        assert torch.equal(r, before)
