@@ -125,3 +125,30 @@ def test_unchanged_model_after_a_bad_pattern(tokenizer, tiny_splits, tmp_path):
         _trainer(tokenizer, tiny_splits, tmp_path, model=model, rmu_trainable_params="nothing")
     assert all(p.requires_grad for p in model.parameters())
     assert sum(int((p == 0).sum()) for p in prunable_parameters(model).values()) > 0
+
+
+def test_defaults_on_an_8b_shaped_model():
+    """Llama-3.1-8B's shape on the meta device (no memory): block 7 of 32 and every parameter trainable by
+    default; the embed-diff reference keeps the embeddings and blocks 0..7 only, 28% of the parameters."""
+    from sau_trainer.modeling import build_llama
+    from sau_trainer.objectives import OBJECTIVES
+
+    with torch.device("meta"):
+        model = build_llama("llama-3.1-8b")
+    rmu = OBJECTIVES["rmu"](SAUConfig(output_dir="unused", report_to=[], objective="rmu"))
+    rmu.bind_model(model)
+    assert rmu.layer_index == 7 and rmu.trainable_names == {n for n, _ in model.named_parameters()}
+    ref = rmu.build_reference(model)
+    n_ref, n_all = (sum(p.numel() for p in m.parameters()) for m in (ref, model))
+    assert len(ref.layers) == 8 and len(model.model.layers) == 32
+    assert 0.27 < n_ref / n_all < 0.29
+    assert rmu._ref_layer is ref.layers[7]
+
+
+def test_trainable_pattern_enters_the_sau_settings(tmp_path):
+    def settings(**kw):
+        return SAUConfig(output_dir=str(tmp_path), report_to=[], **kw).sau_settings()
+
+    assert settings(objective="rmu")["rmu_trainable_params"] == ".*"  # it decides which matrices get a G
+    assert "rmu_trainable_params" not in settings(objective="graddiff")
+    assert settings(objective="rmu", saliency_loss="objective")["rmu_steering_coeff"] == 2.0
