@@ -16,7 +16,7 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prune": ("sau_trainer.pruning.cli", "Prune a causal LM (magnitude, wanda, sparsegpt; unstructured or N:M)."),
-    "eval": ("sau_trainer.evaluation.cli", "Evaluate a model with the TOFU protocol and write results.json."),
+    "eval": ("sau_trainer.evaluation.cli", "Evaluate a model on a benchmark (TOFU, MUSE, ...) and write results.json."),
     "run": ("sau_trainer.pipeline.cli", "Run a recipe: train, prune, unlearn, evaluate, report, push."),
     "push": ("sau_trainer.hub", "Push a saved sparse model with its sparsity metadata and model card to the Hub."),
 }

@@ -33,6 +33,7 @@ class ForgetMetric:
     short: str
     better: str  # "max" or "min"
     log: bool = False
+    axis: str = ""  # the plot's axis label (default: the label and the direction)
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,10 @@ TOFU_REPORT = ReportSpec(
              ("forget prob.", "forget_probability"), ("extraction strength", "extraction_strength"),
              ("retain ROUGE", "retain_rouge")),
     utility="model_utility", utility_label="model utility",
-    forget=(ForgetMetric("forget_quality", "forget quality", "FQ", "max", log=True),
-            ForgetMetric("forget_rouge", "forget ROUGE", "forget ROUGE", "min")),
+    forget=(ForgetMetric("forget_quality", "forget quality", "FQ", "max", log=True,
+                         axis="forget quality (KS p-value vs retain model, log; higher is better)"),
+            ForgetMetric("forget_rouge", "forget ROUGE", "forget ROUGE", "min",
+                         axis="forget ROUGE-L recall (lower is better)")),
     notes=("forget quality: KS-test p-value against the dense retain model; FQ (pruned retain): against "
            "the retain model pruned the same way",),
 )

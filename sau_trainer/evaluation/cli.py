@@ -1,4 +1,4 @@
-"""``sau-trainer eval``: evaluate a saved model with the TOFU protocol and write ``results.json``.
+"""``sau-trainer eval``: evaluate a saved model on a registered benchmark and write ``results.json``.
 
 A re-run with the same settings (same model files, data, forget split, generation length)
 reuses the file and says so; different settings recompute. A new retain-results file only
@@ -22,17 +22,22 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``sau-trainer eval``."""
-    from ..data.synthetic import PRESETS
-    from ..data.tofu import BENCHMARKS, FORGET_SPLITS
+    from ..data.benchmarks import BENCHMARKS
+    from ..data.tofu import FORGET_SPLITS
 
     parser.add_argument("--model", required=True, help="Directory of a saved causal LM and its tokenizer.")
-    parser.add_argument("--benchmark", default="synthetic", choices=sorted(BENCHMARKS),
-                        help="'synthetic' (built in, offline; default) or 'tofu' (locuslab/TOFU or --data-dir).")
-    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="Synthetic benchmark size.")
-    parser.add_argument("--seed", type=int, default=0, help="Synthetic benchmark seed.")
-    parser.add_argument("--forget-split", default="forget10", choices=FORGET_SPLITS)
+    parser.add_argument("--benchmark", default="synthetic", choices=list(BENCHMARKS),
+                        help="; ".join(f"{name}: {b.help}" for name, b in BENCHMARKS.items()) + " (default synthetic).")
+    parser.add_argument("--subset", default=None,
+                        help="Subset of a benchmark that has them (muse: news, the default, or books).")
+    presets = sorted({p for b in BENCHMARKS.values() for p in b.presets})
+    parser.add_argument("--preset", default="tiny", choices=presets, help="Size of a built-in benchmark.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of a built-in benchmark.")
+    parser.add_argument("--forget-split", default="forget10", choices=FORGET_SPLITS,
+                        help="TOFU-style benchmarks only (MUSE forgets raw/forget).")
     parser.add_argument("--data-dir", default=None,
-                        help="Local directory of split files (<split>.json/.jsonl/.parquet) instead of the Hub.")
+                        help="Local copy instead of the Hub: TOFU split files (<split>.json/.jsonl/.parquet), or "
+                        "MUSE's layout (<config>/<split>-00000-of-00001.parquet or .json/.jsonl).")
     parser.add_argument("--retain-results", default=None,
                         help="The retain model's results.json (or its directory), for forget quality.")
     parser.add_argument("--output-dir", "--output", dest="output_dir", required=True,
@@ -49,8 +54,11 @@ def _settings(args: argparse.Namespace, splits: dict, model_dir: Path) -> dict[s
     from ..data.qa import PLAIN_PROMPT
     from .results import data_fingerprint, model_fingerprint
 
-    synthetic = args.benchmark == "synthetic" and args.data_dir is None
-    return {
+    from ..data.benchmarks import get_benchmark
+
+    bench = get_benchmark(args.benchmark)
+    synthetic = bench.generated and args.data_dir is None
+    out = {
         "results_version": RESULTS_VERSION,
         "benchmark": args.benchmark,
         "preset": args.preset if synthetic else None,
@@ -64,6 +72,8 @@ def _settings(args: argparse.Namespace, splits: dict, model_dir: Path) -> dict[s
         "dtype": args.dtype,
         "plain_prompt": PLAIN_PROMPT,
     }
+    out.update(protocol=bench.protocol, subset=args.subset, membership_inference=1)
+    return out
 
 
 def _model_info(model: Any, model_dir: Path) -> dict[str, Any]:
@@ -85,7 +95,10 @@ def _print_summary(results: dict, path: Path) -> None:
     summary = results["summary"]
     width = max(len(k) for k in summary)
     lines = [f"  {k:<{width}}  {'null' if v is None else f'{v:.4g}'}" for k, v in summary.items()]
-    print(f"TOFU results ({results['settings'].get('forget_split')}) -> {path}\n" + "\n".join(lines))
+    settings = results["settings"]
+    what = "TOFU" if settings.get("protocol", "tofu") == "tofu" else settings.get("benchmark", "MUSE")
+    where = settings.get("forget_split") if settings.get("protocol", "tofu") == "tofu" else settings.get("subset")
+    print(f"{what} results ({where}) -> {path}\n" + "\n".join(lines))
 
 
 def _changed(old: dict, new: dict) -> list[str]:
@@ -96,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
     """Runs the evaluation (or reuses a results file with the same settings hash)."""
     import torch
 
-    from ..data.tofu import evaluation_splits, load_benchmark
+    from ..data.benchmarks import get_benchmark, load_benchmark
     from .results import (
         attach_forget_quality,
         build_results,
@@ -104,15 +117,17 @@ def main(args: argparse.Namespace) -> int:
         save_results,
         settings_hash,
     )
-    from .tofu import evaluate_tofu
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model_dir = Path(args.model).resolve()
     if not (model_dir / "config.json").is_file():
         raise SystemExit(f"--model {args.model}: no config.json there; give a saved model directory.")
-    splits = load_benchmark(args.benchmark, data_dir=args.data_dir, preset=args.preset, seed=args.seed,
-                            splits=evaluation_splits(args.forget_split))
+    bench = get_benchmark(args.benchmark)
+    problems = bench.check_options(args.subset, args.preset)
+    if problems:
+        raise SystemExit(f"--benchmark {args.benchmark}: " + "; ".join(problems) + ".")
+    splits = _load_splits(args, bench)
     settings = _settings(args, splits, model_dir)
     digest = settings_hash(settings)
     output_dir = Path(args.output_dir)
@@ -146,16 +161,35 @@ def main(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
-    logger.info("Evaluating %s on %s/%s (device %s).", model_dir, args.benchmark, args.forget_split, device)
+    logger.info("Evaluating %s on %s (%s; device %s).", model_dir, args.benchmark,
+                args.forget_split if bench.protocol == "tofu" else args.subset or bench.default_subset or "", device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
-    evaluation = evaluate_tofu(model, tokenizer, splits, forget_split=args.forget_split, batch_size=args.batch_size,
-                               max_new_tokens=args.max_new_tokens, retain_results=args.retain_results,
-                               show_progress=not args.no_progress)
+    evaluation = bench.evaluate(model, tokenizer, splits, forget_split=args.forget_split, batch_size=args.batch_size,
+                                max_new_tokens=args.max_new_tokens, retain_results=args.retain_results,
+                                show_progress=not args.no_progress)
     results = build_results(evaluation, _model_info(model, model_dir), settings)
     path = save_results(results, output_dir)
     _print_summary(results, path)
     return 0
+
+
+def _load_splits(args: argparse.Namespace, bench: Any) -> dict:
+    """The benchmark's evaluation splits. For TOFU-style ones the holdout split (the membership-inference
+    non-members) is optional: without it the attacks are skipped, with a log line."""
+    from ..data.benchmarks import load_benchmark
+
+    names = list(bench.evaluation_splits(args.forget_split))
+    kwargs = dict(data_dir=args.data_dir, preset=args.preset, seed=args.seed, subset=args.subset)
+    if bench.protocol != "tofu":
+        return load_benchmark(args.benchmark, splits=names, **kwargs)
+    holdout = names.pop()
+    splits = load_benchmark(args.benchmark, splits=names, **kwargs)
+    try:
+        splits.update(load_benchmark(args.benchmark, splits=[holdout], **kwargs))
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        logger.warning("No %s split (%s): membership inference is skipped.", holdout, err)
+    return splits
 
 
 def _reference_digest(retain_results: str) -> str:

@@ -7,11 +7,13 @@ weights it loaded (exact zeros over the prunable matrices), never the setting.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..data.benchmarks import TOFU_REPORT, ReportSpec, get_benchmark
 from ..evaluation.results import load_results
 
 ROW_KEYS = ("name", "model", "pruning", "target_sparsity", "measured_sparsity", "objective", "sau",
@@ -67,7 +69,8 @@ def write_report(ctx, eval_tasks) -> dict:
     _atomic_write(out / "report.md", render_markdown(rows, ctx.recipe))
     files = {"json": str(out / "report.json"), "markdown": str(out / "report.md")}
     if ctx.recipe.report.plot:
-        plot_tradeoff(rows, out / "tradeoff.png", ctx.recipe.report.utility_fraction)
+        plot_tradeoff(rows, out / "tradeoff.png", ctx.recipe.report.utility_fraction,
+                      get_benchmark(ctx.recipe.data.benchmark).report)
         files["plot"] = str(out / "tradeoff.png")
     return files
 
@@ -88,7 +91,7 @@ def method_label(row: dict) -> str:
     return f"{where} · {obj}"
 
 
-def curves(rows: list[dict]) -> dict[tuple, list[dict]]:
+def curves(rows: list[dict], spec: ReportSpec = TOFU_REPORT) -> dict[tuple, list[dict]]:
     """Per method: one point per learning rate, metrics averaged over seeds, sorted by learning rate."""
     by_method: dict[tuple, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
@@ -100,9 +103,7 @@ def curves(rows: list[dict]) -> dict[tuple, list[dict]]:
         for lr in sorted(by_lr):
             group = by_lr[lr]
             points.append({"learning_rate": lr, "n_seeds": len(group), "label": method_label(group[0]),
-                           **{k: _mean([g["metrics"].get(k) for g in group])
-                              for k in ("forget_quality", "model_utility", "forget_rouge",
-                                        "forget_quality_pruned_retain")}})
+                           **{k: _mean([g["metrics"].get(k) for g in group]) for k in spec.curve_keys}})
         out[key] = points
     return out
 
@@ -137,26 +138,21 @@ def render_markdown(rows: list[dict], recipe) -> str:
     m = recipe.model
     model = m.name_or_path or f"Llama built from shape {m.shape!r}"
     d = recipe.data
-    bench = f"{d.benchmark}" + (f" (preset {d.preset}, seed {d.seed})" if d.benchmark == "synthetic" else "")
+    spec = get_benchmark(d.benchmark).report
+    generated = get_benchmark(d.benchmark).generated
+    bench = f"{d.benchmark}" + (f" (preset {d.preset}, seed {d.seed})" if generated else "")
+    bench += f", subset {d.subset}" if d.subset else ""
+    split = f", forget split {d.forget_split}" if get_benchmark(d.benchmark).protocol == "tofu" else ""
     lines = [f"# {recipe.name}", ""]
     if recipe.description:
         lines += [recipe.description.strip(), ""]
-    lines += [f"- model: {model}", f"- benchmark: {bench}, forget split {d.forget_split}",
+    lines += [f"- model: {model}", f"- benchmark: {bench}{split}",
               "- rows: `model` is what was unlearned (dense: the finetuned model; sparse: a pruned one) or the "
               "reference (finetuned, retain); `pruning` is the pruning of the evaluated weights (a dense run "
               "with a pruning was unlearned first, then pruned)",
-              "- forget quality: KS-test p-value against the dense retain model; FQ (pruned retain): against "
-              "the retain model pruned the same way", "- measured sparsity: exact zeros in the saved weights "
+              *[f"- {note}" for note in spec.notes], "- measured sparsity: exact zeros in the saved weights "
               "over the prunable matrices", "- tradeoff plot: tradeoff.png", ""]
-    metric_cols = [
-        ("forget quality", lambda r: r["metrics"].get("forget_quality")),
-        ("FQ (pruned retain)", lambda r: r["metrics"].get("forget_quality_pruned_retain")),
-        ("model utility", lambda r: r["metrics"].get("model_utility")),
-        ("forget ROUGE", lambda r: r["metrics"].get("forget_rouge")),
-        ("forget prob.", lambda r: r["metrics"].get("forget_probability")),
-        ("extraction strength", lambda r: r["metrics"].get("extraction_strength")),
-        ("retain ROUGE", lambda r: r["metrics"].get("retain_rouge")),
-    ]
+    metric_cols = [(label, lambda r, k=key: r["metrics"].get(k)) for label, key in spec.columns]
     common = [("name", lambda r: r["name"]), ("pruning", lambda r: r["pruning"]),
               ("target sparsity", lambda r: r["target_sparsity"]),
               ("measured sparsity", lambda r: r["measured_sparsity"])]
@@ -168,38 +164,50 @@ def render_markdown(rows: list[dict], recipe) -> str:
             ("objective", lambda r: r["objective"]), ("SAU", lambda r: r["sau"]),
             ("lr", lambda r: r["learning_rate"]), ("seed", lambda r: r["seed"])]
         lines += ["## Unlearning runs", ""] + _table(runs, run_cols + metric_cols) + [""]
-        lines += _matched_utility_section(rows, recipe.report.utility_fraction)
-        lines += _then_prune_section(runs)
+        lines += _matched_utility_section(rows, recipe.report.utility_fraction, spec)
+        lines += _then_prune_section(runs, spec)
     return "\n".join(lines) + "\n"
 
 
-def _matched_utility_section(rows: list[dict], fraction: float) -> list[str]:
+def _best(points: list[dict], metric) -> dict | None:
+    """The point with the most forgetting on `metric` (its `better` direction); None values lose."""
+    if metric.better == "max":
+        return max(points, key=lambda p: p[metric.key] or 0.0, default=None)
+    return min(points, key=lambda p: math.inf if p[metric.key] is None else p[metric.key], default=None)
+
+
+def _matched_utility_section(rows: list[dict], fraction: float, spec: ReportSpec = TOFU_REPORT) -> list[str]:
     base = next((r for r in rows if r["name"] == "finetuned"), None)
-    if base is None:
+    if base is None or base["metrics"].get(spec.utility) is None:
         return []
-    floor = fraction * base["metrics"]["model_utility"]
+    utility = base["metrics"][spec.utility]
+    floor = fraction * utility
     table = []
-    for points in curves(rows).values():
-        ok = [p for p in points if p["model_utility"] is not None and p["model_utility"] >= floor]
-        best_fq = max(ok, key=lambda p: p["forget_quality"] or 0.0, default=None)
-        best_rouge = min(ok, key=lambda p: p["forget_rouge"], default=None)
-        table.append({"label": points[0]["label"], "n": len(points), "ok": len(ok),
-                      "fq": best_fq and best_fq["forget_quality"], "fq_lr": best_fq and best_fq["learning_rate"],
-                      "rouge": best_rouge and best_rouge["forget_rouge"],
-                      "rouge_lr": best_rouge and best_rouge["learning_rate"]})
+    for points in curves(rows, spec).values():
+        ok = [p for p in points if p[spec.utility] is not None and p[spec.utility] >= floor]
+        row = {"label": points[0]["label"], "n": len(points), "ok": len(ok)}
+        for i, metric in enumerate(spec.forget):
+            best = _best(ok, metric)
+            row[f"m{i}"], row[f"lr{i}"] = best and best[metric.key], best and best["learning_rate"]
+        table.append(row)
     cols = [("method", lambda r: r["label"]), ("learning rates", lambda r: r["n"]),
-            ("at utility ≥ floor", lambda r: r["ok"]), ("best forget quality", lambda r: r["fq"]),
-            ("its lr", lambda r: r["fq_lr"]), ("lowest forget ROUGE", lambda r: r["rouge"]),
-            ("its lr", lambda r: r["rouge_lr"])]
-    return [f"## At matched utility (≥ {fraction:.0%} of the finetuned model's {base['metrics']['model_utility']:.3f})",
+            ("at utility ≥ floor", lambda r: r["ok"])]
+    for i, metric in enumerate(spec.forget):
+        cols += [(f"{'best' if metric.better == 'max' else 'lowest'} {metric.label}", lambda r, i=i: r[f"m{i}"]),
+                 ("its lr", lambda r, i=i: r[f"lr{i}"])]
+    whose = "model utility" if spec.utility == "model_utility" else spec.utility_label
+    return [f"## At matched utility (≥ {fraction:.0%} of the finetuned model's {utility:.3f})"
+            if whose == "model utility" else
+            f"## At matched utility (≥ {fraction:.0%} of the finetuned model's {whose}, {utility:.3f})",
             "", "Metrics averaged over seeds per learning rate; a method is a curve over learning rates. "
             "Compare methods here, not on single runs.", ""] + _table(table, cols) + [""]
 
 
-def _then_prune_section(runs: list[dict]) -> list[str]:
+def _then_prune_section(runs: list[dict], spec: ReportSpec = TOFU_REPORT) -> list[str]:
     after = [r for r in runs if r.get("unlearn_then_prune")]
     if not after:
         return []
+    m0, m1 = spec.forget
     by_name = {r["name"]: r for r in runs}
     table = []
     for r in after:
@@ -208,32 +216,39 @@ def _then_prune_section(runs: list[dict]) -> list[str]:
         sparse_name = f"{r['name'].rsplit('+', 1)[1]}-{dense_name.split('-', 1)[1]}"
         sparse = by_name.get(sparse_name)
         table.append({"run": dense_name, "pruning": r["pruning"],
-                      "rouge_dense": before and before["metrics"]["forget_rouge"],
-                      "rouge_after": r["metrics"]["forget_rouge"],
-                      "rouge_sparse": sparse and sparse["metrics"]["forget_rouge"],
-                      "fq_after": r["metrics"].get("forget_quality"),
-                      "fq_sparse": sparse and sparse["metrics"].get("forget_quality")})
+                      "m1_dense": before and before["metrics"].get(m1.key),
+                      "m1_after": r["metrics"].get(m1.key),
+                      "m1_sparse": sparse and sparse["metrics"].get(m1.key),
+                      "m0_after": r["metrics"].get(m0.key),
+                      "m0_sparse": sparse and sparse["metrics"].get(m0.key)})
     cols = [("dense run", lambda r: r["run"]), ("then pruned", lambda r: r["pruning"]),
-            ("forget ROUGE, unlearned dense", lambda r: r["rouge_dense"]),
-            ("after pruning", lambda r: r["rouge_after"]),
-            ("prune-then-unlearn", lambda r: r["rouge_sparse"]),
-            ("FQ after pruning", lambda r: r["fq_after"]), ("FQ prune-then-unlearn", lambda r: r["fq_sparse"])]
+            (f"{m1.label}, unlearned dense", lambda r: r["m1_dense"]),
+            ("after pruning", lambda r: r["m1_after"]),
+            ("prune-then-unlearn", lambda r: r["m1_sparse"]),
+            (f"{m0.short} after pruning", lambda r: r["m0_after"]),
+            (f"{m0.short} prune-then-unlearn", lambda r: r["m0_sparse"])]
     return ["## Unlearn, then prune (does the forgotten data come back?)", "",
             "A dense model is unlearned and then pruned; beside it the same objective run on the model "
             "pruned first (prune-then-unlearn).", ""] + _table(table, cols) + [""]
 
 
 # ----------------------------------------------------------------------------------------- plot
-def plot_tradeoff(rows: list[dict], path: Path, utility_fraction: float = 0.9) -> None:
-    """Model utility against forget quality (log x) and against forget ROUGE; one marker per method,
-    the learning rates of a method joined as a curve; references as stars."""
+def plot_tradeoff(rows: list[dict], path: Path, utility_fraction: float = 0.9, spec: ReportSpec = TOFU_REPORT) -> None:
+    """Utility against the benchmark's two forget metrics (TOFU: model utility against forget quality, log x,
+    and against forget ROUGE); one marker per method, the learning rates of a method joined as a curve;
+    references as stars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
-    method_curves = curves(rows)
+    method_curves = curves(rows, spec)
+    m0, m1 = spec.forget
+    util_key = spec.utility
+
+    def x0(value):
+        return max(value or 0.0, FQ_FLOOR) if m0.log else value
     colour_keys = sorted({(k[1] or "", k[2], k[5]) for k in method_curves}, key=str)
     cmap = plt.get_cmap("tab10")
     colours = {ck: cmap(i % 10) for i, ck in enumerate(colour_keys)}
@@ -244,28 +259,29 @@ def plot_tradeoff(rows: list[dict], path: Path, utility_fraction: float = 0.9) -
         colour = colours[(key[1] or "", key[2], key[5])]
         style = dict(marker=markers[key[3]], color=colour, linestyle="-" if key[4] else "--",
                      markerfacecolor=colour if key[4] else "white", markersize=7, label=points[0]["label"])
-        util = [p["model_utility"] for p in points]
-        fq = [max(p["forget_quality"] or 0.0, FQ_FLOOR) for p in points]
-        axes[0].plot(fq, util, **style)
-        axes[1].plot([p["forget_rouge"] for p in points], util, **{**style, "label": None})
+        util = [p[util_key] for p in points]
+        axes[0].plot([x0(p[m0.key]) for p in points], util, **style)
+        axes[1].plot([p[m1.key] for p in points], util, **{**style, "label": None})
     ref_colours = {"finetuned": "black", "retain": "tab:green"}
     for r in (r for r in rows if r["reference"]):
         size = 16 if r["pruning"] is None else 11
         kw = dict(marker="*", color=ref_colours.get(r["model"], "grey"), markersize=size, linestyle="none",
                   markeredgecolor="white" if r["pruning"] else ref_colours.get(r["model"], "grey"))
-        fq = max(r["metrics"].get("forget_quality") or 0.0, FQ_FLOOR)
-        axes[0].plot([fq], [r["metrics"]["model_utility"]], label=f"reference: {r['name']}", **kw)
-        axes[1].plot([r["metrics"]["forget_rouge"]], [r["metrics"]["model_utility"]], **kw)
+        axes[0].plot([x0(r["metrics"].get(m0.key))], [r["metrics"].get(util_key)], label=f"reference: {r['name']}",
+                     **kw)
+        axes[1].plot([r["metrics"].get(m1.key)], [r["metrics"].get(util_key)], **kw)
     base = next((r for r in rows if r["name"] == "finetuned"), None)
     for ax in axes:
-        if base is not None:
-            ax.axhline(utility_fraction * base["metrics"]["model_utility"], color="grey", lw=0.8, ls=":")
-        ax.set_ylabel("model utility")
+        if base is not None and base["metrics"].get(util_key) is not None:
+            ax.axhline(utility_fraction * base["metrics"][util_key], color="grey", lw=0.8, ls=":")
+        ax.set_ylabel(spec.utility_label)
         ax.grid(alpha=0.3)
-    axes[0].set_xscale("log")
-    axes[0].set_xlabel("forget quality (KS p-value vs retain model, log; higher is better)")
-    axes[1].set_xlabel("forget ROUGE-L recall (lower is better)")
-    axes[1].invert_xaxis()
+    for ax, metric in zip(axes, spec.forget, strict=True):
+        if metric.log:
+            ax.set_xscale("log")
+        ax.set_xlabel(metric.axis or f"{metric.label} ({'higher' if metric.better == 'max' else 'lower'} is better)")
+        if metric.better == "min":
+            ax.invert_xaxis()
     fig.suptitle("Forget / utility trade-off: each curve is one method over learning rates "
                  f"(dotted: {utility_fraction:.0%} of the finetuned utility)", fontsize=10)
     handles, labels = axes[0].get_legend_handles_labels()

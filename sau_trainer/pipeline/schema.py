@@ -53,14 +53,16 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    """The benchmark: TOFU (Hub or a local directory) or the built-in synthetic one."""
+    """The benchmark: a key of the registry `sau_trainer.data.benchmarks.BENCHMARKS`."""
 
-    benchmark: str = opt("synthetic", "A key of sau_trainer.data.tofu.BENCHMARKS: synthetic or tofu.",
-                         choices=("synthetic", "tofu"))
-    preset: str = opt("tiny", "Preset of the synthetic benchmark (tiny, tofu).", choices=("tiny", "tofu"))
-    seed: int = opt(0, "Seed of the synthetic benchmark.")
+    benchmark: str = opt("synthetic", "A key of sau_trainer.data.benchmarks.BENCHMARKS: synthetic (built-in, "
+                         "TOFU-style), synthetic-muse (built-in, MUSE-style), tofu, muse.")
+    subset: str | None = opt(None, "Subset of a benchmark that has them (muse: news, the default, or books).")
+    preset: str = opt("tiny", "Preset of a built-in benchmark (synthetic: tiny, tofu; synthetic-muse: tiny).")
+    seed: int = opt(0, "Seed of a built-in benchmark.")
     data_dir: str | None = opt(None, "Local directory with the splits as json/jsonl/parquet (tofu: else the Hub).")
-    forget_split: str = opt("forget10", "The forget split.", choices=("forget01", "forget05", "forget10"))
+    forget_split: str = opt("forget10", "The forget split (TOFU-style benchmarks; MUSE-style ones forget "
+                            "raw/forget).", choices=("forget01", "forget05", "forget10"))
 
 
 @dataclass
@@ -141,7 +143,7 @@ class UnlearnSection(TrainerSettings):
 
 @dataclass
 class EvaluateSection:
-    """The TOFU protocol on every model (sau_trainer.evaluation.evaluate_tofu)."""
+    """The benchmark's evaluation of every model (TOFU protocol: evaluate_tofu; MUSE: evaluate_muse)."""
 
     batch_size: int = opt(16, "Evaluation batch size.")
     max_new_tokens: int = opt(200, "Greedy generation length for ROUGE (the protocol uses 200).")
@@ -350,9 +352,16 @@ def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
 
 def _check(recipe: Recipe, errors: list[str]) -> None:
     """Checks across keys and against the libraries' registries (objectives, pruners, TrainingArguments)."""
+    from ..data.benchmarks import BENCHMARKS
     from ..modeling import MODEL_SHAPES
     from ..objectives import OBJECTIVES
 
+    d = recipe.data
+    if d.benchmark not in BENCHMARKS:
+        errors.append(f"data.benchmark: {d.benchmark!r} is not one of {sorted(BENCHMARKS)}; "
+                      f"{_closest(d.benchmark, sorted(BENCHMARKS))}")
+    else:
+        errors += [f"data: {p}" for p in BENCHMARKS[d.benchmark].check_options(d.subset, d.preset)]
     if recipe.torch_threads is not None and recipe.torch_threads < 1:
         errors.append(f"torch_threads: must be >= 1 or null, got {recipe.torch_threads!r}")
     m = recipe.model
@@ -374,7 +383,7 @@ def _check(recipe: Recipe, errors: list[str]) -> None:
         errors.append("train_target.enabled: a model built from model.shape is random; it must be trained")
     for name in ("train_target", "train_retain"):
         sec: TrainSection = getattr(recipe, name)
-        _check_trainer_settings(sec, name, errors, _training_argument_names())
+        _check_trainer_settings(sec, name, errors, [*_training_argument_names(), *FINETUNE_PRECISION_FIELDS])
         if sec.model is not None and sec.enabled:
             errors.append(f"{name}.model: set only with {name}.enabled: false (a ready-made model)")
     if recipe.train_target.model is not None:
@@ -552,6 +561,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return out
 
 
+# `finetune` takes these besides TrainingArguments (train_target.args / train_retain.args): see sau_trainer.precision
+FINETUNE_PRECISION_FIELDS = ("low_precision_weights", "compensated_optimizer")
+
+
 def _lift_sau_config_fields(data: dict, errors: list[str]) -> None:
     """``unlearn.<SAUConfig field>`` that is not a key of the section means ``unlearn.args.<field>``.
 
@@ -576,10 +589,11 @@ def _check_sau_choices(recipe: Recipe, errors: list[str]) -> None:
     """SAUConfig fields with a fixed set of values (sau_trainer.config.CHOICES) checked before any work starts."""
     from ..config import CHOICES
 
-    for key, value in recipe.unlearn.args.items():
-        if key in CHOICES and value not in CHOICES[key]:
-            errors.append(f"unlearn.{key}: {value!r} is not one of {list(CHOICES[key])}; "
-                          f"{_closest(str(value), list(CHOICES[key]))}")
+    for name in ("train_target", "train_retain", "unlearn"):
+        for key, value in getattr(recipe, name).args.items():
+            if key in CHOICES and value not in CHOICES[key]:
+                errors.append(f"{name}.{key}: {value!r} is not one of {list(CHOICES[key])}; "
+                              f"{_closest(str(value), list(CHOICES[key]))}")
 
 
 def validate(data: dict | None) -> Recipe:

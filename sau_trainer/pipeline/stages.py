@@ -73,8 +73,16 @@ class Context:
             self._benchmark = load_data(self.recipe)
         return self._benchmark
 
+    @property
+    def bench(self):
+        """The recipe's entry of the benchmark registry (`sau_trainer.data.benchmarks.BENCHMARKS`)."""
+        from ..data.benchmarks import get_benchmark
+
+        return get_benchmark(self.recipe.data.benchmark)
+
     def rows(self, splits: list[str]) -> list[dict]:
-        return [{"question": r["question"], "answer": r["answer"]} for s in splits for r in self.split(s)]
+        """Training rows of `splits` (question/answer or text rows, as the benchmark defines them)."""
+        return self.bench.training_rows(self.benchmark, splits)
 
     def split(self, name: str) -> list[dict]:
         if name not in self.benchmark:
@@ -103,11 +111,11 @@ class Context:
 
 def load_data(recipe: Recipe) -> dict[str, list[dict]]:
     """Every split of the recipe's benchmark."""
-    from ..data.tofu import load_benchmark
+    from ..data.benchmarks import load_benchmark
 
     d = recipe.data
     try:
-        return load_benchmark(d.benchmark, data_dir=d.data_dir, preset=d.preset, seed=d.seed)
+        return load_benchmark(d.benchmark, data_dir=d.data_dir, preset=d.preset, seed=d.seed, subset=d.subset)
     except Exception as err:  # noqa: BLE001 - say which setting to change, before any work
         hint = "" if "data_dir" in str(err) else " Offline? Point data.data_dir at a local copy."
         raise RecipeError(f"data: could not load the {d.benchmark} benchmark ({type(err).__name__}: {err}){hint}") \
@@ -118,14 +126,18 @@ def data_fingerprint(recipe: Recipe, load: Callable[[], dict] | None = None) -> 
     """What identifies the data in a hash: the synthetic generator's inputs, or the rows themselves."""
     from ..evaluation.results import data_fingerprint as rows_digest
 
-    d = recipe.data
-    if d.benchmark == "synthetic" and d.data_dir is None:
-        from ..data import synthetic
+    from ..data.benchmarks import get_benchmark
 
-        return {"benchmark": "synthetic", "preset": d.preset, "seed": d.seed,
-                "generator": _file_digest(synthetic.__file__)}
+    d = recipe.data
+    bench = get_benchmark(d.benchmark)
+    if bench.generated and d.data_dir is None:
+        return {"benchmark": d.benchmark, "preset": d.preset, "seed": d.seed,
+                "generator": _file_digest(bench.generator_file())}
     data = load() if load is not None else load_data(recipe)
-    return {"benchmark": d.benchmark, "data_dir": d.data_dir, "rows": rows_digest(data)}
+    out = {"benchmark": d.benchmark, "data_dir": d.data_dir, "rows": rows_digest(data)}
+    if d.subset is not None:
+        out["subset"] = d.subset
+    return out
 
 
 def _file_digest(path: str) -> str:
@@ -198,10 +210,8 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _texts(ctx: Context, split: str) -> list[str]:
-    from ..data.qa import format_prompt
-
-    tok = ctx.tokenizer()
-    return [format_prompt(r["question"], tok) + r["answer"] for r in ctx.split(split)]
+    """Calibration texts of a split, as the benchmark defines them (TOFU: prompt + answer)."""
+    return ctx.bench.calibration_texts(ctx.benchmark, split, ctx.tokenizer())
 
 
 # ----------------------------------------------------------------------------------------- stage functions
@@ -212,12 +222,8 @@ def run_tokenizer(ctx: Context, task: Task, out: Path) -> dict:
     """A byte-level BPE trained on every string of the benchmark (for a model built from scratch)."""
     from ..data.tokenizer import train_tokenizer
 
-    texts = []
-    for rows in ctx.benchmark.values():
-        for r in rows:
-            texts += [r.get("question", ""), r.get("answer", ""), *r.get("perturbed_answer", []),
-                      r.get("paraphrased_answer", ""), r.get("paraphrased_question", "")]
-    tok = train_tokenizer([t for t in texts if t], vocab_size=task.settings["vocab_size"])
+    texts = ctx.bench.tokenizer_texts(ctx.benchmark)
+    tok = train_tokenizer(texts, vocab_size=task.settings["vocab_size"])
     tok.save_pretrained(out)
     return {"vocab_size": len(tok)}
 
@@ -276,6 +282,22 @@ def run_prune(ctx: Context, task: Task, out: Path) -> dict:
     return {"measured_sparsity": result.sparsity}
 
 
+def unlearn_config(ctx: Context, s: dict, out: Path | str):
+    """The `SAUConfig` of one unlearning grid point (task settings `s`): the section's trainer settings, its
+    ``sau_topk``/``sau_alpha``, every SAUConfig field under ``unlearn.args`` (set there or directly in the
+    section, e.g. ``low_precision_weights``, ``compensated_optimizer``) and the grid axes."""
+    from ..config import SAUConfig
+
+    u = s["unlearn"]
+    sec = TrainerSettings(**{k: u[k] for k in TrainerSettings.__dataclass_fields__})
+    kwargs = _trainer_kwargs(sec, ctx)
+    kwargs.setdefault("disable_tqdm", not ctx.is_main)
+    kwargs.setdefault("max_length", sec.max_length)
+    return SAUConfig(output_dir=str(out), objective=s["objective"], sau=s["sau"], learning_rate=s["learning_rate"],
+                     seed=s["seed"], data_seed=s["seed"], sau_topk=u["sau_topk"], sau_alpha=u["sau_alpha"],
+                     **kwargs)
+
+
 def run_unlearn(ctx: Context, task: Task, out: Path) -> dict:
     """One grid point: `SAUTrainer` on the dense or pruned model (data parallel under accelerate)."""
     import torch
@@ -291,18 +313,17 @@ def run_unlearn(ctx: Context, task: Task, out: Path) -> dict:
     model = load_model(ctx, src)
     sparse = os.path.isfile(os.path.join(src, MASKS_FILE))
     masks = SparsityMasks.load(src, model) if sparse else SparsityMasks.dense(model)
-    u = s["unlearn"]
-    sec = TrainerSettings(**{k: u[k] for k in TrainerSettings.__dataclass_fields__})
-    kwargs = _trainer_kwargs(sec, ctx)
-    kwargs.setdefault("disable_tqdm", not ctx.is_main)
-    kwargs.setdefault("max_length", sec.max_length)
-    if sec.gradient_checkpointing:
+    args = unlearn_config(ctx, s, out)
+    if args.gradient_checkpointing:
         model.config.use_cache = False
-    args = SAUConfig(output_dir=str(out), objective=s["objective"], sau=s["sau"], learning_rate=s["learning_rate"],
-                     seed=s["seed"], data_seed=s["seed"], sau_topk=u["sau_topk"], sau_alpha=u["sau_alpha"],
-                     **kwargs)
-    trainer = SAUTrainer(model, args, forget_dataset=ctx.rows([s["forget_split"]]),
-                         retain_dataset=ctx.rows([s["retain_split"]]), processing_class=tok, sparsity_masks=masks)
+    from ..evaluation.tofu import model_max_length
+
+    limit = model_max_length(model)  # text benchmarks are cut into chunks of max_length tokens, within the model's
+    chunk = args.max_length if limit is None else min(args.max_length, limit - 1)  # limit (BOS included)
+    forget_rows = ctx.bench.unlearning_rows(ctx.benchmark, s["forget_split"], tok, chunk)
+    retain_rows = ctx.bench.unlearning_rows(ctx.benchmark, s["retain_split"], tok, chunk)
+    trainer = SAUTrainer(model, args, forget_dataset=forget_rows, retain_dataset=retain_rows, processing_class=tok,
+                         sparsity_masks=masks)
     trainer.train()
     trainer.save_model(str(out))
     info = {"measured_sparsity": measured_sparsity(trainer.model), "target_sparsity": masks.sparsity(),
@@ -325,9 +346,9 @@ def run_unlearn(ctx: Context, task: Task, out: Path) -> dict:
 
 
 def run_evaluate(ctx: Context, task: Task, out: Path) -> dict:
-    """The TOFU protocol on one model; forget quality against the retain model (and its pruned twin)."""
-    from ..evaluation import evaluate_tofu, forget_quality_from_results
-    from ..evaluation.results import attach_forget_quality, build_results, save_results
+    """The benchmark's evaluation of one model; the metrics against the retain model (forget quality, privleak)
+    also against its pruned twin."""
+    from ..evaluation.results import attach_forget_quality, build_results, reference_metrics, save_results
     from ..pruning import measured_sparsity
 
     s = task.settings
@@ -337,16 +358,16 @@ def run_evaluate(ctx: Context, task: Task, out: Path) -> dict:
     sparsity = measured_sparsity(model)
     retain = ctx.task_dir(task.dep("retain_eval")) if "retain_eval" in task.deps else None
     e = s["evaluate"]
-    evaluation = evaluate_tofu(model, tok, ctx.benchmark, s["forget_split"], batch_size=e["batch_size"],
-                               max_new_tokens=e["max_new_tokens"], max_length=e["max_length"],
-                               retain_results=retain, show_progress=ctx.is_main)
+    evaluation = ctx.bench.evaluate(model, tok, ctx.benchmark, forget_split=s["forget_split"],
+                                    batch_size=e["batch_size"], max_new_tokens=e["max_new_tokens"],
+                                    max_length=e["max_length"], retain_results=retain, show_progress=ctx.is_main)
     if s.get("is_retain"):
-        evaluation = attach_forget_quality(evaluation, evaluation)  # the reference against itself: 1.0
+        evaluation = attach_forget_quality(evaluation, evaluation)  # the reference against itself: FQ 1, privleak 0
     results = build_results(evaluation, {"name": task.meta.get("name"), "path": src,
                                          "measured_sparsity": sparsity}, s)
     if "pruned_retain_eval" in task.deps:
-        fq = forget_quality_from_results(results, ctx.task_dir(task.dep("pruned_retain_eval")))
-        results["summary"]["forget_quality_pruned_retain"] = fq
+        for key, value in reference_metrics(results, ctx.task_dir(task.dep("pruned_retain_eval"))).items():
+            results["summary"][f"{key}_pruned_retain"] = value
     save_results(results, out)
     return {"measured_sparsity": sparsity, "summary": results["summary"]}
 
@@ -424,9 +445,10 @@ def _train_settings(sec: TrainSection, splits: list[str]) -> dict:
 
 
 def default_splits(recipe: Recipe, role: str) -> list[str]:
-    forget = recipe.data.forget_split
-    base = ["full"] if role == "target" else [f"retain{100 - int(forget[-2:]):02d}"]
-    return base + (list(GENERAL_SPLITS) if recipe.data.benchmark == "synthetic" else [])
+    """The benchmark's training splits of the ``target`` or ``retain`` model."""
+    from ..data.benchmarks import get_benchmark
+
+    return get_benchmark(recipe.data.benchmark).train_splits(role, recipe.data.forget_split)
 
 
 def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
@@ -499,8 +521,11 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
             add(Task("prune", f"models/retain+{pid}", prune_settings(method, sp, refs["retain"]),
                      {**deps_of(refs["retain"]), **tok_deps}))
     # unlearning grid
+    from ..data.benchmarks import get_benchmark
+
+    bench = get_benchmark(d.benchmark)
     forget_split = d.forget_split
-    retain_split = u.retain_split or f"retain{100 - int(forget_split[-2:]):02d}"
+    unlearn_forget, retain_split = bench.unlearning_splits(forget_split, u.retain_split)
     u_settings = {k: v for k, v in asdict(u).items()
                   if k not in ("enabled", "model", "objective", "sau", "learning_rate", "seed", "then_prune",
                                "retain_split", "objective_args")}
@@ -520,7 +545,7 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
                             name = run_name(start, obj, sau, lr, seed)
                             settings = {**src_settings(ref), "objective": obj, "sau": sau,
                                         "learning_rate": lr, "seed": seed, "unlearn": obj_settings,
-                                        "forget_split": forget_split, "retain_split": retain_split,
+                                        "forget_split": unlearn_forget, "retain_split": retain_split,
                                         "dtype": m.dtype, "data": fp}
                             add(Task("unlearn", f"models/{name}", settings, {**deps_of(ref, "source"), **tok_deps}))
                             runs.append(dict(name=name, model="sparse" if pid else "dense", pruning=labels.get(pid),
@@ -537,7 +562,8 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
                                  "unlearn_then_prune": True})
 
     # evaluation: the retain references first (forget quality is measured against them)
-    e_settings = {"evaluate": asdict(e), "forget_split": forget_split, "data": fp, "loading": loading}
+    e_settings = {"evaluate": asdict(e), "forget_split": forget_split, "data": fp, "loading": loading,
+                  "protocol": bench.protocol, "membership_inference": 1}
     refs_rows = []
     tseed = recipe.train_target.seed
     if refs["retain"]:
