@@ -8,15 +8,33 @@ import torch.nn.functional as F
 from ..data.qa import IGNORE_INDEX
 
 
+def shift_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Next-token targets aligned with every logit position: ``labels[:, 1:]`` padded with -100, ``[b, T]``.
+
+    Why the labels move and the logits stay: ``logits[:, :-1]`` is not contiguous, so reshaping or upcasting
+    it copies the whole full-vocabulary tensor (about 1 GB per forward at 8B, batch 4 x 512, 128k
+    vocabulary). transformers' own causal-LM loss shifts the labels the same way.
+    """
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
+def supervised_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fp32 log-softmax of the logits at the supervised next-token positions only.
+
+    Returns (log-probabilities ``[n, V]`` fp32, their targets ``[n]``, the bool mask ``[b, T]`` of those
+    positions over the unshifted logits; its last column is always False). Only these ``n`` rows are upcast
+    (a copy of ``n x V``, freed at once; ``log_softmax`` keeps its fp32 output for backward), instead of
+    the whole ``[b, T, V]`` tensor.
+    """
+    targets = shift_labels(labels)
+    keep = targets != IGNORE_INDEX
+    return F.log_softmax(logits[keep], dim=-1, dtype=torch.float32), targets[keep], keep
+
+
 def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence NLL sum and supervised-token count (next-token shift applied), in fp32."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    nll = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction="none",
-    ).view(shift_labels.shape)
-    return nll.sum(dim=1), (shift_labels != IGNORE_INDEX).sum(dim=1)
+    nll, keep = token_nll(logits, labels)
+    return nll.sum(dim=1), keep.sum(dim=1)
 
 
 def mean_token_nll(nll_sum: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -36,20 +54,17 @@ def simnpo_loss(nll_mean: torch.Tensor, beta: float, delta: float) -> torch.Tens
 
 def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``KL(p_ref || p)`` averaged over supervised next-token positions."""
-    keep = labels[:, 1:] != IGNORE_INDEX
-    logp = F.log_softmax(logits[:, :-1].float()[keep], dim=-1)
-    ref_logp = F.log_softmax(ref_logits[:, :-1].float()[keep], dim=-1)
+    logp, _, keep = supervised_log_probs(logits, labels)
+    ref_logp = F.log_softmax(ref_logits[keep], dim=-1, dtype=torch.float32)
     return F.kl_div(logp, ref_logp, log_target=True, reduction="batchmean")
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token NLL ``[b, T-1]`` (0 where not supervised) and the bool mask of supervised positions, in fp32."""
-    shift_labels = labels[:, 1:]
-    nll = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.size(-1)), shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction="none",
-    ).view(shift_labels.shape)
-    return nll, shift_labels != IGNORE_INDEX
+    logp, targets, keep = supervised_log_probs(logits, labels)
+    keep = keep[:, :-1]  # the last column is never supervised: the same positions in the same order
+    nll = logp.new_zeros(keep.shape).masked_scatter(keep, F.nll_loss(logp, targets, reduction="none"))
+    return nll, keep
 
 
 def dpo_loss(win_nll_sum: torch.Tensor, win_ref_nll_sum: torch.Tensor, lose_nll_sum: torch.Tensor,
@@ -110,11 +125,11 @@ def ceu_targets(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
 
     Returns (targets ``[n, V]`` fp32, boolean mask ``[b, T-1]`` of the positions they belong to).
     """
-    keep = labels[:, 1:] != IGNORE_INDEX
-    z = logits[:, :-1].detach().float()[keep]
-    y = labels[:, 1:][keep]
-    z = z.scatter(-1, y.unsqueeze(-1), float("-inf"))
-    return z.softmax(-1), keep
+    targets = shift_labels(labels)
+    keep = targets != IGNORE_INDEX
+    z = logits.detach()[keep].float()  # supervised rows only: no fp32 copy of the whole [b, T, V] logits
+    z = z.scatter(-1, targets[keep].unsqueeze(-1), float("-inf"))
+    return z.softmax(-1), keep[:, :-1]
 
 
 def ceu_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -126,5 +141,5 @@ def ceu_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     target, keep = ceu_targets(logits, labels)
     if target.numel() == 0:
         return logits.sum() * 0.0
-    z = logits[:, :-1].float()[keep]
+    z = logits[F.pad(keep, (0, 1), value=False)].float()
     return F.cross_entropy(z, target)

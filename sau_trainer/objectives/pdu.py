@@ -49,7 +49,7 @@ def logit_margin_flattening(logits: torch.Tensor, labels: torch.Tensor, shifted:
         logits, keep = logits[:, :-1], labels[:, 1:] != IGNORE_INDEX
     else:
         keep = labels != IGNORE_INDEX
-    z = logits.float()[keep]
+    z = logits[keep].float()  # select, then upcast: no fp32 copy of the whole [b, T, V] logits
     margin = z.max(dim=-1).values - z.mean(dim=-1)
     return margin.square().sum() / keep.sum().clamp_min(1)
 
