@@ -59,6 +59,9 @@ class Objective:
     def prepare(self, trainer: Any, ctx: ObjectiveContext) -> None:
         """Called once at train start (after a resume too): compute reference outputs into ``ctx.tensors``."""
 
+    def on_epoch_end(self, trainer: Any, ctx: ObjectiveContext) -> None:
+        """Called by SAUTrainer at the end of every training epoch (PDU's per-epoch dual step)."""
+
     def bind_model(self, model: torch.nn.Module) -> None:
         """Called by SAUTrainer with the model before it changes: check settings that depend on it (layers,
         parameter names) and set `trainable_names` where only some parameters may train."""
