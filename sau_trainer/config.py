@@ -118,6 +118,11 @@ class SAUConfig(TrainingArguments):
     pdu_primal_dual: bool = field(
         default=True, metadata={"help": "pdu: update lambda by dual ascent (False: lambda stays at retain_weight)."}
     )
+    pdu_dual_update_upon: str = field(
+        default="step",
+        metadata={"help": "pdu: when lambda moves: step (every loss call, open-unlearning's default) or epoch (at "
+                  "each epoch end, with the retain NLL of the end-of-epoch model over the retain set)."},
+    )
     pdu_shifted_mask: bool = field(
         default=False,
         metadata={"help": "pdu: flatten the logits that predict answer tokens (False: open-unlearning's unshifted "
@@ -228,6 +233,12 @@ class SAUConfig(TrainingArguments):
         if self.objective == "pdu" and self.pdu_epsilon is None and self.retain_loss == "kl":
             raise ValueError("objective='pdu' with retain_loss='kl' needs pdu_epsilon: its default (1.1 x the "
                              "starting retain NLL) measures an NLL, and the starting KL is 0.")
+        if self.pdu_dual_update_upon not in ("step", "epoch"):
+            raise ValueError(f"pdu_dual_update_upon={self.pdu_dual_update_upon!r} is not allowed; choose one of "
+                             "['step', 'epoch'].")
+        if self.objective == "pdu" and self.pdu_dual_update_upon == "epoch" and self.retain_loss == "kl":
+            raise ValueError("objective='pdu' with pdu_dual_update_upon='epoch' measures the retain NLL at each "
+                             "epoch end; it does not combine with retain_loss='kl' (use 'step').")
         if self.pdu_dual_lr < 0 or self.pdu_dual_warmup_epochs < 0:
             raise ValueError(f"pdu_dual_lr={self.pdu_dual_lr!r} and pdu_dual_warmup_epochs="
                              f"{self.pdu_dual_warmup_epochs!r} must be >= 0.")

@@ -40,6 +40,9 @@ class _SparsityCallback(TrainerCallback):
         self._input_grads = require_input_grads_if_reentrant(self.trainer.model)
         self.trainer._prepare_objective()
 
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.trainer.objective.on_epoch_end(self.trainer, self.trainer.objective_ctx)
+
     def on_train_end(self, args, state, control, **kwargs):
         if getattr(self, "_input_grads", None) is not None:
             self._input_grads.remove()

@@ -8,7 +8,10 @@ primal-dual descent-ascent on ``L = gamma * L_forget + lambda * (L_retain - epsi
 * dual ascent after ``pdu_dual_warmup_epochs`` completed epochs, on every loss call (every micro-batch,
   as open-unlearning's ``dual_update_upon=step``): ``lambda <- max(0, lambda + eta * (L_retain - epsilon))``
   with the batch's retain loss, after the loss of that batch was formed with the old ``lambda``;
-  ``lambda`` starts at ``alpha`` (`retain_weight`, default 1).
+  ``lambda`` starts at ``alpha`` (`retain_weight`, default 1). With ``pdu_dual_update_upon="epoch"`` the
+  same step is taken once at the end of each epoch after the warm-up, with the retain NLL of the
+  end-of-epoch model (open-unlearning averages the retain halves of one pass over its train loader, i.e.
+  ``|forget|`` random retain rows; here the whole retain set, token mean, eval mode).
 
 Quirk reproduced: open-unlearning takes ``M`` as the positions whose *unshifted* label is supervised, while
 the logits at position t predict token t+1, so ``M`` is off by one (it contains the last answer position,
@@ -20,12 +23,13 @@ starting model, measured at train start over the whole retain set (token mean, e
 paper's rule of thumb is "slightly above the initial retain loss". ``lambda`` and ``epsilon`` are saved with
 every checkpoint and restored exactly on resume. Under data parallel the retain loss of the dual update is
 averaged over processes, so every rank keeps the same ``lambda``. No reference model (unless
-``retain_loss="kl"``). Not implemented: OU's ``dual_update_upon=epoch``.
+``retain_loss="kl"``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -106,9 +110,22 @@ class PDU(Objective):
         loss = self.forget_weight * f_term + lam * (r_term - eps)
         logs = {"forget_loss": f_term.detach(), "forget_nll": f_nll.detach(), "retain_loss": r_term.detach(),
                 "pdu_lambda": lam.detach().clone(), "pdu_epsilon": eps}
-        if self.args.pdu_primal_dual and model.training and ctx.epoch >= self.args.pdu_dual_warmup_epochs:
+        if (self.args.pdu_primal_dual and self.args.pdu_dual_update_upon == "step" and model.training
+                and ctx.epoch >= self.args.pdu_dual_warmup_epochs):
             ctx.tensors[DUAL] = dual_update(lam, _mean_over_processes(r_term.detach()), eps, self.args.pdu_dual_lr)
         return loss, logs
+
+    def on_epoch_end(self, trainer, ctx):
+        """``pdu_dual_update_upon="epoch"``: one dual step with the retain NLL of the end-of-epoch model."""
+        finished = math.ceil(trainer.state.epoch - 1e-9) - 1  # index of the epoch that just ended
+        if not (self.args.pdu_primal_dual and self.args.pdu_dual_update_upon == "epoch"
+                and finished >= self.args.pdu_dual_warmup_epochs):
+            return
+        lam, eps = ctx.tensors[DUAL], ctx.tensors[EPSILON]
+        retain_nll = torch.tensor(self.measure_retain_nll(trainer), device=lam.device)
+        ctx.tensors[DUAL] = dual_update(lam, retain_nll, eps, self.args.pdu_dual_lr)
+        logger.info("PDU: end of epoch %d: retain NLL %.6f, lambda %.6f -> %.6f", finished, float(retain_nll),
+                    float(lam), float(ctx.tensors[DUAL]))
 
 
 def _mean_over_processes(value: torch.Tensor) -> torch.Tensor:

@@ -142,3 +142,34 @@ def test_bad_input(tmp_path):
         _pdu(tmp_path, pdu_epsilon=-0.1)
     with pytest.raises(ValueError, match=r"pdu_dual_lr=-1.0 and pdu_dual_warmup_epochs=5 must be >= 0"):
         _pdu(tmp_path, pdu_dual_lr=-1.0)
+    with pytest.raises(ValueError, match=r"pdu_dual_update_upon='batch' is not allowed; choose one of"):
+        _pdu(tmp_path, pdu_dual_update_upon="batch")
+    with pytest.raises(ValueError, match=r"pdu_dual_update_upon='epoch' measures the retain NLL"):
+        _pdu(tmp_path, pdu_dual_update_upon="epoch", retain_loss="kl", pdu_epsilon=0.1)
+
+
+def test_epoch_mode_steps_lambda_once_per_epoch_with_the_end_of_epoch_retain_nll(tokenizer, tiny_splits, tmp_path):
+    """forget 8 rows, batch 4: 2 steps per epoch; lambda is constant within an epoch and moves at its end by
+    eta * (retain NLL of the end-of-epoch model over the retain set - epsilon), after a 1-epoch warm-up."""
+    from sau_trainer.objectives.pdu import PDU
+
+    seen = {"nll": [], "lam": []}
+
+    class AtEpochEnd(TrainerCallback):  # runs before SAUTrainer's own callback: the weights the update sees
+        def on_epoch_end(self, args, state, control, **kwargs):
+            seen["nll"].append(PDU.measure_retain_nll(trainer))
+            seen["lam"].append(float(trainer.objective_ctx.tensors[DUAL]))
+
+    base = sparse_model(tokenizer).state_dict()
+    trainer = _trainer(tokenizer, tiny_splits, tmp_path, base, callbacks=[AtEpochEnd()], max_steps=6,
+                       learning_rate=3e-3, pdu_dual_update_upon="epoch", pdu_dual_warmup_epochs=1, pdu_epsilon=0.5,
+                       pdu_dual_lr=0.1, sau=False)
+    trainer.train()
+    steps = [h["pdu_lambda"] for h in trainer.state.log_history if "pdu_lambda" in h]
+    assert steps[0] == steps[1] == steps[2] == steps[3] == 1.0  # epoch 0 (warm-up) and epoch 1 use lambda_0
+    want = max(0.0, 1.0 + 0.1 * (seen["nll"][1] - 0.5))  # the end of epoch 1 (the first after the warm-up)
+    assert seen["lam"][:2] == [1.0, 1.0]
+    assert steps[4] == steps[5] == pytest.approx(want, rel=1e-5)
+    assert seen["lam"][2] == pytest.approx(want, rel=1e-6)
+    assert float(trainer.objective_ctx.tensors[DUAL]) == pytest.approx(want + 0.1 * (seen["nll"][2] - 0.5),
+                                                                          rel=1e-5)
