@@ -44,3 +44,22 @@ def test_forget_quality_separates_full_from_retain_model(evaluations):
     full_lr = evaluations["full"]["per_example"]["forget"]["log_truth_ratio"]
     retain_lr = evaluations["retain"]["per_example"]["forget"]["log_truth_ratio"]
     assert sum(full_lr) / len(full_lr) < sum(retain_lr) / len(retain_lr)
+
+
+@pytest.mark.slow
+def test_membership_inference_on_tofu_forget_against_holdout(evaluations):
+    from sau_trainer.evaluation import reference_metrics
+
+    full, retain = evaluations["full"]["summary"], evaluations["retain"]["summary"]
+    attacks = ("mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_plus_plus", "mia_gradnorm")
+    # the model trained on the forget people tells their answers from the holdout people's; the retain model,
+    # which saw neither, much less
+    for key in attacks:
+        assert full[key] > 0.9, key
+        assert retain[key] < full[key] - 0.2, key
+    assert full["exact_memorization"] > retain["exact_memorization"] + 0.1
+    privleak = reference_metrics(evaluations["full"], evaluations["retain"])["privleak"]
+    print(f"TOFU privleak of the full model against the retain model: {privleak:.1f}")
+    assert privleak < -50
+    assert reference_metrics(evaluations["retain"], evaluations["retain"])["privleak"] == 0.0
+    assert len(evaluations["full"]["per_example"]["mia"]["holdout"]["loss"]) == 20  # holdout10: 2 people x 10
