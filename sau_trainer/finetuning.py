@@ -21,12 +21,18 @@ def finetune(
     max_length: int | None = 512,
     seed: int = 0,
     save: bool = True,
+    low_precision_weights: str = "upcast",
+    compensated_optimizer: str = "none",
     **training_args: Any,
 ):
     """Train `model` on `rows` (question/answer or text) with a plain `transformers.Trainer`.
 
     The loss is on answer tokens only (see `sau_trainer.data.qa`). Saves the model and tokenizer to
     `output_dir` when `save` is true and returns the model.
+
+    `low_precision_weights` and `compensated_optimizer` mean what the `SAUConfig` fields of the same names
+    mean (`sau_trainer.precision`): by default trainable bf16/fp16 weights that a rounding optimizer would not
+    move are trained as fp32 master weights (logged), so finetuning a bf16-loaded model at lr 1e-5 learns.
     """
     from transformers import Trainer, TrainingArguments
 
@@ -46,8 +52,16 @@ def finetune(
         remove_unused_columns=False,
         **defaults,
     )
+    from .precision import apply_precision_plan, check_precision, compensated_optimizer_cls_and_kwargs
+
+    cls_and_kwargs = None
+    if compensated_optimizer != "none":
+        cls_and_kwargs = compensated_optimizer_cls_and_kwargs(compensated_optimizer, args)
+    plan = check_precision(model, args, optimizer_cls_and_kwargs=cls_and_kwargs, policy=low_precision_weights,
+                           compensated=compensated_optimizer)
+    apply_precision_plan(model, plan)
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=QACollator(tokenizer),
-                      processing_class=tokenizer)
+                      processing_class=tokenizer, optimizer_cls_and_kwargs=cls_and_kwargs)
     trainer.train()
     if save:
         trainer.save_model(output_dir)

@@ -279,6 +279,8 @@ def check_precision(
     optimizer_cls_and_kwargs: tuple[type, dict] | None = None,
     update_mode: bool = False,
     exclude: Iterable[str] = (),
+    policy: str | None = None,
+    compensated: str | None = None,
 ) -> PrecisionPlan:
     """Decide, before training and before anything changes, what to do with `model`'s trainable weights.
 
@@ -286,8 +288,14 @@ def check_precision(
     ``args.compensated_optimizer`` (decided from the registry, without importing it), else the Trainer's
     ``args.optim`` (no Trainer optimizer compensates, except ``adamw_anyprecision`` with
     ``use_kahan_summation=True`` in ``optim_args``). ``args.low_precision_weights`` chooses the policy;
-    `exclude` names parameters that will be frozen. Raises ValueError for a refusal (nothing changed).
+    `exclude` names parameters that will be frozen. `policy` and `compensated` stand in for
+    ``args.low_precision_weights`` and ``args.compensated_optimizer`` where `args` has no such fields (a plain
+    `TrainingArguments`). Raises ValueError for a refusal (nothing changed).
     """
+    policy = policy if policy is not None else getattr(args, "low_precision_weights", "upcast")
+    compensated = compensated if compensated is not None else getattr(args, "compensated_optimizer", "none")
+    if compensated not in OPTIMIZER_CHOICES:
+        raise ValueError(f"compensated_optimizer={compensated!r} is not known; choose one of {list(OPTIMIZER_CHOICES)}.")
     exclude = set(exclude)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad and n not in exclude}
     if optimizer is not None:
@@ -296,8 +304,8 @@ def check_precision(
     elif optimizer_cls_and_kwargs is not None:
         comp = compensation_of(cls=optimizer_cls_and_kwargs[0], kwargs=optimizer_cls_and_kwargs[1])
         label = comp.source
-    elif getattr(args, "compensated_optimizer", "none") != "none":
-        spec = COMPENSATED_OPTIMIZERS[args.compensated_optimizer]
+    elif compensated != "none":
+        spec = COMPENSATED_OPTIMIZERS[compensated]
         comp = Compensation(spec.method, spec.dtypes, spec.name)
         label = f"compensated_optimizer={spec.name!r}"
     else:
@@ -308,7 +316,7 @@ def check_precision(
         comp = Compensation(KAHAN, (torch.bfloat16,), optim) if kahan else Compensation(source=optim)
         label = f"optim={optim!r}"
     autocast = autocast_enabled(args)
-    plan = plan_precision(trainable, getattr(args, "low_precision_weights", "upcast"), comp, autocast,
+    plan = plan_precision(trainable, policy, comp, autocast,
                           update_mode=update_mode, optimizer_label=label)
     plan.autocast = autocast
     plan.compensation = comp

@@ -592,7 +592,8 @@ def _check_sau_choices(recipe: Recipe, errors: list[str]) -> None:
     for name in ("train_target", "train_retain", "unlearn"):
         for key, value in getattr(recipe, name).args.items():
             if key in CHOICES and value not in CHOICES[key]:
-                errors.append(f"{name}.{key}: {value!r} is not one of {list(CHOICES[key])}; "
+                where = f"{name}.{key}" if name == "unlearn" else f"{name}.args.{key}"
+                errors.append(f"{where}: {value!r} is not one of {list(CHOICES[key])}; "
                               f"{_closest(str(value), list(CHOICES[key]))}")
 
 
