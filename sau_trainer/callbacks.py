@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
 from transformers import TrainerCallback
 
+from .masks import LazyMasks
 from .objectives import forward_nll
 from .objectives.losses import mean_token_nll
 from .saliency import compute_saliency
@@ -59,7 +59,7 @@ class SaliencyCallback(TrainerCallback):
         trainer, args = self.trainer, self.trainer.args
         saliency = self.saliency()
         return build_sau_state(
-            saliency, _LazySurviving(trainer, saliency), args.sau_topk, args.sau_alpha, args.sau_topk_scope,
+            saliency, LazyMasks(saliency, lambda n: trainer.surviving_mask(n, saliency[n].device)), args.sau_topk, args.sau_alpha, args.sau_topk_scope,
             args.sau_redistribution, settings=args.sau_settings(),
             # model order (not the mask file's), and only what has a saliency (RMU: the trainable ones)
             global_names=[n for n in saliency if n in trainer.sparsity_masks], layouts=trainer.layouts,
@@ -79,19 +79,3 @@ class SaliencyCallback(TrainerCallback):
             len(stats), logs["sau/w_min"], logs["sau/w_max"], logs["sau/pruned_over_selected_mean"],
         )
         self.trainer.log(logs)
-
-
-class _LazySurviving(Mapping):
-    """Surviving masks unpacked one at a time on lookup (all at once would cost 1 byte per weight)."""
-
-    def __init__(self, trainer, saliency):
-        self.trainer, self.saliency = trainer, saliency
-
-    def __getitem__(self, name):
-        return self.trainer.surviving_mask(name, self.saliency[name].device)
-
-    def __iter__(self):
-        return iter(self.saliency)
-
-    def __len__(self):
-        return len(self.saliency)

@@ -254,20 +254,30 @@ def _reject_peft(model: nn.Module) -> None:
 
 
 # --------------------------------------------------------------------------- masks
-class _NonzeroMasks(Mapping):
-    """``weight != 0`` per parameter, computed on lookup (so only one bool mask exists at a time)."""
+class LazyMasks(Mapping):
+    """name -> bool mask, computed by ``fn(name)`` on each lookup: unpacking or computing every mask at once
+    would cost 1 byte per weight (7 GB at 8B)."""
 
-    def __init__(self, params: Mapping[str, torch.Tensor]):
-        self.params = params
+    def __init__(self, names: Iterable[str], fn):
+        self._names, self._fn = dict.fromkeys(names), fn  # an ordered set
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self.params[name].detach() != 0
+        if name not in self._names:
+            raise KeyError(name)
+        return self._fn(name)
 
     def __iter__(self):
-        return iter(self.params)
+        return iter(self._names)
 
     def __len__(self) -> int:
-        return len(self.params)
+        return len(self._names)
+
+
+class _NonzeroMasks(LazyMasks):
+    """``weight != 0`` per parameter, computed on lookup."""
+
+    def __init__(self, params: Mapping[str, torch.Tensor]):
+        super().__init__(params, lambda name: params[name].detach() != 0)
 
 
 class SparsityMasks:

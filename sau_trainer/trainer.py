@@ -20,20 +20,22 @@ from transformers import Trainer, TrainerCallback
 from .callbacks import SaliencyCallback
 from .config import SAUConfig
 from .data.qa import QACollator, RowsDataset, tokenize_rows
-from .masks import SparsityMasks, check_trainable_weights, prunable_weights
+from .masks import SparsityMasks
 from .objectives import OBJECTIVES, ObjectiveContext, forward_nll
 from .saliency import require_input_grads_if_reentrant
 from .precision import UpdateCheckCallback, apply_precision_plan, check_precision, compensated_optimizer_cls_and_kwargs
-from .sau import STATE_FILE, SAUState, apply_sau_
+from .sau import STATE_FILE, SAUState
+from .sparsity import SparsityPreserving, resolve_sparsity_masks, zero_pruned_entries
 
 logger = logging.getLogger(__name__)
 
 
-class _SparsityCallback(TrainerCallback):
-    """Around each optimizer step: snapshot for ``update``-mode W, then scale the step and re-zero."""
+class _ObjectiveCallback(TrainerCallback):
+    """At train start: the objective's reference outputs, and the input-grad hook that frozen parameters need."""
 
     def __init__(self, trainer: SAUTrainer):
         self.trainer = trainer
+        self._input_grads = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         # Frozen parameters under reentrant checkpointing (transformers 4.57's default) need this; 5.x does it itself.
@@ -44,19 +46,15 @@ class _SparsityCallback(TrainerCallback):
         self.trainer.objective.on_epoch_end(self.trainer, self.trainer.objective_ctx)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if getattr(self, "_input_grads", None) is not None:
+        if self._input_grads is not None:
             self._input_grads.remove()
             self._input_grads = None
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.trainer._snapshot_for_update_mode()
 
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        self.trainer._after_optimizer_step()
-
-
-class SAUTrainer(Trainer):
+class SAUTrainer(SparsityPreserving, Trainer):
     """A `transformers.Trainer` that unlearns `forget_dataset` with plain masking or SAU.
+
+    The masking and re-zeroing are `SparsityPreserving`'s, the mechanism every Trainer can use.
 
     Args:
         model: a causal LM whose prunable matrices are sparse (or dense).
@@ -85,20 +83,7 @@ class SAUTrainer(Trainer):
             raise TypeError(f"SAUTrainer needs `args=SAUConfig(...)`, got {type(args).__name__}.")
         if "train_dataset" in kwargs:
             raise TypeError("SAUTrainer takes `forget_dataset` (and `retain_dataset`), not `train_dataset`.")
-        weights = prunable_weights(model)  # also rejects PEFT-wrapped models
-        params = {n: w.param for n, w in weights.items()}
-        if not params:
-            raise ValueError(
-                f"{type(model).__name__} has no prunable matrices (nn.Linear layers or fused experts inside the "
-                "language model's decoder blocks); SAUTrainer needs a decoder-only transformer such as Llama, "
-                "Mistral, Qwen or Mixtral."
-            )
-        check_trainable_weights(params)
-        if sparsity_masks is None:
-            sparsity_masks = SparsityMasks.from_model(model)
-        elif not isinstance(sparsity_masks, SparsityMasks):
-            sparsity_masks = SparsityMasks.load(sparsity_masks)
-        sparsity_masks.check(model)
+        params, layouts, sparsity_masks = resolve_sparsity_masks(model, sparsity_masks, "SAUTrainer")
         self.objective = OBJECTIVES[args.objective](args)
         self.objective.bind_model(model)
         forget_rows = tokenize_rows(forget_dataset, processing_class, args.max_length, name="forget set")
@@ -113,11 +98,7 @@ class SAUTrainer(Trainer):
             self.retain_rows = tokenize_rows(retain_dataset, processing_class, args.max_length, name="retain set")
         # precision: decided (or refused) before the model changes, carried out once the frozen ones are frozen
         self.precision_plan, kwargs = self._check_precision(model, args, params, kwargs)
-        nonzero = sparsity_masks.count_nonzero_pruned(model)  # inputs are valid: now the model may change
-        if nonzero:
-            logger.warning("%d pruned entries of the model were not zero; setting them to zero before unlearning.",
-                           nonzero)
-            sparsity_masks.apply_(model)
+        zero_pruned_entries(model, sparsity_masks)  # inputs are valid: now the model may change
         super().__init__(
             model=model,
             args=args,
@@ -127,19 +108,10 @@ class SAUTrainer(Trainer):
             callbacks=callbacks,
             **kwargs,
         )
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            raise NotImplementedError(
-                "SAUTrainer masks `p.grad` between backward and the optimizer step; DeepSpeed and FSDP keep "
-                "gradients elsewhere. Use plain data parallel (DDP) with `accelerate launch`."
-            )
+        self._attach_sparsity(params, layouts, sparsity_masks)  # G and W come at train start (SaliencyCallback)
         self.model_accepts_loss_kwargs = False  # compute_loss ignores num_items_in_batch: divide by GA steps
-        self.sparsity_masks = sparsity_masks
-        self.sau_state: SAUState | None = None
         self.objective_ctx = ObjectiveContext()
-        self._prunable = params
-        self.layouts = {n: w.layout for n, w in weights.items()}  # fused experts: one selection unit per expert
         self._dense_targets = self._dense_parameters() if args.sau and args.sau_dense_params == "topk" else {}
-        self._snapshots: dict[str, torch.Tensor] = {}
         self._micro_step = 0
         self._retain_perm: tuple[int, torch.Tensor] | None = None
         self._log_sums: dict[str, torch.Tensor] = {}
@@ -153,7 +125,7 @@ class SAUTrainer(Trainer):
                 if n not in self._trainable_names:
                     p.requires_grad_(False)
         apply_precision_plan(model, self.precision_plan)
-        self.add_callback(_SparsityCallback(self))
+        self.add_callback(_ObjectiveCallback(self))
         if args.update_check_steps:
             self.update_check = UpdateCheckCallback(
                 self.saliency_targets, self._selected_mask, lambda: self.optimizer, steps=args.update_check_steps,
@@ -198,6 +170,12 @@ class SAUTrainer(Trainer):
         prunable = {id(p) for p in self._prunable.values()}
         return {n: p for n, p in self.model.named_parameters() if id(p) not in prunable and p.requires_grad}
 
+    def masked_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return self.saliency_targets()
+
+    def _sau_update_mode(self) -> bool:
+        return self.args.sau_redistribution_target == "update"
+
     def saliency_targets(self) -> dict[str, torch.nn.Parameter]:
         """The parameters that get a saliency score: the prunable matrices (+ dense ones in ``topk`` mode),
         only those the objective trains where it declares `trainable_names` (RMU)."""
@@ -239,57 +217,14 @@ class SAUTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        self._micro_step += 1
-        if self.accelerator.sync_gradients:
-            self._mask_gradients()
-            self._micro_step = 0
+        loss = super().training_step(model, inputs, num_items_in_batch)  # masks the gradients on the last micro-step
+        self._micro_step = 0 if self.accelerator.sync_gradients else self._micro_step + 1
         return loss
-
-    @torch.no_grad()
-    def _mask_gradients(self) -> None:
-        """Once per optimizer step: ``grad *= M`` (plain) or ``grad *= G * W`` (SAU)."""
-        if self.sau_state is None:
-            for name, p in self._prunable.items():
-                if p.grad is not None:
-                    p.grad.masked_fill_(~self.sparsity_masks.get(name, p.grad.device), 0.0)
-            return
-        use_w = self.args.sau_redistribution_target == "grad"
-        for name, p in self.saliency_targets().items():
-            if p.grad is not None:
-                w = self.sau_state.weight(name) if use_w else None
-                apply_sau_(p.grad, self.sau_state.mask(name, p.grad.device), w)
-
-    @torch.no_grad()
-    def _snapshot_for_update_mode(self) -> None:
-        """``update`` mode: keep the selected entries' values (only those: k of the survivors) before the step."""
-        self._snapshots = {}
-        if self.sau_state is not None and self.args.sau_redistribution_target == "update":
-            params = self.saliency_targets()
-            for name in self.sau_state.weights:
-                p = params[name]
-                self._snapshots[name] = p.detach()[self.sau_state.mask(name, p.device)]
-
-    @torch.no_grad()
-    def _after_optimizer_step(self) -> None:
-        """Scale the step of selected entries by W (``update`` mode), then set pruned entries back to zero."""
-        if self._snapshots:
-            params = self.saliency_targets()
-            for name, old in self._snapshots.items():
-                p = params[name]
-                g = self.sau_state.mask(name, p.device)
-                w = self.sau_state.weight(name).to(p.device)
-                w = w.expand_as(p)[g] if w.dim() else w
-                new = p.detach()[g]
-                p[g] = (old.float() + w * (new.float() - old.float())).to(p.dtype)
-            self._snapshots = {}
-        self.sparsity_masks.apply_(self.model, self._prunable)
 
     # ------------------------------------------------------------------ preparation (at train start)
     @torch.no_grad()
     def _prepare_objective(self) -> None:
         """Reference NLLs of the forget set (NPO) and the frozen reference model (KL retain), if needed."""
-        self.sparsity_masks.to(self.args.device)
         if self.objective.needs_reference_nll and self.objective_ctx.ref_forget_nll_sum is None:
             self.objective_ctx.ref_forget_nll_sum = self.forget_nll_sums()
         if self.objective.needs_reference_model and self.objective_ctx.ref_model is None:
@@ -340,11 +275,8 @@ class SAUTrainer(Trainer):
             self._log_sums, self._log_count = {}, 0
         super().log(logs, *args, **kwargs)
 
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        super().save_model(output_dir, _internal_call)
-        output_dir = output_dir or self.args.output_dir
-        if self.args.should_save:
-            self.save_sau_files(output_dir)
+    def save_sparsity_files(self, output_dir: str) -> None:
+        self.save_sau_files(output_dir)
 
     def save_sau_files(self, output_dir: str) -> None:
         """Write the sparsity masks and the SAU state (G, W, settings, stats, reference NLLs) to `output_dir`."""

@@ -1,0 +1,246 @@
+"""Sparsity kept exact under any `transformers.Trainer`: the one masking mechanism of the package.
+
+`SparsityPreserving` is a Trainer mixin. Once per optimizer step (after gradient accumulation, before
+clipping) it multiplies the prunable gradients by the sparsity mask ``M``, or by ``G * W`` when an SAU state
+is attached; after every optimizer step it sets the pruned entries back to exactly zero (bitsandbytes 8-bit
+AdamW moves zero-gradient entries, and decoupled weight decay would too). `SAUTrainer` is built on it;
+`sparsity_preserving(TrainerClass)` gives the same to any Trainer subclass, trl's ``SFTTrainer`` and
+``DPOTrainer`` included, and `compute_sau_state` computes ``G`` and ``W`` from a forget set for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from .masks import LazyMasks, Layout, SparsityMasks, check_trainable_weights, prunable_weights
+from .precision import apply_precision_plan, check_precision
+from .sau import STATE_FILE, SAUState, apply_sau_, build_sau_state
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_sparsity_masks(
+    model: torch.nn.Module, sparsity_masks: SparsityMasks | str | os.PathLike | None, who: str = "The trainer"
+) -> tuple[dict[str, torch.nn.Parameter], dict[str, Layout], SparsityMasks]:
+    """Validate `model` and its masks (a `SparsityMasks`, a saved mask file, or None: inferred from the model's
+    exact zeros); returns the prunable parameters, their layouts and the masks. Changes nothing."""
+    weights = prunable_weights(model)  # also rejects PEFT-wrapped models
+    params = {n: w.param for n, w in weights.items()}
+    if not params:
+        raise ValueError(
+            f"{type(model).__name__} has no prunable matrices (nn.Linear layers or fused experts inside the "
+            f"language model's decoder blocks); {who} needs a decoder-only transformer such as Llama, Mistral, "
+            "Qwen or Mixtral."
+        )
+    check_trainable_weights(params)
+    if sparsity_masks is None:
+        sparsity_masks = SparsityMasks.from_model(model)
+    elif not isinstance(sparsity_masks, SparsityMasks):
+        sparsity_masks = SparsityMasks.load(sparsity_masks, model)
+    sparsity_masks.check(model)
+    return params, {n: w.layout for n, w in weights.items()}, sparsity_masks
+
+
+def zero_pruned_entries(model: torch.nn.Module, masks: SparsityMasks) -> None:
+    """Set pruned entries that are not zero to zero, with a warning (the masks, not the zeros, are the truth)."""
+    nonzero = masks.count_nonzero_pruned(model)
+    if nonzero:
+        logger.warning("%d pruned entries of the model were not zero; setting them to zero before training.", nonzero)
+        masks.apply_(model)
+
+
+class SparsityCallback(TrainerCallback):
+    """Around each optimizer step: snapshot for ``update``-mode ``W``, then scale the step and re-zero."""
+
+    def __init__(self, trainer: SparsityPreserving):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer.sparsity_masks.to(args.device)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._snapshot_for_update_mode()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._after_optimizer_step()
+
+
+class SparsityPreserving:
+    """Trainer mixin (put it before the Trainer class): pruned entries stay exactly zero, for every optimizer.
+
+    Attributes set by `_attach_sparsity`: ``sparsity_masks`` (``M``), ``sau_state`` (``G`` and ``W``, or None
+    for plain masking), ``layouts``. `masked_parameters` says whose gradients get ``G``; ``update`` mode
+    (`_sau_update_mode`) scales the optimizer's step of selected entries by ``W`` instead of the gradient.
+    """
+
+    sparsity_masks: SparsityMasks
+    sau_state: SAUState | None = None
+
+    def _attach_sparsity(
+        self, params: Mapping[str, torch.nn.Parameter], layouts: Mapping[str, Layout], masks: SparsityMasks,
+        sau_state: SAUState | None = None,
+    ) -> None:
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise NotImplementedError(
+                "Sparsity preservation masks `p.grad` between backward and the optimizer step; DeepSpeed and FSDP "
+                "keep gradients elsewhere. Use plain data parallel (DDP) with `accelerate launch`."
+            )
+        self._prunable = dict(params)
+        self.layouts = dict(layouts)
+        self.sparsity_masks = masks
+        self.sau_state = sau_state
+        self._snapshots: dict[str, torch.Tensor] = {}
+        self.add_callback(SparsityCallback(self))
+
+    # ---- what the mechanism acts on (SAUTrainer refines these)
+    def masked_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The parameters whose gradients get ``G * W`` when an SAU state is attached (default: the prunable ones
+        that the state covers)."""
+        if self.sau_state is None:
+            return self._prunable
+        return {n: p for n, p in self._prunable.items() if n in self.sau_state.selected}
+
+    def _sau_update_mode(self) -> bool:
+        return False
+
+    # ---- the step
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.sync_gradients:
+            self._mask_gradients()
+        return loss
+
+    @torch.no_grad()
+    def _mask_gradients(self) -> None:
+        """Once per optimizer step: ``grad *= M`` (plain) or ``grad *= G * W`` (SAU)."""
+        if self.sau_state is None:
+            for name, p in self._prunable.items():
+                if p.grad is not None:
+                    p.grad.masked_fill_(~self.sparsity_masks.get(name, p.grad.device), 0.0)
+            return
+        use_w = not self._sau_update_mode()
+        for name, p in self.masked_parameters().items():
+            if p.grad is not None:
+                w = self.sau_state.weight(name) if use_w else None
+                apply_sau_(p.grad, self.sau_state.mask(name, p.grad.device), w)
+
+    @torch.no_grad()
+    def _snapshot_for_update_mode(self) -> None:
+        """``update`` mode: keep the selected entries' values (only those: k of the survivors) before the step."""
+        self._snapshots = {}
+        if self.sau_state is not None and self._sau_update_mode():
+            params = self.masked_parameters()
+            for name in self.sau_state.weights:
+                p = params[name]
+                self._snapshots[name] = p.detach()[self.sau_state.mask(name, p.device)]
+
+    @torch.no_grad()
+    def _after_optimizer_step(self) -> None:
+        """Scale the step of selected entries by W (``update`` mode), then set pruned entries back to zero."""
+        if self._snapshots:
+            params = self.masked_parameters()
+            for name, old in self._snapshots.items():
+                p = params[name]
+                g = self.sau_state.mask(name, p.device)
+                w = self.sau_state.weight(name).to(p.device)
+                w = w.expand_as(p)[g] if w.dim() else w
+                new = p.detach()[g]
+                p[g] = (old.float() + w * (new.float() - old.float())).to(p.dtype)
+            self._snapshots = {}
+        self.sparsity_masks.apply_(self.model, self._prunable)
+
+    # ---- files
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            self.save_sparsity_files(output_dir or self.args.output_dir)
+
+    def save_sparsity_files(self, output_dir: str) -> None:
+        """Write the sparsity masks (and the SAU state, if any) beside the saved model."""
+        os.makedirs(output_dir, exist_ok=True)
+        self.sparsity_masks.save(output_dir)
+        if self.sau_state is not None:
+            self.sau_state.save(output_dir)
+
+
+def sparsity_preserving(trainer_cls: type) -> type:
+    """A subclass of `trainer_cls` (any `transformers.Trainer` subclass, e.g. trl's ``SFTTrainer`` or
+    ``DPOTrainer``) that keeps every pruned entry exactly zero.
+
+    It takes two extra keyword arguments: ``sparsity_masks`` (a `SparsityMasks`, a path to a saved mask file,
+    or None to infer them from the model's exact zeros) and ``sau_state`` (an `SAUState` from
+    `compute_sau_state`: then only the selected entries ``G`` are trained, their gradients scaled by ``W``).
+    Low-precision weights are checked as `SAUTrainer` checks them (upcast to fp32 master weights unless the
+    optimizer compensates; see `sau_trainer.precision`). `save_model` writes the mask file beside the weights.
+    """
+    if isinstance(trainer_cls, type) and issubclass(trainer_cls, SparsityPreserving):
+        return trainer_cls
+
+    def __init__(self, *args: Any, sparsity_masks=None, sau_state: SAUState | None = None, **kwargs: Any):
+        trainer_cls.__init__(self, *args, **kwargs)
+        params, layouts, masks = resolve_sparsity_masks(self.model, sparsity_masks, trainer_cls.__name__)
+        if sau_state is not None:
+            unknown = [n for n in sau_state.selected if n not in params]
+            if unknown:
+                raise ValueError(f"The SAU state names {unknown[0]!r}, which is not a prunable weight of this model. "
+                                 "Compute it with compute_sau_state on the same model.")
+        plan = check_precision(self.model, self.args, optimizer=self.optimizer,
+                               optimizer_cls_and_kwargs=getattr(self, "optimizer_cls_and_kwargs", None))
+        zero_pruned_entries(self.model, masks)
+        apply_precision_plan(self.model, plan)
+        self._attach_sparsity(params, layouts, masks, sau_state)
+
+    name = f"SparsityPreserving{trainer_cls.__name__}"
+    return type(name, (SparsityPreserving, trainer_cls), {"__init__": __init__, "__doc__": sparsity_preserving.__doc__,
+                                                        "__module__": __name__, "__qualname__": name})
+
+
+def compute_sau_state(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    forget_dataset: Any,
+    sparsity_masks: SparsityMasks | str | os.PathLike | None = None,
+    k: float = 0.3,
+    alpha: float = 0.1,
+    scope: str = "matrix",
+    redistribution: str = "matrix",
+    batch_size: int = 8,
+    max_length: int = 512,
+    granularity: str = "batch",
+) -> SAUState:
+    """``G`` and ``W`` for `model` from its saliency on `forget_dataset` (rows with ``question``/``answer`` or
+    ``text``): the SAU selection that `SAUTrainer` makes at train start, for use with any Trainer through
+    `sparsity_preserving` (``sau_state=...``). The saliency loss is the forget answers' NLL; the model is left
+    as it was found."""
+    from .data.qa import QACollator, tokenize_rows
+    from .saliency import compute_saliency
+
+    params, layouts, masks = resolve_sparsity_masks(model, sparsity_masks, "compute_sau_state")
+    rows = tokenize_rows(forget_dataset, tokenizer, max_length, name="forget set")
+    collate = QACollator(tokenizer)
+    device = next(iter(params.values())).device
+    batches = ({k_: v.to(device) for k_, v in collate(rows[i : i + batch_size]).items()}
+               for i in range(0, len(rows), batch_size))
+
+    def loss_fn(m, batch):
+        from .objectives import forward_nll
+        from .objectives.losses import mean_token_nll
+
+        return mean_token_nll(*forward_nll(m, batch)[:2])
+
+    saliency = compute_saliency(model, batches, loss_fn, params, granularity=granularity, show_progress=False)
+    settings = {"sau_topk": k, "sau_alpha": alpha, "sau_topk_scope": scope, "sau_redistribution": redistribution,
+                "saliency_granularity": granularity, "saliency_batch_size": batch_size, "saliency_loss": "forget_nll"}
+    surviving = LazyMasks(saliency, lambda name: masks.get(name, saliency[name].device))
+    return build_sau_state(saliency, surviving, k, alpha, scope, redistribution, settings=settings,
+                           global_names=list(saliency), layouts=layouts)
+
+
+__all__ = ["SparsityPreserving", "SparsityCallback", "sparsity_preserving", "compute_sau_state",
+           "resolve_sparsity_masks", "zero_pruned_entries", "STATE_FILE"]
