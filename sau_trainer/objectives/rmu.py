@@ -21,7 +21,10 @@ c = 20; the original RMU used c = 6.5 and alpha = 1200 for Zephyr).
 Trainable parameters: OU hands only the matching parameters to the optimizer but still computes gradients for
 all of them (so its gradient-clipping norm includes frozen parameters' gradients); here the others are frozen
 (``requires_grad=False``), which saves their gradients, and with SAU only the trainable ones get a saliency
-and a selection ``G``. Blocks above the hooked one never receive a gradient from RMU's loss.
+and a selection ``G``. With the embed-diff retain term, the parameters that act after the hooked block (the
+blocks above it, the final norm, an untied head) can receive no gradient from RMU's loss (in OU their gradients
+stay None); they are frozen too, found from the autograd graph of one short forward: the same training, no
+selection budget spent on them, and DDP then expects gradients only where there are some.
 
 Memory: the embed-diff retain term needs the starting model's activations at the hooked block for whatever
 retain batch is drawn, so a frozen reference stays in memory, but only the part that produces them: the
@@ -122,6 +125,22 @@ class RMU(Objective):
             raise ValueError(f"rmu_trainable_params={self.args.rmu_trainable_params!r} matches no parameter of "
                              f"{type(model).__name__} (a full match against named_parameters() names such as "
                              f"{example!r}); use '.*' for all parameters.")
+        if self.retain_loss == "embed_diff":
+            # The loss sees only the hooked block's output: blocks above it, the final norm and an untied head can
+            # get no gradient (as in OU, where their grads stay None). Freezing them trains exactly the same, keeps
+            # them out of SAU's selection, and lets DDP expect gradients only where there are some.
+            reach = _parameters_reaching(model, self._layer)
+            if reach is not None:
+                unreachable = names - reach
+                names &= reach
+                if not names:
+                    raise ValueError(
+                        f"rmu_trainable_params={self.args.rmu_trainable_params!r} matches only parameters that RMU's "
+                        f"loss cannot reach: none of them acts before the output of block rmu_layer="
+                        f"{self.layer_index}. Hook a later block or train earlier parameters.")
+                if unreachable:
+                    logger.info("RMU: %d matching parameters act after block %d and get no gradient from RMU's "
+                                "loss; they stay frozen", len(unreachable), self.layer_index)
         self.trainable_names = names
 
     def build_reference(self, model: nn.Module) -> nn.Module:
@@ -159,6 +178,36 @@ class RMU(Objective):
         with torch.no_grad():
             ref_hidden, _ = self._hidden(ctx.ref_model, self._ref_layer, retain)
         return masked_activation_mse(hidden, ref_hidden.to(hidden.dtype), retain["labels"] != IGNORE_INDEX)
+
+
+@torch.enable_grad()
+def _parameters_reaching(model: nn.Module, layer: nn.Module) -> set[str] | None:
+    """Names of the parameters that the output of `layer` depends on, read from the autograd graph of one
+    two-token forward in eval mode (no checkpointing, no backward); None where that forward fails."""
+    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        ids = torch.zeros(1, 2, dtype=torch.long, device=device)
+        with _Capture(layer) as cap:
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    except Exception as err:  # an unusual model: then every matching parameter trains, as in OU
+        logger.warning("RMU: could not trace which parameters reach the hooked block (%s); training all matches.", err)
+        return None
+    finally:
+        model.train(was_training)
+    found, seen, stack = set(), set(), [cap.value.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        var = getattr(fn, "variable", None)  # AccumulateGrad: a leaf, i.e. a parameter
+        if var is not None and id(var) in names:
+            found.add(names[id(var)])
+        stack.extend(f for f, _ in fn.next_functions)
+    return found
 
 
 def _truncated_copy(model: nn.Module, layer_index: int) -> tuple[nn.Module, nn.Module]:

@@ -128,21 +128,42 @@ def test_unchanged_model_after_a_bad_pattern(tokenizer, tiny_splits, tmp_path):
 
 
 def test_defaults_on_an_8b_shaped_model():
-    """Llama-3.1-8B's shape on the meta device (no memory): block 7 of 32 and every parameter trainable by
-    default; the embed-diff reference keeps the embeddings and blocks 0..7 only, 28% of the parameters."""
+    """Llama-3.1-8B's shape on the meta device (no memory): block 7 of 32 by default; the embed-diff reference
+    keeps the embeddings and blocks 0..7 only, 28% of the parameters."""
     from sau_trainer.modeling import build_llama
     from sau_trainer.objectives import OBJECTIVES
 
     with torch.device("meta"):
         model = build_llama("llama-3.1-8b")
     rmu = OBJECTIVES["rmu"](SAUConfig(output_dir="unused", report_to=[], objective="rmu"))
-    rmu.bind_model(model)
-    assert rmu.layer_index == 7 and rmu.trainable_names == {n for n, _ in model.named_parameters()}
+    rmu.bind_model(model)  # (the meta device cannot run the trace of reachable parameters: all matches train)
+    assert rmu.layer_index == 7
     ref = rmu.build_reference(model)
     n_ref, n_all = (sum(p.numel() for p in m.parameters()) for m in (ref, model))
     assert len(ref.layers) == 8 and len(model.model.layers) == 32
     assert 0.27 < n_ref / n_all < 0.29
     assert rmu._ref_layer is ref.layers[7]
+
+
+def test_parameters_after_the_hooked_block_stay_frozen(tokenizer, tiny_splits, tmp_path):
+    """With the embed-diff retain term, RMU's loss cannot reach the blocks above the hooked one, the final norm or
+    the head: they are frozen (no saliency, no selection; what DDP needs), the rest of '.*' trains."""
+    model = sparse_model(tokenizer, num_hidden_layers=9)
+    trainer = _trainer(tokenizer, tiny_splits, tmp_path, model=model, max_steps=1)
+    assert trainer.objective.layer_index == 7
+    want = {n for n, _ in model.named_parameters()
+            if n == "model.embed_tokens.weight" or (n.startswith("model.layers.") and int(n.split(".")[2]) <= 7)}
+    assert trainer.objective.trainable_names == want
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == want
+    assert set(trainer.saliency_targets()) == {n for n in prunable_parameters(model) if n in want}
+    nll = _trainer(tokenizer, tiny_splits, tmp_path / "nll", model=sparse_model(tokenizer, num_hidden_layers=9),
+                   retain_loss="nll", max_steps=1)  # an NLL retain term reaches every parameter
+    assert nll.objective.trainable_names == {n for n, _ in model.named_parameters()}
+
+
+def test_a_pattern_that_only_matches_parameters_after_the_hooked_block_is_refused(tokenizer, tiny_splits, tmp_path):
+    with pytest.raises(ValueError, match=r"matches only parameters that RMU's loss cannot reach.*rmu_layer=0"):
+        _trainer(tokenizer, tiny_splits, tmp_path, rmu_layer=0, rmu_trainable_params=r"model\.layers\.1\..*")
 
 
 def test_trainable_pattern_enters_the_sau_settings(tmp_path):
