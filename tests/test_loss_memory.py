@@ -115,3 +115,14 @@ def test_peak_memory_of_forward_and_backward_halves(dtype):
     # sliced: a full fp32 copy of the logits on top of everything else (2x the logits in fp32, 4x in bf16)
     assert peaks["sliced"] > (1.9 if dtype == torch.float32 else 3.8) * logits_bytes
     assert peaks["shifted"] < 0.55 * peaks["sliced"], peaks
+
+
+def test_inside_vmap_every_position_gives_the_same_values():
+    """`torch.func.vmap` cannot batch a boolean-mask selection: there the NLL uses every position."""
+    from torch.func import vmap
+
+    logits, _, labels = _batch(torch.float32)
+    direct = sequence_nll(logits, labels)[0]
+    mapped = vmap(lambda z, y: sequence_nll(z[None], y[None])[0][0])(logits, labels)
+    torch.testing.assert_close(mapped, direct, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(mapped.double(), _reference_token_nll(logits, labels).sum(1), rtol=1e-5, atol=1e-5)

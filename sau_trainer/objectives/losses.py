@@ -18,6 +18,12 @@ def shift_labels(labels: torch.Tensor) -> torch.Tensor:
     return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
 
 
+def _functorch_wrapped(t: torch.Tensor) -> bool:
+    """True inside a `torch.func` transform (vmap, grad), where data-dependent shapes are not allowed."""
+    check = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    return bool(check(t)) if check is not None else False
+
+
 def supervised_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """fp32 log-softmax of the logits at the supervised next-token positions only.
 
@@ -61,6 +67,12 @@ def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torc
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token NLL ``[b, T-1]`` (0 where not supervised) and the bool mask of supervised positions, in fp32."""
+    if _functorch_wrapped(logits):  # vmap cannot batch a boolean-mask selection: every position, same values
+        targets = shift_labels(labels)
+        keep = targets != IGNORE_INDEX
+        logp = F.log_softmax(logits, dim=-1, dtype=torch.float32)
+        nll = -logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return torch.where(keep, nll, 0.0)[:, :-1], keep[:, :-1]
     logp, targets, keep = supervised_log_probs(logits, labels)
     keep = keep[:, :-1]  # the last column is never supervised: the same positions in the same order
     nll = logp.new_zeros(keep.shape).masked_scatter(keep, F.nll_loss(logp, targets, reduction="none"))
