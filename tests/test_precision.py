@@ -352,3 +352,18 @@ def test_the_real_model_recipes_never_plan_to_lose_updates(tmp_path, tokenizer):
             model = build_llama("tiny", tokenizer).to(_dtype(recipe.model.dtype))
             decision = check_precision(model, args, update_mode=args.sau and args.sau_redistribution_target == "update")
             assert not decision.loses_updates, (path.name, sau, decision.message)
+
+
+def test_finetuning_a_bf16_model_gets_the_same_check(pruned_bf16, forget_rows, tokenizer, tmp_path, caplog):
+    from sau_trainer import finetune
+
+    train = dict(num_train_epochs=1, learning_rate=LR, per_device_train_batch_size=4, save=False, use_cpu=True,
+                 bf16=True, max_steps=2, disable_tqdm=True, optim="adamw_torch")
+    model = copy.deepcopy(pruned_bf16)
+    with pytest.raises(ValueError, match="Precision: refusing"):
+        finetune(model, tokenizer, forget_rows, str(tmp_path / "a"), low_precision_weights="error", **train)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    with caplog.at_level(logging.WARNING, logger=PRECISION_LOGGER):
+        finetune(model, tokenizer, forget_rows, str(tmp_path / "b"), **train)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert any("float32 master weights" in r.message for r in caplog.records)
