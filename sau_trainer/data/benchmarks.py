@@ -222,7 +222,8 @@ class MuseStyleBenchmark(Benchmark):
     The target model trains on ``raw/forget`` + ``raw/retain1`` + ``raw/retain2``, the retain model on
     ``raw/retain1`` + ``raw/retain2``; unlearning forgets ``raw/forget`` and retains ``raw/retain1``
     (open-unlearning's setup), both joined and cut into chunks of the unlearning ``max_length``.
-    The TOFU forget split setting does not apply.
+    The TOFU forget split setting and the evaluation's ``max_new_tokens`` do not apply (MUSE fixes its
+    generation lengths: 128 tokens for VerbMem, 32 for KnowMem).
     """
 
     protocol: str = "muse"

@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", "--output", dest="output_dir", required=True,
                         help="Where results.json is written.")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--max-new-tokens", type=int, default=200,
+                        help="TOFU-protocol generation length (MUSE fixes 128 for VerbMem and 32 for KnowMem).")
     parser.add_argument("--dtype", default="auto", choices=DTYPES)
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
     parser.add_argument("--force", action="store_true", help="Recompute even if results with the same settings exist.")
