@@ -157,6 +157,19 @@ def _model_fingerprint(ref: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- helpers
+def _warmup_kwargs(steps: float) -> dict:
+    """Warm-up keywords: a float below 1 is a fraction of all steps. transformers 5.x takes it as
+    `warmup_steps` (and has no `warmup_ratio`); 4.x needs an int `warmup_steps` and takes the fraction as
+    `warmup_ratio`. Both round the fraction up to whole steps."""
+    import transformers
+
+    if steps >= 1 or steps == 0:
+        return {"warmup_steps": int(steps)}
+    if int(transformers.__version__.split(".")[0]) < 5:
+        return {"warmup_steps": 0, "warmup_ratio": steps}
+    return {"warmup_steps": steps}
+
+
 def _trainer_kwargs(sec: TrainerSettings, ctx: Context) -> dict:
     """TrainingArguments keywords from a section (gradient accumulation from the effective batch size)."""
     import torch
@@ -172,7 +185,7 @@ def _trainer_kwargs(sec: TrainerSettings, ctx: Context) -> dict:
     kwargs = dict(
         num_train_epochs=sec.num_train_epochs, per_device_train_batch_size=sec.per_device_train_batch_size,
         gradient_accumulation_steps=ga, lr_scheduler_type=sec.lr_scheduler_type,
-        warmup_steps=int(sec.warmup_steps) if sec.warmup_steps >= 1 else sec.warmup_steps,
+        **_warmup_kwargs(sec.warmup_steps),
         weight_decay=sec.weight_decay, optim=sec.optim, bf16=sec.bf16,
         gradient_checkpointing=sec.gradient_checkpointing, logging_steps=sec.logging_steps,
         save_strategy="no", report_to=[], ddp_timeout=ctx.recipe.distributed_timeout_s,
