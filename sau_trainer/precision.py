@@ -295,7 +295,8 @@ def check_precision(
     policy = policy if policy is not None else getattr(args, "low_precision_weights", "upcast")
     compensated = compensated if compensated is not None else getattr(args, "compensated_optimizer", "none")
     if compensated not in OPTIMIZER_CHOICES:
-        raise ValueError(f"compensated_optimizer={compensated!r} is not known; choose one of {list(OPTIMIZER_CHOICES)}.")
+        raise ValueError(f"compensated_optimizer={compensated!r} is not known; "
+                         f"choose one of {list(OPTIMIZER_CHOICES)}.")
     exclude = set(exclude)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad and n not in exclude}
     if optimizer is not None:

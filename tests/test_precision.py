@@ -28,6 +28,7 @@ from sau_trainer.precision import (
     Compensation,
     UpdateProbe,
     check_precision,
+    compensation_of,
     plan_precision,
     upcast_parameters,
 )
@@ -66,6 +67,16 @@ def test_compensation_covers_only_its_dtypes_and_not_update_mode():
     assert fp16_left.action == "upcast" and fp16_left.names == ["c"]
     update = plan_precision(params, "error", kahan, autocast=False, update_mode=True)  # W rescale rounds to nearest
     assert update.action == "refuse" and "update" in update.message
+
+
+def test_compensation_is_read_from_the_optimizer_itself():
+    optimi = pytest.importorskip("optimi")
+    p = torch.nn.Parameter(torch.zeros(4, dtype=torch.bfloat16))
+    assert compensation_of(optimi.AdamW([p], lr=1e-3)).method == KAHAN  # kahan_sum=None: optimi applies it to bf16
+    assert compensation_of(optimi.AdamW([p], lr=1e-3, kahan_sum=False)).method is None
+    assert compensation_of(torch.optim.AdamW([p])).method is None
+    assert compensation_of(cls=optimi.AdamW, kwargs={"kahan_sum": True}).covers(torch.float16)
+    assert not compensation_of(cls=torch.optim.AdamW, kwargs={}).covers(torch.bfloat16)
 
 
 def test_upcast_keeps_parameter_objects_and_tied_weights(tokenizer):
