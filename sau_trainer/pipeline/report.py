@@ -33,7 +33,10 @@ def build_report(rows: list[dict]) -> dict:
     """``{"runs": [...], "references": [...]}`` from rows that carry their metadata and metrics."""
     out: dict[str, list] = {"runs": [], "references": []}
     for r in rows:
-        out["references" if r["reference"] else "runs"].append({k: r[k] for k in ROW_KEYS})
+        row = {k: r[k] for k in ROW_KEYS}
+        if r.get("robustness"):  # evaluate.robustness: the attacked copies' summaries, by attack
+            row["robustness"] = r["robustness"]
+        out["references" if r["reference"] else "runs"].append(row)
     return out
 
 
@@ -43,6 +46,9 @@ def collect_rows(ctx, eval_tasks) -> list[dict]:
     for t in eval_tasks:
         results = load_results(ctx.task_dir(t.name))
         m = t.meta
+        if m.get("attack_of") and not m.get("unlearn_then_prune"):  # an attacked copy: folded into its run's row
+            rows.append({**m, "metrics": results["summary"], "skipped": results.get("skipped"), "reference": False})
+            continue
         rows.append({
             "name": m["name"], "model": m["model"], "pruning": m["pruning"],
             "target_sparsity": float(m["target_sparsity"]),
@@ -50,8 +56,11 @@ def collect_rows(ctx, eval_tasks) -> list[dict]:
             "objective": m["objective"], "sau": bool(m["sau"]), "learning_rate": m["learning_rate"],
             "seed": int(m["seed"]), "metrics": results["summary"], "reference": bool(m["reference"]),
             "unlearn_then_prune": bool(m.get("unlearn_then_prune")), "model_dir": m.get("model_dir"),
+            **({"attack_of": m["attack_of"], "attack": m["attack"]} if m.get("attack_of") else {}),
         })
-    return rows
+    from .robustness import fold_attacks
+
+    return fold_attacks(rows)
 
 
 def _atomic_write(path: Path, data: str | bytes) -> None:
@@ -166,6 +175,9 @@ def render_markdown(rows: list[dict], recipe) -> str:
         lines += ["## Unlearning runs", ""] + _table(runs, run_cols + metric_cols) + [""]
         lines += _matched_utility_section(rows, recipe.report.utility_fraction, spec)
         lines += _then_prune_section(runs, spec)
+        from .robustness import markdown_section
+
+        lines += markdown_section(rows, spec)
     return "\n".join(lines) + "\n"
 
 
@@ -242,7 +254,15 @@ def plot_tradeoff(rows: list[dict], path: Path, utility_fraction: float = 0.9, s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    from .robustness import plot_robustness, robustness_table
+
+    if any(not t["skipped"] for t in robustness_table(rows, spec)):  # a third panel: robustness of forgetting
+        fig = plt.figure(figsize=(13, 11))
+        grid = fig.add_gridspec(2, 2, height_ratios=[1, 0.9])
+        axes = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])]
+        plot_robustness(fig.add_subplot(grid[1, :]), rows, spec)
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     method_curves = curves(rows, spec)
     m0, m1 = spec.forget
     util_key = spec.utility

@@ -56,9 +56,12 @@ class DataSection:
     """The benchmark: a key of the registry `sau_trainer.data.benchmarks.BENCHMARKS`."""
 
     benchmark: str = opt("synthetic", "A key of sau_trainer.data.benchmarks.BENCHMARKS: synthetic (built-in, "
-                         "TOFU-style), synthetic-muse (built-in, MUSE-style), tofu, muse.")
-    subset: str | None = opt(None, "Subset of a benchmark that has them (muse: news, the default, or books).")
-    preset: str = opt("tiny", "Preset of a built-in benchmark (synthetic: tiny, tofu; synthetic-muse: tiny).")
+                         "TOFU-style), synthetic-muse (built-in, MUSE-style), synthetic-wmdp (built-in, "
+                         "WMDP-style), tofu, muse, wmdp.")
+    subset: str | None = opt(None, "Subset of a benchmark that has them (muse: news, the default, or "
+                              "books; wmdp: cyber, the default, bio or chem).")
+    preset: str = opt("tiny", "Preset of a built-in benchmark (synthetic: tiny, tofu; synthetic-muse, "
+                      "synthetic-wmdp: tiny).")
     seed: int = opt(0, "Seed of a built-in benchmark.")
     data_dir: str | None = opt(None, "Local directory with the splits as json/jsonl/parquet (tofu: else the Hub).")
     forget_split: str = opt("forget10", "The forget split (TOFU-style benchmarks; MUSE-style ones forget "
@@ -132,7 +135,9 @@ class UnlearnSection(TrainerSettings):
     sau_alpha: float = opt(0.1, "alpha: strength of the redistribution weight.")
     retain_split: str | None = opt(None, "Retain rows for the objective's retain term (default retain{100-NN}).")
     then_prune: bool = opt(False, "The paper's motivating check: also prune every dense unlearned model with "
-                           "each pruning setting and evaluate it (does the forgotten data come back?).")
+                           "each pruning setting and evaluate it (does the forgotten data come back?). The same as "
+                           "the prune-<pruning> entries of evaluate.robustness on the dense runs, also listed as "
+                           "report rows of their own.")
     objective_args: dict = opt(
         {}, "Per-objective settings, {objective: {key: value}}, applied to that objective's runs only: this "
         "section's trainer settings (num_train_epochs, warmup_steps, ...), sau_topk, sau_alpha, learning_rate (a "
@@ -148,6 +153,20 @@ class EvaluateSection:
     batch_size: int = opt(16, "Evaluation batch size.")
     max_new_tokens: int = opt(200, "Greedy generation length for ROUGE (the protocol uses 200).")
     max_length: int | None = opt(None, "Cap on prompt+answer tokens (None: the model's limit).")
+    robustness: list[str] | None = opt(
+        None, "Robustness of forgetting: attacks on every unlearned model, each evaluated like the model itself and "
+        "reported beside its run (report.json: runs[].robustness). quant-int8, quant-int4 (round-to-nearest, groups "
+        "of 128, torch), bnb-8bit, bnb-nf4 (bitsandbytes; skipped with the reason where it cannot run), "
+        "prune-<method>-<percent> or prune-<method>-<N>of<M> (e.g. prune-magnitude-50, prune-wanda-2of4), relearn "
+        "(plain finetuning on part of the forget set). Adding one to a finished run computes only the attack.")
+    relearn_fraction: float = opt(0.1, "relearn: fraction of the forget set finetuned on (seeded; at least one row).")
+    relearn_epochs: float = opt(1.0, "relearn: epochs of plain finetuning.")
+    relearn_learning_rate: float | None = opt(None, "relearn: learning rate (None: the attacked run's unlearning "
+                                              "learning rate).")
+    relearn_seed: int = opt(0, "relearn: seed of the row choice and of the finetuning.")
+    relearn_judge_on_relearned_rows: bool = opt(
+        False, "relearn: judge the attack on the whole forget set, relearned rows included. Default: the rows it "
+        "finetuned on are left out of the evaluation (and out of the retain model's forget-quality reference).")
 
 
 @dataclass
@@ -432,6 +451,9 @@ def _check(recipe: Recipe, errors: list[str]) -> None:
     for key in ("num_samples", "seq_len", "batch_size"):
         if getattr(p, key) < 1:
             errors.append(f"prune.{key}: must be >= 1")
+    from .robustness import check as check_robustness
+
+    check_robustness(recipe, errors)
     if recipe.evaluate.batch_size < 1 or recipe.evaluate.max_new_tokens < 0:
         errors.append("evaluate: batch_size must be >= 1 and max_new_tokens >= 0")
     h = recipe.push

@@ -365,6 +365,10 @@ def run_evaluate(ctx: Context, task: Task, out: Path) -> dict:
     from ..pruning import measured_sparsity
 
     s = task.settings
+    if s.get("attack"):  # an attacked copy (quantized, relearned): pipeline/robustness.py
+        from .robustness import run_attack_evaluate
+
+        return run_attack_evaluate(ctx, task, out)
     src = ctx.model_source(s["source"])
     tok = ctx.tokenizer()
     model = load_model(ctx, src, ctx.device)
@@ -407,6 +411,13 @@ def run_push(ctx: Context, task: Task, out: Path) -> dict:
     return {"url": url, "repo_id": s["hub_model_id"], "run": s["run"]}
 
 
+def run_attack(ctx: Context, task: Task, out: Path) -> dict:
+    """An attacked copy of an unlearned model (evaluate.robustness): see pipeline/robustness.py."""
+    from .robustness import run_attack as attack
+
+    return attack(ctx, task, out)
+
+
 def run_report(ctx: Context, task: Task, out: Path) -> dict:
     """report.json, report.md and tradeoff.png at the top of the output directory."""
     from .report import write_report
@@ -429,6 +440,7 @@ STAGES: dict[str, Stage] = {
     "train": Stage(run_train, True, True, "finetune the target / retain model"),
     "prune": Stage(run_prune, False, True, "prune a model"),
     "unlearn": Stage(run_unlearn, True, True, "unlearn the forget set (one grid point)"),
+    "attack": Stage(run_attack, False, True, "an attacked copy of an unlearned model (quantized / relearned)"),
     "evaluate": Stage(run_evaluate, False, True, "TOFU evaluation -> results.json"),
     "report": Stage(run_report, False, False, "report.json, report.md, tradeoff.png (always rewritten)"),
     "push": Stage(run_push, False, True, "upload to the Hugging Face Hub"),
@@ -461,7 +473,7 @@ def default_splits(recipe: Recipe, role: str) -> list[str]:
     """The benchmark's training splits of the ``target`` or ``retain`` model."""
     from ..data.benchmarks import get_benchmark
 
-    return get_benchmark(recipe.data.benchmark).train_splits(role, recipe.data.forget_split)
+    return get_benchmark(recipe.data.benchmark).train_splits(role, recipe.data.forget_split, recipe.data.subset)
 
 
 def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
@@ -538,7 +550,7 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
 
     bench = get_benchmark(d.benchmark)
     forget_split = d.forget_split
-    unlearn_forget, retain_split = bench.unlearning_splits(forget_split, u.retain_split)
+    unlearn_forget, retain_split = bench.unlearning_splits(forget_split, u.retain_split, d.subset)
     u_settings = {k: v for k, v in asdict(u).items()
                   if k not in ("enabled", "model", "objective", "sau", "learning_rate", "seed", "then_prune",
                                "retain_split", "objective_args")}
@@ -565,17 +577,20 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
                                              prune_id=pid,
                                              target_sparsity=ts, objective=obj, sau=sau, learning_rate=lr,
                                              seed=seed))
-        if u.then_prune:
-            for r in [r for r in runs if r["model"] == "dense"]:
-                for pid, method, sp, ts in prunings:
-                    name = f"{r['name']}+{pid}"
-                    add(Task("prune", f"models/{name}", prune_settings(method, sp, f"task:models/{r['name']}"),
-                             {"model": f"models/{r['name']}", **tok_deps}))
-                    runs.append({**r, "name": name, "pruning": labels[pid], "prune_id": pid, "target_sparsity": ts,
-                                 "unlearn_then_prune": True})
+        # robustness attacks (evaluate.robustness) and the unlearn-then-prune check: pipeline/robustness.py
+        from .robustness import plan_attacks
+
+        runs += plan_attacks(
+            recipe, runs, prunings, add=add, planned={t.name: t for t in tasks}, src_settings=src_settings,
+            tok_deps=tok_deps, unlearn_forget=unlearn_forget, fp=fp,
+            prune_settings_for=lambda method, sp, structure, ref: {**prune_settings(method, sp, ref),
+                                                                   "structure": structure},
+            unlearn_settings_for=lambda obj: objective_settings(u_settings, u.objective_args, obj)[0])
 
     # evaluation: the retain references first (forget quality is measured against them)
-    e_settings = {"evaluate": asdict(e), "forget_split": forget_split, "data": fp, "loading": loading,
+    from .robustness import evaluation_settings
+
+    e_settings = {"evaluate": evaluation_settings(e), "forget_split": forget_split, "data": fp, "loading": loading,
                   "protocol": bench.protocol, "membership_inference": 1}
     refs_rows = []
     tseed = recipe.train_target.seed
@@ -610,6 +625,12 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
                                         "learning_rate", "seed", "reference")}
         meta["unlearn_then_prune"] = bool(row.get("unlearn_then_prune"))
         meta["model_dir"] = row["ref"]
+        if row.get("attack_of"):
+            meta.update(attack_of=row["attack_of"], attack=row["attack"])
+            if not row["attack"].startswith("prune-"):  # a pruned copy is evaluated like any pruned model
+                settings["attack"] = row["attack"]
+                if "relearn_heldout" in row:
+                    settings["relearn_heldout"] = row["relearn_heldout"]
         add(Task("evaluate", f"eval/{row['name']}", settings, deps, meta))
 
     add(Task("report", "report", {"report": asdict(recipe.report)},
