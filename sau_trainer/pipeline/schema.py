@@ -56,12 +56,9 @@ class DataSection:
     """The benchmark: a key of the registry `sau_trainer.data.benchmarks.BENCHMARKS`."""
 
     benchmark: str = opt("synthetic", "A key of sau_trainer.data.benchmarks.BENCHMARKS: synthetic (built-in, "
-                         "TOFU-style), synthetic-muse (built-in, MUSE-style), synthetic-wmdp (built-in, "
-                         "WMDP-style), tofu, muse, wmdp.")
-    subset: str | None = opt(None, "Subset of a benchmark that has them (muse: news, the default, or "
-                              "books; wmdp: cyber, the default, bio or chem).")
-    preset: str = opt("tiny", "Preset of a built-in benchmark (synthetic: tiny, tofu; synthetic-muse, "
-                      "synthetic-wmdp: tiny).")
+                         "TOFU-style), synthetic-muse (built-in, MUSE-style), tofu, muse.")
+    subset: str | None = opt(None, "Subset of a benchmark that has them (muse: news, the default, or books).")
+    preset: str = opt("tiny", "Preset of a built-in benchmark (synthetic: tiny, tofu; synthetic-muse: tiny).")
     seed: int = opt(0, "Seed of a built-in benchmark.")
     data_dir: str | None = opt(None, "Local directory with the splits as json/jsonl/parquet (tofu: else the Hub).")
     forget_split: str = opt("forget10", "The forget split (TOFU-style benchmarks; MUSE-style ones forget "
