@@ -6,7 +6,8 @@ decoder blocks (for Llama: q, k, v, o, gate, up, down), or a fused mixture-of-ex
 ``lm_head``, norms, routers and biases stay dense.
 
 `SparsityMasks` keeps one bit per prunable weight (1 = surviving), packed eight to a byte, so a
-mask costs 0.125 bytes per parameter in memory and on disk.
+mask costs 0.125 bytes per parameter in memory and on disk. Files pack eight neighbours to a byte
+(`pack_bool`); memory holds bit planes (`sau_trainer.fused`), which the fused passes apply at the memory floor.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .fused import from_planes, pack_planes, to_planes, unpack_planes, where_
 
 logger = logging.getLogger(__name__)
 
@@ -283,11 +286,15 @@ class _NonzeroMasks(LazyMasks):
 class SparsityMasks:
     """Bit-packed surviving-weight masks, one per prunable matrix, keyed by parameter name."""
 
-    def __init__(self, packed: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]], source: str = ""):
+    def __init__(self, packed: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]], source: str = "",
+                 planes: bool = False):
+        """`packed`: name -> bits packed as `pack_bool` packs them (the file format), or as bit planes
+        (`sau_trainer.fused.pack_planes`) with ``planes=True``. In memory the masks are kept as bit planes, which
+        the fused passes apply at the memory floor; `save` writes the file format back."""
         if set(packed) != set(shapes):
             raise ValueError("`packed` and `shapes` must have the same keys")
-        self._packed = dict(packed)
         self._shapes = {k: tuple(int(s) for s in v) for k, v in shapes.items()}
+        self._packed = dict(packed) if planes else {k: to_planes(v, self._shapes[k]) for k, v in packed.items()}
         self.source = source
 
     # ---- construction
@@ -300,9 +307,9 @@ class SparsityMasks:
         packed, shapes = {}, {}
         for k in masks:
             m = masks[k]
-            packed[k], shapes[k] = pack_bool(m.detach()), tuple(m.shape)
+            packed[k], shapes[k] = pack_planes(m.detach()), tuple(m.shape)
             del m  # before the next lookup: one unpacked matrix at a time
-        return cls(packed, shapes, source)
+        return cls(packed, shapes, source, planes=True)
 
     @classmethod
     def from_model(cls, model: nn.Module) -> SparsityMasks:
@@ -340,10 +347,12 @@ class SparsityMasks:
 
     def get(self, name: str, device: torch.device | str | None = None) -> torch.Tensor:
         """The bool mask of one matrix (True = surviving)."""
+        return unpack_planes(self.planes(name, device), self._shapes[name])
+
+    def planes(self, name: str, device: torch.device | str | None = None) -> torch.Tensor:
+        """The bit planes of one matrix (`sau_trainer.fused`), what the fused passes read."""
         packed = self._packed[name]
-        if device is not None:
-            packed = packed.to(device)
-        return unpack_bool(packed, self._shapes[name])
+        return packed if device is None else packed.to(device)
 
     def to(self, device: torch.device | str) -> SparsityMasks:
         """Move the packed masks (in place) to `device`; returns self."""
@@ -413,7 +422,7 @@ class SparsityMasks:
         params = prunable_parameters(model) if params is None else params
         for name in self._packed:
             p = params[name]
-            p.masked_fill_(~self.get(name, p.device), 0.0)
+            where_(p.data, self.planes(name, p.device))
 
     @torch.no_grad()
     def count_nonzero_pruned(self, model: nn.Module) -> int:
@@ -431,7 +440,8 @@ class SparsityMasks:
             path = os.path.join(path, MASKS_FILE)
         meta = {"format": "sau-trainer/sparsity-masks", "version": "1", "source": self.source,
                 "shapes": json.dumps(self._shapes)}
-        save_file({k: v.detach().cpu().contiguous() for k, v in self._packed.items()}, path, metadata=meta)
+        packed = {k: from_planes(v.detach().cpu(), self._shapes[k]).contiguous() for k, v in self._packed.items()}
+        save_file(packed, path, metadata=meta)
         return path
 
     @classmethod

@@ -111,7 +111,10 @@ def compute_saliency(
     old_grads = {p: p.grad for p in model.parameters()}
 
     def fold(p: torch.Tensor) -> None:
-        saliency[targets[id(p)]].add_(p.grad.detach().float().square())
+        # One fused fp32 pass: s += g * g (a bf16 or fp16 gradient is upcast inside the op, not copied; its square
+        # is exact in fp32, so the sum is the one ``s + g.float().square()`` gives).
+        g = p.grad.detach()
+        saliency[targets[id(p)]].addcmul_(g, g)
         p.grad = None
 
     handles = []

@@ -22,6 +22,7 @@ from fractions import Fraction
 
 import torch
 
+from .fused import from_planes, pack_planes, to_planes, unpack_planes
 from .masks import PLAIN, Layout, pack_bool, unpack_bool
 
 STATE_FILE = "sau_state.safetensors"
@@ -158,10 +159,31 @@ class SAUState:
     settings: dict = field(default_factory=dict)
     stats: dict[str, dict] = field(default_factory=dict)
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    # How `selected` is packed in memory: "sequential" (`pack_bool`, the file's format) or "planes" (bit planes,
+    # `sau_trainer.fused`, what the fused passes read). `build_sau_state` and `load` give planes; `save` writes
+    # the file format whatever this says.
+    packing: str = "sequential"
 
     def mask(self, name: str, device=None) -> torch.Tensor:
+        """The full-shape bool ``G`` of one parameter."""
         packed = self.selected[name] if device is None else self.selected[name].to(device)
+        if self.packing == "planes":
+            return unpack_planes(packed, self.shapes[name])
         return unpack_bool(packed, self.shapes[name])
+
+    def planes(self, name: str, device=None) -> torch.Tensor:
+        """``G`` of one parameter as bit planes (converting the whole state to planes on first use)."""
+        if self.packing != "planes":
+            self.to_planes()
+        packed = self.selected[name]
+        return packed if device is None else packed.to(device)
+
+    def to_planes(self) -> SAUState:
+        """Keep ``G`` as bit planes in memory (in place; the files keep the sequential format)."""
+        if self.packing == "sequential":
+            self.selected = {k: to_planes(v, self.shapes[k]) for k, v in self.selected.items()}
+            self.packing = "planes"
+        return self
 
     def weight(self, name: str) -> torch.Tensor | None:
         return self.weights.get(name)
@@ -174,7 +196,8 @@ class SAUState:
     def save(self, directory: str | os.PathLike) -> str:
         from safetensors.torch import save_file
 
-        tensors = {f"G/{k}": v.detach().cpu().contiguous() for k, v in self.selected.items()}
+        seq = (lambda k, v: from_planes(v, self.shapes[k])) if self.packing == "planes" else (lambda k, v: v)
+        tensors = {f"G/{k}": seq(k, v.detach().cpu()).contiguous() for k, v in self.selected.items()}
         tensors |= {f"W/{k}": v.detach().cpu().float().contiguous() for k, v in self.weights.items()}
         tensors |= {f"X/{k}": v.detach().cpu().contiguous() for k, v in self.extra.items()}
         meta = {
@@ -210,7 +233,7 @@ class SAUState:
             settings=json.loads(meta["settings"]),
             stats=json.loads(meta["stats"]),
             extra=parts["X"],
-        )
+        ).to_planes()
 
 
 def build_sau_state(
@@ -238,14 +261,14 @@ def build_sau_state(
         pool = list(saliency) if global_names is None else list(global_names)
         selected = select_topk_global({n: saliency[n] for n in pool}, surviving, k)
         selected = {n: pack_bool(g) for n, g in selected.items()}
-    state = SAUState(selected={}, shapes={}, settings=dict(settings or {}))
+    state = SAUState(selected={}, shapes={}, settings=dict(settings or {}), packing="planes")
     for n, s in saliency.items():
         m = surviving[n]
         layout = (layouts or {}).get(n, PLAIN)
         unit_scope = "row" if scope == "row" else "matrix"
         g = unpack_bool(selected[n], s.shape) if n in selected else select_topk(s, m, k, unit_scope, layout)
         w = redistribution_weights(s, m, g, alpha, redistribution, layout)
-        state.selected[n] = pack_bool(g)
+        state.selected[n] = pack_planes(g)
         state.shapes[n] = tuple(s.shape)
         if w is not None:
             state.weights[n] = w

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from .fused import scale_update_, where_
 from .masks import LazyMasks, Layout, SparsityMasks, check_trainable_weights, prunable_weights
-from .precision import apply_precision_plan, check_precision
+from .precision import apply_precision_plan, check_precision, unwrap_optimizer
 from .sau import STATE_FILE, SAUState, apply_sau_, build_sau_state
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,24 @@ def zero_pruned_entries(model: torch.nn.Module, masks: SparsityMasks) -> None:
         masks.apply_(model)
 
 
+# Optimizers that provably leave an entry whose gradient is always exactly zero (and whose weight is zero) where it
+# is, with or without (decoupled) weight decay, momentum, amsgrad, maximize, foreach or fused kernels: every
+# moment stays 0, so the step is ``+0 * (1 - lr * wd) - lr * 0 / (0 + eps) = +0`` (Adam/AdamW) or
+# ``-lr * (0 + wd * 0) = +0`` (SGD). The exact class is required: a subclass may change the step.
+# Not here (the re-zero stays): bitsandbytes 8-bit/paged AdamW (block-wise quantised moments move zero-gradient
+# entries), stochastic-rounding and Kahan-compensated optimizers, and anything else.
+ZERO_KEEPING_OPTIMIZERS = (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD)
+
+
+def optimizer_keeps_zeros(optimizer: Any) -> bool:
+    """True when `optimizer` (unwrapped from accelerate's wrapper) is exactly one of `ZERO_KEEPING_OPTIMIZERS`.
+
+    The argument needs the pruned entries' weights and optimizer state to be zero when training starts: the
+    trainer zeroes the weights; the state is empty, or was saved by a run with the same masks."""
+    opt = unwrap_optimizer(optimizer)
+    return type(opt) in ZERO_KEEPING_OPTIMIZERS
+
+
 class SparsityCallback(TrainerCallback):
     """Around each optimizer step: snapshot for ``update``-mode ``W``, then scale the step and re-zero."""
 
@@ -63,6 +82,9 @@ class SparsityCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.trainer.sparsity_masks.to(args.device)
+        # Pruned entries start as +0.0 (a -0.0 from pruning by multiplication would otherwise stay -0.0 where the
+        # optimizer keeps zeros and the re-zero is skipped); one pass, once.
+        self.trainer.sparsity_masks.apply_(self.trainer.model, self.trainer._prunable)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.trainer._snapshot_for_update_mode()
@@ -118,42 +140,59 @@ class SparsityPreserving:
 
     @torch.no_grad()
     def _mask_gradients(self) -> None:
-        """Once per optimizer step: ``grad *= M`` (plain) or ``grad *= G * W`` (SAU)."""
+        """Once per optimizer step: ``grad = where(M, grad, 0)`` (plain) or ``grad = where(G, grad * W, 0)`` (SAU),
+        one fused pass per matrix over the gradient and the bit planes of its mask (`sau_trainer.fused`), with no
+        device-to-host synchronisation."""
         if self.sau_state is None:
             for name, p in self._prunable.items():
                 if p.grad is not None:
-                    p.grad.masked_fill_(~self.sparsity_masks.get(name, p.grad.device), 0.0)
+                    where_(p.grad, self.sparsity_masks.planes(name, p.grad.device))
             return
         use_w = not self._sau_update_mode()
-        for name, p in self.masked_parameters().items():
+        masked = self.masked_parameters()
+        for name, p in masked.items():
             if p.grad is not None:
                 w = self.sau_state.weight(name) if use_w else None
-                apply_sau_(p.grad, self.sau_state.mask(name, p.grad.device), w)
+                where_(p.grad, self.sau_state.planes(name, p.grad.device), w)
+        for name, p in self._prunable.items():  # prunable but outside G's parameters (if trained at all): M
+            if name not in masked and p.grad is not None:
+                where_(p.grad, self.sparsity_masks.planes(name, p.grad.device))
 
     @torch.no_grad()
     def _snapshot_for_update_mode(self) -> None:
-        """``update`` mode: keep the selected entries' values (only those: k of the survivors) before the step."""
+        """``update`` mode: keep the values of every parameter that has a ``W`` before the step (a dense copy: the
+        selected entries alone would need a data-dependent gather, a device-to-host sync per matrix)."""
         self._snapshots = {}
         if self.sau_state is not None and self._sau_update_mode():
             params = self.masked_parameters()
             for name in self.sau_state.weights:
-                p = params[name]
-                self._snapshots[name] = p.detach()[self.sau_state.mask(name, p.device)]
+                self._snapshots[name] = params[name].detach().clone()
+
+    def _rezero_needed(self) -> bool:
+        """Whether pruned entries must be set back to zero after a step: True unless the optimizer provably leaves
+        an entry whose gradient is always exactly zero where it is (`optimizer_keeps_zeros`)."""
+        optimizer = getattr(self, "optimizer", None)
+        key = id(optimizer)
+        if getattr(self, "_rezero_for", (None, True))[0] != key:
+            keeps = optimizer is not None and optimizer_keeps_zeros(optimizer)
+            self._rezero_for = (key, not keeps)
+            logger.info("Re-zero after each optimizer step: %s.",
+                        "skipped (the optimizer leaves zero-gradient entries exactly where they are)" if keeps
+                        else "on (the optimizer is not known to leave zero-gradient entries in place)")
+        return self._rezero_for[1]
 
     @torch.no_grad()
     def _after_optimizer_step(self) -> None:
-        """Scale the step of selected entries by W (``update`` mode), then set pruned entries back to zero."""
+        """Scale the step of selected entries by W (``update`` mode), then set pruned entries back to zero where
+        the optimizer could have moved them."""
         if self._snapshots:
             params = self.masked_parameters()
             for name, old in self._snapshots.items():
                 p = params[name]
-                g = self.sau_state.mask(name, p.device)
-                w = self.sau_state.weight(name).to(p.device)
-                w = w.expand_as(p)[g] if w.dim() else w
-                new = p.detach()[g]
-                p[g] = (old.float() + w * (new.float() - old.float())).to(p.dtype)
+                scale_update_(p.data, old, self.sau_state.planes(name, p.device), self.sau_state.weight(name))
             self._snapshots = {}
-        self.sparsity_masks.apply_(self.model, self._prunable)
+        if self._rezero_needed():
+            self.sparsity_masks.apply_(self.model, self._prunable)
 
     # ---- files
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -242,5 +281,5 @@ def compute_sau_state(
                            global_names=list(saliency), layouts=layouts)
 
 
-__all__ = ["SparsityPreserving", "SparsityCallback", "sparsity_preserving", "compute_sau_state",
-           "resolve_sparsity_masks", "zero_pruned_entries", "STATE_FILE"]
+__all__ = ["SparsityPreserving", "SparsityCallback", "sparsity_preserving", "compute_sau_state", "optimizer_keeps_zeros",
+           "ZERO_KEEPING_OPTIMIZERS", "resolve_sparsity_masks", "zero_pruned_entries", "STATE_FILE"]

@@ -152,8 +152,16 @@ def test_rezero_after_every_step_even_if_something_moves_pruned_weights(tokenize
                 for n, p in prunable_parameters(model).items():
                     p[~masks.get(n)] = 0.5
 
-    trainer = make_trainer(model, tokenizer, qa(tiny_splits, "forget10", 8), qa(tiny_splits, "retain90", 8),
-                           tmp_path, max_steps=3, callbacks=[Mover()])
+    class UnknownAdamW(torch.optim.AdamW):  # not known to keep zeros (a subclass may change the step): re-zeroed
+        pass
+
+    from sau_trainer import SAUConfig, SAUTrainer
+
+    args = SAUConfig(output_dir=str(tmp_path), report_to=[], per_device_train_batch_size=4, max_steps=3,
+                     save_strategy="no", disable_tqdm=True, seed=0, lr_scheduler_type="constant")
+    trainer = SAUTrainer(model, args, forget_dataset=qa(tiny_splits, "forget10", 8),
+                         retain_dataset=qa(tiny_splits, "retain90", 8), processing_class=tokenizer, callbacks=[Mover()],
+                         optimizer_cls_and_kwargs=(UnknownAdamW, {"lr": 1e-3}))
     trainer.train()
     assert seen == [True, True, True]  # re-zeroed after each step, before the next one
     assert _pruned_all_zero(model, masks)

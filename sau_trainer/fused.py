@@ -1,0 +1,224 @@
+"""Bit-plane masks and the fused, sync-free passes that apply them (SPEC section 6: each pass near the memory floor).
+
+**Bit planes.** A mask of ``n`` entries (``n`` a multiple of 8) is kept in memory as ``m = n / 8`` bytes, byte ``j``
+holding in its bit ``k`` the entry ``k * m + j`` of the flat tensor: the tensor read as ``[8, m]`` finds its bits in
+the same byte column of every one of its 8 rows. Applying such a mask is then one contiguous, vectorisable loop
+over the tensor with a broadcast byte load (1/8 byte per entry read beyond the tensor itself), where the file's
+sequential packing (8 neighbours per byte, `masks.pack_bool`) needs an indirect index per entry and does not
+vectorise. A mask whose size is not a multiple of 8 is padded with zero bits at the end of the last plane. The
+files keep the sequential packing: `to_planes` / `from_planes` convert when masks are loaded and saved.
+
+**Passes.** `where_` computes ``t = where(M, t * W, +0.0)`` in place (the plain mask pass, the SAU pass with ``G``
+and ``W`` in one pass, and the re-zero of the weights), `scale_update_` computes
+``p = where(G, old + W * (p - old), p)`` (``update``-mode ``W``). Each is one ``torch.compile``'d kernel per call
+(C++/OpenMP on CPU, Triton on CUDA) reading the tensor once and writing it once; nothing in them reads a value back
+to the host. Where compiling is unavailable or fails, an eager version with the same results runs instead (it
+unpacks the mask to a bool tensor, one matrix at a time: slower, never different). The products are computed in
+fp32 and rounded once to the tensor's dtype, as the eager reference `sau.apply_sau_` does, so both give
+bit-identical gradients.
+
+``SAU_TRAINER_KERNELS`` (environment) chooses: ``auto`` (default: compiled for tensors of at least
+`COMPILE_MIN_NUMEL` entries when a compiler is present, eager below: compiling costs seconds once per process and
+saves nothing on tiny matrices), ``compile`` (always, where possible) or ``eager``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterable
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+COMPILE_MIN_NUMEL = 1 << 20
+_MODES = ("auto", "compile", "eager")
+_compiled: dict[str, object] = {}
+_compile_failed: str | None = None
+
+
+# --------------------------------------------------------------------------- bit planes
+def _numel(shape: Iterable[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+_SHIFTS: dict[torch.device, torch.Tensor] = {}
+
+
+def _shifts(device: torch.device) -> torch.Tensor:
+    if device not in _SHIFTS:
+        _SHIFTS[device] = torch.arange(8, dtype=torch.uint8).view(8, 1).to(device)
+    return _SHIFTS[device]
+
+
+def pack_planes(mask: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as ``ceil(n / 8)`` bit-plane bytes (see the module docstring)."""
+    flat = mask.reshape(-1).to(torch.bool)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    planes = flat.view(8, -1).to(torch.uint8) << _shifts(flat.device)
+    return planes.sum(0, dtype=torch.uint8)
+
+
+def unpack_planes(planes: torch.Tensor, shape: Iterable[int]) -> torch.Tensor:
+    """Inverse of `pack_planes`: a bool tensor of `shape` on `planes`' device."""
+    shape = tuple(int(s) for s in shape)
+    bits = (planes.view(1, -1) >> _shifts(planes.device)).bitwise_and_(1).bool()
+    return bits.reshape(-1)[: _numel(shape)].reshape(shape)
+
+
+def to_planes(packed: torch.Tensor, shape: Iterable[int]) -> torch.Tensor:
+    """Sequentially packed bits (the files' format, `masks.pack_bool`) as bit planes."""
+    from .masks import unpack_bool
+
+    return pack_planes(unpack_bool(packed, shape))
+
+
+def from_planes(planes: torch.Tensor, shape: Iterable[int]) -> torch.Tensor:
+    """Bit planes as sequentially packed bits (the files' format)."""
+    from .masks import pack_bool
+
+    return pack_bool(unpack_planes(planes, shape))
+
+
+# --------------------------------------------------------------------------- kernels
+def _bits(planes: torch.Tensor, ndim: int) -> torch.Tensor:
+    shifts = torch.arange(8, dtype=torch.int32, device=planes.device).view(8, 1, 1, 1)
+    return ((planes.to(torch.int32) >> shifts) & 1) != 0
+
+
+def _where_kernel(t: torch.Tensor, planes: torch.Tensor) -> None:
+    t.copy_(torch.where(_bits(planes, t.dim()), t, torch.zeros((), dtype=t.dtype, device=t.device)))
+
+
+def _where_scaled_kernel(t: torch.Tensor, planes: torch.Tensor, w: torch.Tensor) -> None:
+    scaled = (t.float() * w).to(t.dtype)
+    t.copy_(torch.where(_bits(planes, t.dim()), scaled, torch.zeros((), dtype=t.dtype, device=t.device)))
+
+
+def _scale_update_kernel(p: torch.Tensor, old: torch.Tensor, planes: torch.Tensor, w: torch.Tensor) -> None:
+    o = old.float()
+    p.copy_(torch.where(_bits(planes, p.dim()), (o + w * (p.float() - o)).to(p.dtype), p))
+
+
+_KERNELS = {"where": _where_kernel, "where_scaled": _where_scaled_kernel, "scale_update": _scale_update_kernel}
+
+
+def kernel_mode() -> str:
+    mode = os.environ.get("SAU_TRAINER_KERNELS", "auto").strip().lower() or "auto"
+    if mode not in _MODES:
+        raise ValueError(f"SAU_TRAINER_KERNELS={mode!r}: choose one of {_MODES}.")
+    return mode
+
+
+def _can_compile(device: torch.device) -> bool:
+    if _compile_failed is not None:
+        return False
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        return shutil.which(os.environ.get("CXX", "g++")) is not None or shutil.which("c++") is not None
+    return False
+
+
+def _use_compiled(t: torch.Tensor) -> bool:
+    mode = kernel_mode()
+    if mode == "eager" or not _can_compile(t.device):
+        return False
+    return mode == "compile" or t.numel() >= COMPILE_MIN_NUMEL
+
+
+def _compiled_kernel(name: str):
+    if name not in _compiled:
+        # Each dtype and each broadcast pattern of W (scalar, per row, per expert, full) is one more compiled
+        # variant of the same function: allow more than dynamo's default of 8 (raising a limit changes nothing
+        # else that is compiled in this process).
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        _compiled[name] = torch.compile(_KERNELS[name], dynamic=True, fullgraph=True)
+    return _compiled[name]
+
+
+def _run(name: str, *args: torch.Tensor) -> bool:
+    """Run the compiled kernel `name`; False (and eager from now on) when compiling fails."""
+    global _compile_failed
+    try:
+        _compiled_kernel(name)(*args)
+        return True
+    except Exception as e:  # a missing compiler, an unsupported device: the eager path gives the same result
+        _compile_failed = f"{type(e).__name__}: {e}"
+        logger.warning("torch.compile of the mask kernels failed (%s); using the eager passes (same results, "
+                       "slower). Set SAU_TRAINER_KERNELS=eager to skip the attempt.", _compile_failed.splitlines()[0])
+        return False
+
+
+def _views(t: torch.Tensor, planes: torch.Tensor, w: torch.Tensor | None):
+    """``t`` as ``[8, d0 / 8, d1, d2]`` (a matrix ``[8, rows / 8, 1, cols]``, a flat tensor ``[8, 1, 1, n / 8]``), the
+    planes as ``[1, d0 / 8, d1, d2]`` and ``w`` as a rank-4 fp32 tensor broadcastable against them; None where no
+    such views exist (then the eager path runs). One rank for every tensor keeps the compiled variants few."""
+    if not t.is_contiguous() or planes.numel() * 8 != t.numel():
+        return None
+    shape = tuple(t.shape)
+    if t.dim() in (2, 3) and shape[0] % 8 == 0:
+        dims = (shape[0] // 8,) + (1,) * (3 - t.dim()) + shape[1:]
+    elif w is None or w.numel() == 1:
+        dims = (1, 1, t.numel() // 8)
+    else:
+        return None
+    tv, pv = t.view((8,) + dims), planes.view((1,) + dims)
+    if w is None:
+        return tv, pv, None
+    w = w.to(device=t.device, dtype=torch.float32)
+    if w.numel() == 1:
+        return tv, pv, w.reshape(1, 1, 1, 1)
+    if w.dim() > t.dim():
+        return None
+    wb = tuple((1,) * (t.dim() - w.dim()) + tuple(w.shape))
+    if any(a not in (1, b) for a, b in zip(wb, shape)):
+        return None
+    rest = (1,) * (3 - t.dim()) + wb[1:]
+    lead = (8, shape[0] // 8) if wb[0] == shape[0] else (1, 1)
+    return tv, pv, w.reshape(lead + rest)
+
+
+# --------------------------------------------------------------------------- the passes
+@torch.no_grad()
+def where_(t: torch.Tensor, planes: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    """In place: ``t = where(mask, t * w, +0.0)``, the product in fp32 rounded once to ``t``'s dtype (``w``: None,
+    a scalar, per row or expert broadcastable against ``t``, or full). NaN and inf outside the mask become +0.0."""
+    views = _views(t, planes, w) if _use_compiled(t) else None
+    if views is not None:
+        tv, pv, wv = views
+        if _run("where" if wv is None else "where_scaled", *((tv, pv) if wv is None else (tv, pv, wv))):
+            return t
+    keep = unpack_planes(planes, t.shape)
+    t.masked_fill_(~keep, 0.0)
+    if w is not None:
+        t.mul_(w.to(t.device))
+    return t
+
+
+@torch.no_grad()
+def scale_update_(p: torch.Tensor, old: torch.Tensor, planes: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """In place: ``p = where(mask, old + w * (p - old), p)`` in fp32, rounded once (``update``-mode ``W``)."""
+    views = _views(p, planes, w) if _use_compiled(p) else None
+    if views is not None:
+        pv, bv, wv = views
+        if _run("scale_update", pv, old.view(pv.shape), bv, wv):
+            return p
+    keep = unpack_planes(planes, p.shape)
+    o = old.float()
+    p.copy_(torch.where(keep, (o + w.to(p.device).float() * (p.float() - o)).to(p.dtype), p))
+    return p
+
+
+def compile_status() -> str:
+    """How the passes run here: for logs and the benchmark."""
+    if _compile_failed is not None:
+        return f"eager (compiling failed: {_compile_failed.splitlines()[0]})"
+    return f"mode={kernel_mode()}"

@@ -1,0 +1,402 @@
+"""The fused, sync-free sparsity passes (issue 11): the same gradients and weights as the eager passes they replaced.
+
+`OldPasses` below is the previous implementation kept as the reference (bool masks with ``masked_fill_``, a
+boolean-index snapshot in ``update`` mode, the re-zero after every step); the new passes must give bit-identical
+gradients and weights (``update`` mode: the same within float rounding).
+"""
+
+import importlib.util
+
+import pytest
+import torch
+from sau_testing import GradRecorder, make_trainer, qa, sparse_model
+from torch.overrides import TorchFunctionMode
+
+from sau_trainer import fused
+from sau_trainer.fused import pack_planes, scale_update_, unpack_planes, where_
+from sau_trainer.masks import SparsityMasks, pack_bool, prunable_parameters, unpack_bool
+from sau_trainer.sau import apply_sau_
+from sau_trainer.sparsity import optimizer_keeps_zeros
+
+HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
+BNB = pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes")
+
+
+@pytest.fixture
+def kernels(request, monkeypatch):
+    monkeypatch.setenv("SAU_TRAINER_KERNELS", request.param)
+    yield request.param
+    assert fused._compile_failed is None  # the compiled kernels really ran (no silent fallback)
+
+
+# (kernel mode, dtype): compiling each variant costs seconds, so compiled bf16 is in the slow set only
+KERNEL_CASES = [("eager", torch.float32), ("eager", torch.bfloat16), ("compile", torch.float32),
+                pytest.param("compile", torch.bfloat16, marks=pytest.mark.slow)]
+
+
+def _bits(t):
+    return t.view(torch.int16 if t.element_size() == 2 else torch.int32)
+
+
+# --------------------------------------------------------------------------- representation
+@pytest.mark.parametrize("shape", [(16, 24), (3, 5), (1,), (8, 16, 4), (5, 7, 9)])
+def test_bit_planes_round_trip_and_file_format(shape, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(shape, generator=g) > 0.4
+    planes = pack_planes(mask)
+    assert planes.dtype == torch.uint8 and planes.numel() == -(-mask.numel() // 8)
+    assert torch.equal(unpack_planes(planes, shape), mask)
+    # entry k * m + j sits in bit k of byte j
+    flat, m = mask.reshape(-1), planes.numel()
+    for i in range(flat.numel()):
+        assert bool((int(planes[i % m]) >> (i // m)) & 1) == bool(flat[i])
+    # memory keeps planes, files keep the sequential packing
+    masks = SparsityMasks.from_tensors({"w": mask})
+    assert masks.nbytes() == planes.numel() and torch.equal(masks.get("w"), mask)
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(masks.save(tmp_path))["w"], pack_bool(mask))
+    assert torch.equal(SparsityMasks.load(tmp_path).get("w"), mask)
+    assert torch.equal(SparsityMasks({"w": pack_bool(mask)}, {"w": shape}).get("w"), mask)
+
+
+# --------------------------------------------------------------------------- the kernels
+def _weights(shape):
+    """Every W shape the SAU state holds for a tensor of `shape` (None, 0-d, per row, per expert, full)."""
+    g = torch.Generator().manual_seed(1)
+    out = [None, torch.tensor(1.123456789)]
+    if len(shape) == 2:
+        out.append(1 + torch.rand(shape[0], 1, generator=g))
+    if len(shape) == 3:
+        out += [1 + torch.rand(shape[0], 1, 1, generator=g), 1 + torch.rand(shape[0], shape[1], 1, generator=g),
+                1 + torch.rand(shape[0], 1, shape[2], generator=g)]
+    out.append(1 + torch.rand(shape, generator=g))
+    return out
+
+
+@pytest.mark.parametrize("kernels,dtype", KERNEL_CASES, indirect=["kernels"])
+@pytest.mark.parametrize("shape", [(64, 48), (8, 16, 12), (6, 10), (4, 6, 6)])
+def test_where_equals_eager_reference_bit_for_bit(kernels, dtype, shape):
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(shape, generator=g) > 0.5
+    base = torch.randn(shape, generator=g).to(dtype)
+    base.view(-1)[:4] = torch.tensor([float("nan"), float("inf"), -0.0, -3.0], dtype=dtype)
+    mask.view(-1)[:4] = torch.tensor([False, False, False, False])  # NaN/inf/negatives outside the mask: +0.0
+    planes = pack_planes(mask)
+    for w in _weights(shape):
+        ref = apply_sau_(base.clone(), mask, w)
+        got = where_(base.clone(), planes, w)
+        assert torch.equal(_bits(got), _bits(ref)), (shape, None if w is None else tuple(w.shape))
+        assert torch.equal(_bits(got[~mask]), _bits(torch.zeros_like(got[~mask])))  # exactly +0.0
+
+
+@pytest.mark.parametrize("kernels,dtype", KERNEL_CASES, indirect=["kernels"])
+@pytest.mark.parametrize("shape", [(64, 48), (8, 16, 12)])
+def test_scale_update_equals_boolean_index_reference(kernels, dtype, shape):
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(shape, generator=g) > 0.6
+    old = torch.randn(shape, generator=g).to(dtype)
+    new = (old.float() + 1e-2 * torch.randn(shape, generator=g)).to(dtype)
+    for w in _weights(shape)[1:]:
+        ref = new.clone()  # the previous implementation: a boolean-index gather and scatter
+        ww = w.expand_as(ref)[mask] if w.dim() else w
+        ref[mask] = (old[mask].float() + ww * (new[mask].float() - old[mask].float())).to(dtype)
+        got = scale_update_(new.clone(), old, pack_planes(mask), w)
+        assert torch.equal(got[~mask], new[~mask])
+        # an FMA where the reference rounds twice: at most one unit in the last place of the dtype
+        torch.testing.assert_close(got, ref, rtol=0, atol=float(ref.abs().max()) * torch.finfo(dtype).eps)
+
+
+def test_compiled_kernels_really_compile():
+    """On this machine the compiled path runs (a compiler is present) and is what `auto` picks for large tensors."""
+    assert fused._can_compile(torch.device("cpu"))
+    big = torch.zeros(fused.COMPILE_MIN_NUMEL)
+    assert fused._use_compiled(big) and not fused._use_compiled(torch.zeros(8))
+
+
+# --------------------------------------------------------------------------- zero-keeping optimizers
+@pytest.mark.parametrize("make", [
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1, foreach=False),
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1, fused=True),
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1, amsgrad=True, maximize=True),
+    lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=0.1),
+    lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True),
+    lambda ps: torch.optim.SGD(ps, lr=1e-1),
+    lambda ps: torch.optim.SGD(ps, lr=1e-1, momentum=0.9, nesterov=True, weight_decay=0.1),
+    lambda ps: torch.optim.SGD(ps, lr=1e-1, momentum=0.9, dampening=0.5, weight_decay=0.1),
+], ids=["adamw", "adamw-loop", "adamw-fused", "adamw-amsgrad-max", "adam-l2", "adam-decoupled", "sgd",
+        "sgd-nesterov-wd", "sgd-dampening-wd"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_zero_keeping_optimizers_leave_zero_gradient_zeros_exactly(make, dtype):
+    """The reason the re-zero can be skipped: a zero weight whose gradient is always exactly zero stays +0.0."""
+    g = torch.Generator().manual_seed(0)
+    keep = torch.rand(32, 40, generator=g) > 0.5
+    p = torch.nn.Parameter(torch.randn(32, 40, generator=g).masked_fill(~keep, 0.0).to(dtype))  # +0.0
+    opt = make([p])
+    assert optimizer_keeps_zeros(opt)
+    for _ in range(5):
+        p.grad = (torch.randn(32, 40, generator=g) * 10).to(dtype)
+        where_(p.grad, pack_planes(keep))
+        opt.step()
+        assert torch.equal(_bits(p.detach()[~keep]), _bits(torch.zeros_like(p.detach()[~keep])))
+    assert (p.detach()[keep] != 0).all()
+
+
+@BNB
+@pytest.mark.filterwarnings("ignore")
+def test_bnb_8bit_adamw_moves_zero_gradient_entries_so_is_not_trusted():
+    import bitsandbytes as bnb
+
+    g = torch.Generator().manual_seed(0)
+    keep = torch.rand(64, 128, generator=g) > 0.5
+    p = torch.nn.Parameter(torch.randn(64, 128, generator=g) * keep)
+    opt = bnb.optim.AdamW8bit([p], lr=1e-2, weight_decay=0.0, min_8bit_size=16)
+    assert not optimizer_keeps_zeros(opt)
+    for _ in range(3):
+        p.grad = torch.randn(64, 128, generator=g) * keep
+        opt.step()
+    assert (p.detach()[~keep] != 0).any()  # why the re-zero stays for it
+
+
+def test_subclasses_and_unknown_optimizers_are_not_trusted():
+    p = [torch.nn.Parameter(torch.zeros(2))]
+
+    class MyAdamW(torch.optim.AdamW):
+        pass
+
+    assert not optimizer_keeps_zeros(MyAdamW(p)) and not optimizer_keeps_zeros(torch.optim.Adagrad(p))
+    from types import SimpleNamespace  # a wrapper like accelerate's AcceleratedOptimizer
+
+    assert optimizer_keeps_zeros(SimpleNamespace(optimizer=torch.optim.SGD(p, lr=0.1)))
+
+
+# --------------------------------------------------------------------------- trainer: the same results as before
+class OldPasses:
+    """The previous passes (bool masks, ``masked_fill_``, boolean-index ``update`` snapshot, re-zero always)."""
+
+    @torch.no_grad()
+    def _mask_gradients(self):
+        if self.sau_state is None:
+            for name, p in self._prunable.items():
+                if p.grad is not None:
+                    p.grad.masked_fill_(~self.sparsity_masks.get(name, p.grad.device), 0.0)
+            return
+        use_w = not self._sau_update_mode()
+        for name, p in self.masked_parameters().items():
+            if p.grad is not None:
+                apply_sau_(p.grad, self.sau_state.mask(name, p.grad.device),
+                           self.sau_state.weight(name) if use_w else None)
+
+    @torch.no_grad()
+    def _snapshot_for_update_mode(self):
+        self._snapshots = {}
+        if self.sau_state is not None and self._sau_update_mode():
+            params = self.masked_parameters()
+            for name in self.sau_state.weights:
+                self._snapshots[name] = params[name].detach()[self.sau_state.mask(name, params[name].device)]
+
+    @torch.no_grad()
+    def _after_optimizer_step(self):
+        params = self.masked_parameters()
+        for name, old in self._snapshots.items():
+            p, g = params[name], self.sau_state.mask(name)
+            w = self.sau_state.weight(name)
+            w = w.expand_as(p)[g] if w.dim() else w
+            p[g] = (old.float() + w * (p.detach()[g].float() - old.float())).to(p.dtype)
+        self._snapshots = {}
+        for name, p in self._prunable.items():
+            p.masked_fill_(~self.sparsity_masks.get(name, p.device), 0.0)
+
+
+def _run(tokenizer, tiny_splits, tmp_path, base, old, **kw):
+    model = sparse_model(tokenizer, state_dict=base)
+    rec = GradRecorder(model)
+    trainer = make_trainer(model, tokenizer, qa(tiny_splits, "forget10", 8), qa(tiny_splits, "retain90", 16),
+                           tmp_path / ("old" if old else "new"), callbacks=[rec], **kw)
+    if old:
+        trainer.__class__ = type("OldSAUTrainer", (OldPasses, type(trainer)), {})
+    trainer.train()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, rec.grads
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(_bits(a[k]), _bits(b[k])) if a[k].is_floating_point() else torch.equal(a[k], b[k]), k
+
+
+def _cases():
+    """Every optimizer and precision of the invariant tests, plain and SAU; a few in the fast subset."""
+    fast = {("adamw_torch", False, True), ("adamw_torch", True, True), ("sgd", False, False),
+            ("adamw_bnb_8bit", True, False)}
+    for optim in ["adamw_torch", "adamw_torch_fused", "sgd", "adamw_bnb_8bit", "paged_adamw_8bit"]:
+        for bf16 in (False, True):
+            for sau in (False, True):
+                marks = ([BNB] if "8bit" in optim else []) + ([] if (optim, bf16, sau) in fast else [pytest.mark.slow])
+                yield pytest.param(optim, bf16, sau, marks=marks, id=f"{optim}-{'bf16' if bf16 else 'fp32'}-"
+                                   f"{'sau' if sau else 'plain'}")
+
+
+@pytest.mark.parametrize("optim,bf16,sau", list(_cases()))
+def test_fused_passes_give_the_old_gradients_and_weights_bit_for_bit(tokenizer, tiny_splits, tmp_path, optim, bf16,
+                                                                     sau):
+    base = sparse_model(tokenizer).state_dict()
+    kw = dict(optim=optim, bf16=bf16, sau=sau, sau_alpha=1.0, sau_redistribution="row" if bf16 else "matrix",
+              weight_decay=0.1, learning_rate=5e-3, gradient_accumulation_steps=2, per_device_train_batch_size=2,
+              max_steps=2)
+    w_old, g_old = _run(tokenizer, tiny_splits, tmp_path, base, True, **kw)
+    w_new, g_new = _run(tokenizer, tiny_splits, tmp_path, base, False, **kw)
+    assert len(g_new) == len(g_old) == 2
+    for a, b in zip(g_old, g_new):
+        _assert_same(a, b)
+    _assert_same(w_old, w_new)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("redistribution", ["matrix", "param"])
+def test_fused_passes_compiled_in_the_trainer_bit_for_bit(tokenizer, tiny_splits, tmp_path, monkeypatch,
+                                                          redistribution):
+    """The same with the compiled kernels forced on the tiny model (`auto` compiles only large matrices)."""
+    monkeypatch.setenv("SAU_TRAINER_KERNELS", "compile")
+    base = sparse_model(tokenizer).state_dict()
+    kw = dict(sau_alpha=1.0, sau_redistribution=redistribution, weight_decay=0.1, gradient_accumulation_steps=2,
+              per_device_train_batch_size=2, max_steps=2)
+    w_old, g_old = _run(tokenizer, tiny_splits, tmp_path, base, True, **kw)
+    w_new, g_new = _run(tokenizer, tiny_splits, tmp_path, base, False, **kw)
+    for a, b in zip(g_old, g_new):
+        _assert_same(a, b)
+    _assert_same(w_old, w_new)
+
+
+@pytest.mark.parametrize("redistribution", ["matrix", "row", "param"])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_update_mode_gives_the_old_weights_within_rounding(tokenizer, tiny_splits, tmp_path, redistribution, bf16):
+    base = sparse_model(tokenizer).state_dict()
+    kw = dict(sau_redistribution_target="update", sau_redistribution=redistribution, sau_alpha=1.0, bf16=bf16,
+              weight_decay=0.0, learning_rate=5e-3, max_steps=3)
+    w_old, _ = _run(tokenizer, tiny_splits, tmp_path, base, True, **kw)
+    w_new, _ = _run(tokenizer, tiny_splits, tmp_path, base, False, **kw)
+    moved = 0
+    for k in w_old:
+        torch.testing.assert_close(w_new[k], w_old[k], rtol=1e-6, atol=1e-7)
+        moved += int((w_new[k] != base[k]).sum())
+    assert moved > 0
+
+
+# --------------------------------------------------------------------------- sparsity semantics
+def test_a_surviving_weight_at_exactly_zero_keeps_training(tokenizer, tiny_splits, tmp_path):
+    """The masks, not the zeros, are the truth: a survivor that is (or becomes) exactly 0.0 keeps its gradient
+    and moves (masks derived from ``weight != 0`` each step would freeze it as if pruned)."""
+    model = sparse_model(tokenizer)
+    masks = SparsityMasks.from_model(model)
+    name = "model.layers.0.mlp.up_proj.weight"
+    p = prunable_parameters(model)[name]
+    idx = int(masks.get(name).reshape(-1).nonzero()[0])
+    with torch.no_grad():
+        p.view(-1)[idx] = 0.0
+    rec = GradRecorder(model)
+    from sau_trainer import SAUConfig, SAUTrainer
+
+    args = SAUConfig(output_dir=str(tmp_path), report_to=[], per_device_train_batch_size=4, max_steps=2, sau=False,
+                     optim="sgd", learning_rate=1e-2, objective="ga", save_strategy="no", disable_tqdm=True, seed=0)
+    trainer = SAUTrainer(model, args, forget_dataset=qa(tiny_splits, "forget10", 8), processing_class=tokenizer,
+                         sparsity_masks=masks, callbacks=[rec])
+    trainer.train()
+    assert float(rec.grads[0][name].reshape(-1)[idx]) != 0.0
+    assert float(p.detach().reshape(-1)[idx]) != 0.0
+    assert bool((p.detach()[~masks.get(name)] == 0).all())
+
+
+# --------------------------------------------------------------------------- no host synchronisation
+class SyncCounter(TorchFunctionMode):
+    """Counts the calls that read a device value back to the host (or select by a bool tensor, which does)."""
+
+    SYNCING = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__,
+               torch.Tensor.__float__, torch.Tensor.nonzero, torch.nonzero, torch.Tensor.cpu, torch.Tensor.numpy,
+               torch.masked_select, torch.Tensor.masked_select, torch.Tensor.any, torch.Tensor.all}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        index = args[1] if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__) and len(args) > 1 else None
+        if func in self.SYNCING or (isinstance(index, torch.Tensor) and index.dtype == torch.bool):
+            self.calls.append(getattr(func, "__name__", str(func)))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("setting", [dict(sau=False), dict(sau=True), dict(sau=True, sau_redistribution="row"),
+                                     dict(sau=True, sau_redistribution_target="update"),
+                                     dict(sau=True, sau_redistribution_target="update", sau_redistribution="param"),
+                                     dict(sau=True, optim="adamw_bnb_8bit")],
+                         ids=["plain", "sau", "sau-row", "update", "update-param", "rezero"])
+def test_no_host_sync_in_the_sparsity_passes(tokenizer, tiny_splits, tmp_path, setting):
+    if "bnb" in setting.get("optim", "") and not HAS_BNB:
+        pytest.skip("bitsandbytes")
+    model = sparse_model(tokenizer)
+    trainer = make_trainer(model, tokenizer, qa(tiny_splits, "forget10", 8), qa(tiny_splits, "retain90", 8), tmp_path,
+                           max_steps=3, sau_alpha=1.0, **setting)
+    counter, entered = SyncCounter(), []
+    cls = type(trainer)
+
+    def counted(method):
+        def run(self, *a, **k):
+            if self.state.global_step >= 1:  # after the one-time checks of the first step
+                entered.append(method)
+                with counter:
+                    return getattr(cls, method)(self, *a, **k)
+            return getattr(cls, method)(self, *a, **k)
+        return run
+
+    trainer.__class__ = type("Counted", (cls,), {m: counted(m) for m in
+                                                  ("_mask_gradients", "_snapshot_for_update_mode",
+                                                   "_after_optimizer_step")})
+    trainer.train()
+    assert len(entered) == 6 and counter.calls == []
+    if "update" in str(setting):  # the counter does see a boolean-index snapshot (the old way)
+        with SyncCounter() as c:
+            p = next(iter(prunable_parameters(model).values()))
+            p.detach()[trainer.sau_state.mask(next(iter(prunable_parameters(model))))]
+        assert c.calls
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA")
+def test_no_cuda_sync_in_the_passes():
+    from sau_trainer.fused import where_ as w_
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(256, 512, generator=g) > 0.5
+    t = torch.randn(256, 512, device="cuda")
+    planes = pack_planes(mask).cuda()
+    w = torch.rand(256, 1, device="cuda")
+    for mode in ("eager", "compile"):
+        import os
+
+        os.environ["SAU_TRAINER_KERNELS"] = mode
+        ref = apply_sau_(t.clone(), mask.cuda(), w)
+        w_(t.clone(), planes, w)  # compile outside the checked region
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = w_(t.clone(), planes, w)
+            scale_update_(t.clone(), t, planes, w)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        assert torch.equal(out, ref)
+    os.environ.pop("SAU_TRAINER_KERNELS", None)
+
+
+def test_saliency_fold_is_one_fused_op_with_the_old_values_for_low_precision():
+    g = torch.Generator().manual_seed(0)
+    s = torch.rand(64, 64, generator=g)
+    for dtype in (torch.bfloat16, torch.float16):
+        grad = torch.randn(64, 64, generator=g).to(dtype)
+        assert torch.equal(s.clone().addcmul_(grad, grad), s + grad.float().square())
+    grad = torch.randn(64, 64, generator=g)
+    torch.testing.assert_close(s.clone().addcmul_(grad, grad), s + grad.square(), rtol=2 * 2**-24, atol=0)
+    # unpacking bit planes and the old sequential bits agree
+    mask = torch.rand(40, 24, generator=g) > 0.5
+    assert torch.equal(unpack_planes(pack_planes(mask), mask.shape), unpack_bool(pack_bool(mask), mask.shape))
