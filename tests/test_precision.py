@@ -183,6 +183,7 @@ def test_bf16_with_uncompensated_adamw_is_corrected_and_moves_the_forget_loss(
     assert any("casting these parameters to float32 master weights" in r.message for r in caplog.records)
     assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
     assert trainer.update_check.result == 1.0  # every probed entry of G moved on the first step
+    print(f"forget-loss move / fp32 move: {moved / reference:.3f}")
     assert moved >= 0.5 * reference, (moved, reference)
 
 
@@ -208,6 +209,7 @@ def test_the_opt_out_is_warned_twice_and_really_loses_the_updates(pruned_bf16, f
     assert any("training anyway although updates will be lost" in m for m in warnings)
     assert any("only 0.0000 of the probed selected entries changed" in m for m in warnings)
     assert trainer.update_check.result == 0.0
+    print(f"forget-loss move / fp32 move: {moved / reference:.3f}")
     assert moved < 0.2 * reference, (moved, reference)
 
 
@@ -222,6 +224,7 @@ def test_a_user_optimizer_over_bf16_weights_is_upcast_in_place_plain_baseline(pr
         moved, trainer = _move(model, args, forget_rows, tokenizer, optimizers=(optimizer, None))
     assert trainer.precision_plan.action == "upcast" and "the given optimizer (AdamW)" in trainer.precision_plan.message
     assert trainer.optimizer.optimizer is optimizer or trainer.optimizer is optimizer
+    print(f"forget-loss move / fp32 move: {moved / reference:.3f}")
     assert moved >= 0.5 * reference, (moved, reference)
     with pytest.raises(ValueError, match="Precision: refusing"):
         fresh = copy.deepcopy(pruned_bf16)
@@ -239,6 +242,7 @@ def test_kahan_adamw_keeps_bf16_weights_and_moves_the_forget_loss(pruned_bf16, f
     assert type(trainer.optimizer.optimizer).__module__.startswith("optimi")
     assert {p.dtype for p in trainer.model.parameters()} == {torch.bfloat16}
     assert trainer.update_check.result == 1.0  # weight + Kahan buffer
+    print(f"forget-loss move / fp32 move: {moved / reference:.3f}")
     assert moved >= 0.5 * reference, (moved, reference)
 
 
@@ -326,6 +330,7 @@ def test_every_real_model_recipe_unlearns_with_updates_that_land(recipe_path, pr
         moved, trainer = _move(copy.deepcopy(pruned_bf16).to(dtype), args, forget_rows, tokenizer)
     assert trainer.precision_plan.action in ("none", "upcast")  # compensated, or corrected (and logged)
     assert any(r.message.startswith("Precision:") for r in caplog.records)
+    print(f"{recipe_path.name}: forget-loss move / fp32 move: {moved / reference:.3f}")
     assert moved >= 0.5 * reference, (recipe_path.name, moved, reference)
 
 
