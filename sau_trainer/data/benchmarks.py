@@ -81,6 +81,19 @@ MUSE_REPORT = ReportSpec(
 )
 
 
+WMDP_REPORT = ReportSpec(
+    columns=(("WMDP acc.", "wmdp_acc"), ("MMLU acc.", "mmlu_acc"), ("WMDP p(answer)", "wmdp_prob")),
+    utility="mmlu_acc", utility_label="MMLU accuracy",
+    forget=(ForgetMetric("wmdp_acc", "WMDP accuracy", "WMDP acc.", "min",
+                         axis="WMDP accuracy (chance 0.25; lower is better)"),
+            ForgetMetric("wmdp_prob", "WMDP answer probability", "WMDP p", "min",
+                         axis="WMDP: probability of the right letter among A-D (lower is better)")),
+    notes=("WMDP / MMLU: zero-shot multiple-choice accuracy, the log-likelihood of ' A' to ' D' after "
+           "lm-evaluation-harness's prompt (chance 0.25); WMDP p(answer): the right letter's probability among "
+           "the four",),
+)
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """A registered benchmark. Subclasses implement one protocol; instances fix the data source."""
@@ -116,17 +129,18 @@ class Benchmark:
             problems.append(f"{self.name} has no preset {preset!r}; choose one of {list(self.presets)}")
         return problems
 
-    def evaluation_splits(self, forget_split: str = "forget10") -> tuple[str, ...]:
+    def evaluation_splits(self, forget_split: str = "forget10", subset: str | None = None) -> tuple[str, ...]:
         raise NotImplementedError
 
-    def train_splits(self, role: str, forget_split: str = "forget10") -> list[str]:
-        """Default training splits of the ``target`` or ``retain`` model."""
+    def train_splits(self, role: str, forget_split: str = "forget10", subset: str | None = None) -> list[str]:
+        """Default training splits of the ``target`` or ``retain`` model (`subset`: where the names depend on it)."""
         raise NotImplementedError
 
     def training_rows(self, splits_data: Mapping[str, list[dict]], splits: Iterable[str]) -> list[dict]:
         raise NotImplementedError
 
-    def unlearning_splits(self, forget_split: str = "forget10", retain_split: str | None = None) -> tuple[str, str]:
+    def unlearning_splits(self, forget_split: str = "forget10", retain_split: str | None = None,
+                          subset: str | None = None) -> tuple[str, str]:
         raise NotImplementedError
 
     def unlearning_rows(self, splits_data: Mapping[str, list[dict]], split: str, tokenizer: Any = None,
@@ -174,19 +188,19 @@ class TofuStyleBenchmark(Benchmark):
 
         return synthetic.__file__
 
-    def evaluation_splits(self, forget_split="forget10"):
+    def evaluation_splits(self, forget_split="forget10", subset=None):
         from .tofu import evaluation_splits, holdout_split
 
         return (*evaluation_splits(forget_split), holdout_split(forget_split))
 
-    def train_splits(self, role, forget_split="forget10"):
+    def train_splits(self, role, forget_split="forget10", subset=None):
         base = ["full"] if role == "target" else [f"retain{100 - int(forget_split[-2:]):02d}"]
         return base + (list(GENERAL_SPLITS) if self.generated else [])
 
     def training_rows(self, splits_data, splits):
         return [{"question": r["question"], "answer": r["answer"]} for s in splits for r in _split(splits_data, s)]
 
-    def unlearning_splits(self, forget_split="forget10", retain_split=None):
+    def unlearning_splits(self, forget_split="forget10", retain_split=None, subset=None):
         return forget_split, retain_split or f"retain{100 - int(forget_split[-2:]):02d}"
 
     def unlearning_rows(self, splits_data, split, tokenizer=None, max_length=None):
@@ -256,18 +270,18 @@ class MuseStyleBenchmark(Benchmark):
 
         return synthetic_muse.__file__
 
-    def evaluation_splits(self, forget_split="forget10"):
+    def evaluation_splits(self, forget_split="forget10", subset=None):
         from .muse import EVALUATION_SPLITS
 
         return EVALUATION_SPLITS
 
-    def train_splits(self, role, forget_split="forget10"):
+    def train_splits(self, role, forget_split="forget10", subset=None):
         return (["raw/forget"] if role == "target" else []) + ["raw/retain1", "raw/retain2"]
 
     def training_rows(self, splits_data, splits):
         return [{"text": r["text"]} for s in splits for r in _split(splits_data, s)]
 
-    def unlearning_splits(self, forget_split="forget10", retain_split=None):
+    def unlearning_splits(self, forget_split="forget10", retain_split=None, subset=None):
         return "raw/forget", retain_split or "raw/retain1"
 
     def unlearning_rows(self, splits_data, split, tokenizer=None, max_length=None):
@@ -296,6 +310,116 @@ class MuseStyleBenchmark(Benchmark):
                              retain_results=retain_results, show_progress=show_progress)
 
 
+# ----------------------------------------------------------------------------------------- WMDP protocol
+@dataclass(frozen=True)
+class WmdpStyleBenchmark(Benchmark):
+    """WMDP with MMLU (METHODS.md section 4) on splits named ``<config>/<split>`` (`sau_trainer.data.wmdp`).
+
+    The subset (``cyber``, the default, ``bio``, ``chem``) picks the question split ``wmdp-<subset>/test`` and
+    the corpora: the target model trains on ``<subset>-forget-corpus/train`` + ``<subset>-retain-corpus/train``,
+    the retain model on the retain corpus; unlearning forgets the forget corpus and retains on the retain
+    corpus (open-unlearning's WMDP setup), both cut into chunks of the unlearning ``max_length``. ``chem`` has
+    questions only (evaluation). The TOFU forget split and ``max_new_tokens`` do not apply.
+    """
+
+    protocol: str = "wmdp"
+    report: ReportSpec = field(default=WMDP_REPORT)
+
+    def _subset(self, subset):
+        from .wmdp import resolve_subset
+
+        return resolve_subset(subset or self.default_subset)
+
+    def load(self, splits=None, data_dir=None, preset="tiny", seed=0, subset=None):
+        from .wmdp import default_splits, load_local_wmdp_split, load_wmdp, parse_split
+
+        subset = self._subset(subset)
+        if not self.generated:
+            return load_wmdp(splits, data_dir, subset)
+        from .synthetic_wmdp import generate_wmdp_benchmark
+
+        names = list(splits) if splits is not None else default_splits(subset)
+        if data_dir is not None:  # files written by write_wmdp_benchmark (corpus lines are {"text": ...} objects)
+            return {n: load_local_wmdp_split(data_dir, n, raw_jsonl_lines=False) for n in names}
+        bench = generate_wmdp_benchmark(preset, seed)
+        for n in names:
+            parse_split(n)
+        unknown = [n for n in names if n not in bench]
+        if unknown:
+            raise ValueError(f"The {self.name} benchmark has no split(s) {unknown}; it has {list(bench)}.")
+        return {n: bench[n] for n in names}
+
+    def generator_file(self):
+        if not self.generated:
+            return None
+        from . import synthetic_wmdp
+
+        return synthetic_wmdp.__file__
+
+    def evaluation_splits(self, forget_split="forget10", subset=None):
+        from .wmdp import MMLU_SPLIT, question_split
+
+        return (question_split(self._subset(subset)), MMLU_SPLIT)
+
+    def _corpora(self, subset):
+        from .wmdp import forget_split, retain_split
+
+        subset = self._subset(subset)
+        if subset == "chem":
+            raise ValueError(f"{self.name}: the chem subset has questions only (no forget or retain corpus): "
+                             "evaluate with it (sau-trainer eval --subset chem), unlearn with cyber or bio.")
+        return forget_split(subset), retain_split(subset)
+
+    def train_splits(self, role, forget_split="forget10", subset=None):
+        forget, retain = self._corpora(subset)
+        return ([forget] if role == "target" else []) + [retain]
+
+    def training_rows(self, splits_data, splits):
+        return [{"text": r["text"]} for s in splits for r in _split(splits_data, s)]
+
+    def unlearning_splits(self, forget_split="forget10", retain_split=None, subset=None):
+        forget, retain = self._corpora(subset)
+        return forget, retain_split or retain
+
+    def unlearning_rows(self, splits_data, split, tokenizer=None, max_length=None):
+        from .muse import chunk_texts
+
+        if tokenizer is None or max_length is None:
+            raise ValueError(f"{self.name}: unlearning rows are token chunks; pass the tokenizer and max_length.")
+        return chunk_texts([r["text"] for r in _split(splits_data, split)], tokenizer, max_length)
+
+    def tokenizer_texts(self, splits_data):
+        """The corpus texts (they hold the questions in the prompt format too), then any question not in them."""
+        from ..evaluation.wmdp import build_prompt, subject_of
+        from .wmdp import is_question_split
+
+        texts = [r["text"] for name, rows in splits_data.items() if not is_question_split(name) for r in rows]
+        texts += [build_prompt(r["question"], r["choices"], subject_of(name, r))
+                  for name, rows in splits_data.items() if is_question_split(name) for r in rows]
+        return list(dict.fromkeys(texts))
+
+    def calibration_texts(self, splits_data, split, tokenizer):
+        """Texts of `split` (question splits: their prompts); ``full`` (the TOFU name) means every corpus text
+        in the data (what the target model trains on)."""
+        from ..evaluation.wmdp import build_prompt, subject_of
+        from .wmdp import is_question_split
+
+        names = [n for n in splits_data if not is_question_split(n)] if split == "full" else [split]
+        out = []
+        for name in names:
+            for r in _split(splits_data, name):
+                out.append(build_prompt(r["question"], r["choices"], subject_of(name, r))
+                           if is_question_split(name) else r["text"])
+        return out
+
+    def evaluate(self, model, tokenizer, splits_data, *, forget_split="forget10", batch_size=16, max_new_tokens=200,
+                 max_length=None, retain_results=None, show_progress=True):
+        from ..evaluation.wmdp import evaluate_wmdp
+
+        return evaluate_wmdp(model, tokenizer, splits_data, batch_size=batch_size, max_length=max_length,
+                             retain_results=retain_results, show_progress=show_progress)
+
+
 def _split(splits_data: Mapping[str, list[dict]], name: str) -> list[dict]:
     if name not in splits_data:
         raise KeyError(f"The benchmark has no split {name!r}; it has {sorted(splits_data)}.")
@@ -316,10 +440,18 @@ BENCHMARKS: dict[str, Benchmark] = {
     "synthetic-muse": MuseStyleBenchmark(
         "synthetic-muse", "the built-in MUSE-style benchmark (seeded fictitious profiles; offline)",
         presets=_presets("sau_trainer.data.synthetic_muse", "MUSE_PRESETS")),
+    "synthetic-wmdp": WmdpStyleBenchmark(
+        "synthetic-wmdp", "the built-in WMDP-style benchmark (fictitious exploit kits and geography; offline)",
+        subsets=("cyber",), default_subset="cyber",
+        presets=_presets("sau_trainer.data.synthetic_wmdp", "WMDP_PRESETS")),
     "tofu": TofuStyleBenchmark("tofu", "TOFU (locuslab/TOFU on the Hub, or --data-dir with its split files)"),
     "muse": MuseStyleBenchmark(
         "muse", "MUSE (muse-bench/MUSE-News or -Books on the Hub, or --data-dir in the Hub's layout)",
         subsets=("news", "books"), default_subset="news"),
+    "wmdp": WmdpStyleBenchmark(
+        "wmdp", "WMDP with MMLU (cais/wmdp, cais/wmdp-corpora, hails/mmlu_no_train on the Hub, or --data-dir with "
+        "wmdp/, mmlu/, wmdp-corpora/ in their layout; bio's forget corpus is gated: supply it)",
+        subsets=("cyber", "bio", "chem"), default_subset="cyber"),
 }
 
 
@@ -343,4 +475,4 @@ def load_benchmark(name: str = "tofu", data_dir: str | Path | None = None, prese
 
 
 __all__ = ["BENCHMARKS", "Benchmark", "ForgetMetric", "MuseStyleBenchmark", "ReportSpec", "TofuStyleBenchmark",
-           "get_benchmark", "load_benchmark"]
+           "WmdpStyleBenchmark", "get_benchmark", "load_benchmark"]

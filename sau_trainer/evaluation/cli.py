@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--benchmark", default="synthetic", choices=list(BENCHMARKS),
                         help="; ".join(f"{name}: {b.help}" for name, b in BENCHMARKS.items()) + " (default synthetic).")
     parser.add_argument("--subset", default=None,
-                        help="Subset of a benchmark that has them (muse: news, the default, or books).")
+                        help="Subset of a benchmark that has them (muse: news, the default, or books; wmdp: cyber, the "
+                        "default, bio or chem).")
     presets = sorted({p for b in BENCHMARKS.values() for p in b.presets})
     parser.add_argument("--preset", default="tiny", choices=presets, help="Size of a built-in benchmark.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of a built-in benchmark.")
@@ -37,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="TOFU-style benchmarks only (MUSE forgets raw/forget).")
     parser.add_argument("--data-dir", default=None,
                         help="Local copy instead of the Hub: TOFU split files (<split>.json/.jsonl/.parquet), or "
-                        "MUSE's layout (<config>/<split>-00000-of-00001.parquet or .json/.jsonl).")
+                        "MUSE's layout (<config>/<split>-00000-of-00001.parquet or .json/.jsonl), or for wmdp the folders "
+                        "wmdp/, mmlu/, wmdp-corpora/ in that layout.")
     parser.add_argument("--retain-results", default=None,
                         help="The retain model's results.json (or its directory), for forget quality.")
     parser.add_argument("--output-dir", "--output", dest="output_dir", required=True,
@@ -180,7 +182,7 @@ def _load_splits(args: argparse.Namespace, bench: Any) -> dict:
     non-members) is optional: without it the attacks are skipped, with a log line."""
     from ..data.benchmarks import load_benchmark
 
-    names = list(bench.evaluation_splits(args.forget_split))
+    names = list(bench.evaluation_splits(args.forget_split, args.subset))
     kwargs = dict(data_dir=args.data_dir, preset=args.preset, seed=args.seed, subset=args.subset)
     if bench.protocol != "tofu":
         return load_benchmark(args.benchmark, splits=names, **kwargs)

@@ -56,9 +56,12 @@ class DataSection:
     """The benchmark: a key of the registry `sau_trainer.data.benchmarks.BENCHMARKS`."""
 
     benchmark: str = opt("synthetic", "A key of sau_trainer.data.benchmarks.BENCHMARKS: synthetic (built-in, "
-                         "TOFU-style), synthetic-muse (built-in, MUSE-style), tofu, muse.")
-    subset: str | None = opt(None, "Subset of a benchmark that has them (muse: news, the default, or books).")
-    preset: str = opt("tiny", "Preset of a built-in benchmark (synthetic: tiny, tofu; synthetic-muse: tiny).")
+                         "TOFU-style), synthetic-muse (built-in, MUSE-style), synthetic-wmdp (built-in, "
+                         "WMDP-style), tofu, muse, wmdp.")
+    subset: str | None = opt(None, "Subset of a benchmark that has them (muse: news, the default, or "
+                              "books; wmdp: cyber, the default, bio or chem).")
+    preset: str = opt("tiny", "Preset of a built-in benchmark (synthetic: tiny, tofu; synthetic-muse, "
+                      "synthetic-wmdp: tiny).")
     seed: int = opt(0, "Seed of a built-in benchmark.")
     data_dir: str | None = opt(None, "Local directory with the splits as json/jsonl/parquet (tofu: else the Hub).")
     forget_split: str = opt("forget10", "The forget split (TOFU-style benchmarks; MUSE-style ones forget "
@@ -161,6 +164,10 @@ class EvaluateSection:
     relearn_learning_rate: float | None = opt(None, "relearn: learning rate (None: the attacked run's unlearning "
                                               "learning rate).")
     relearn_seed: int = opt(0, "relearn: seed of the row choice and of the finetuning.")
+    relearn_keep_sparsity: bool = opt(
+        True, "relearn: a sparse model is finetuned with its pruned weights held at zero (the project's "
+        "SparsityPreserving Trainer), as sparse models are finetuned; false: plain dense finetuning, which moves "
+        "every pruned weight by about the learning rate on its first Adam step.")
     relearn_judge_on_relearned_rows: bool = opt(
         False, "relearn: judge the attack on the whole forget set, relearned rows included. Default: the rows it "
         "finetuned on are left out of the evaluation (and out of the retain model's forget-quality reference).")

@@ -473,7 +473,7 @@ def default_splits(recipe: Recipe, role: str) -> list[str]:
     """The benchmark's training splits of the ``target`` or ``retain`` model."""
     from ..data.benchmarks import get_benchmark
 
-    return get_benchmark(recipe.data.benchmark).train_splits(role, recipe.data.forget_split)
+    return get_benchmark(recipe.data.benchmark).train_splits(role, recipe.data.forget_split, recipe.data.subset)
 
 
 def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
@@ -550,7 +550,7 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
 
     bench = get_benchmark(d.benchmark)
     forget_split = d.forget_split
-    unlearn_forget, retain_split = bench.unlearning_splits(forget_split, u.retain_split)
+    unlearn_forget, retain_split = bench.unlearning_splits(forget_split, u.retain_split, d.subset)
     u_settings = {k: v for k, v in asdict(u).items()
                   if k not in ("enabled", "model", "objective", "sau", "learning_rate", "seed", "then_prune",
                                "retain_split", "objective_args")}
