@@ -28,6 +28,10 @@ _EXPORTS = {
     "prune_model": "pruning",
     "save_sparse_model": "pruning",
     "evaluate_tofu": "evaluation",
+    "evaluate_muse": "evaluation",
+    "membership_inference": "evaluation",
+    "BENCHMARKS": "data",
+    "generate_muse_benchmark": "data",
     "generate_benchmark": "data",
     "load_benchmark": "data",
 }
