@@ -20,7 +20,6 @@ from .schema import Recipe, RecipeError, TrainerSettings, TrainSection, objectiv
 
 logger = logging.getLogger(__name__)
 
-GENERAL_SPLITS = ("real_authors_perturbed", "world_facts_perturbed")
 
 
 # ----------------------------------------------------------------------------------------- tasks
