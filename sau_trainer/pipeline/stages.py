@@ -21,7 +21,6 @@ from .schema import Recipe, RecipeError, TrainerSettings, TrainSection, objectiv
 logger = logging.getLogger(__name__)
 
 
-
 # ----------------------------------------------------------------------------------------- tasks
 @dataclass
 class Task:
