@@ -117,13 +117,18 @@ def kernel_mode() -> str:
     return mode
 
 
+_HAS_CXX: list[bool] = []
+
+
 def _can_compile(device: torch.device) -> bool:
     if _compile_failed is not None:
         return False
     if device.type == "cuda":
         return True
     if device.type == "cpu":
-        return shutil.which(os.environ.get("CXX", "g++")) is not None or shutil.which("c++") is not None
+        if not _HAS_CXX:  # looked up once: this runs for every matrix of every pass
+            _HAS_CXX.append(shutil.which(os.environ.get("CXX", "g++")) is not None or shutil.which("c++") is not None)
+        return _HAS_CXX[0]
     return False
 
 

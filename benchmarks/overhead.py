@@ -1,0 +1,211 @@
+"""What keeping the sparsity costs (SPEC section 6, issue 11): the vanilla step, the plain masked step, the SAU step,
+and each sparsity pass against its memory floor, in one run.
+
+    python benchmarks/overhead.py                      # CPU default: a Llama with 70.8M prunable fp32 parameters,
+                                                       # batch 4 x 256, AdamW, 50% magnitude sparsity
+    python benchmarks/overhead.py --shape llama-3.1-8b --bf16 --optim adamw_bnb_8bit \\
+        --batch-size 4 --seq-len 512 --gradient-checkpointing          # the SPEC's 8B setting on one GPU
+
+Three trainers share one model and one batch: ``transformers.Trainer`` (vanilla), the same Trainer made
+`sparsity_preserving` (plain: the mask pass ``M`` after accumulation, the re-zero where the optimizer needs it) and
+the same with an SAU state (``G`` and ``W`` in one pass, k=0.3, alpha=0.1, per-matrix W). They run interleaved,
+``--rounds`` times ``--steps`` steps each, so a noisy moment hits all three alike; a step is timed from one step's
+start to the next step's start (everything the Trainer does between them counts), the first interval of each burst
+(optimizer state allocation) and the first round (compilation) are not counted, and the table gives medians.
+Each pass is then timed alone over the same gradients (or weights) against the floor
+``torch._foreach_mul_(tensors, 0.999)``, one read and one write of every prunable entry.
+Random weights and tokens: speed does not depend on what the model knows. Ratios first: absolute times on a shared
+machine move with its load (printed with the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+
+from sau_trainer import fused  # noqa: E402
+from sau_trainer.masks import SparsityMasks, prunable_parameters  # noqa: E402
+from sau_trainer.modeling import MODEL_SHAPES, build_llama  # noqa: E402
+from sau_trainer import prune_model  # noqa: E402
+from sau_trainer.sau import SAUState, apply_sau_, build_sau_state  # noqa: E402
+from sau_trainer.sparsity import sparsity_preserving  # noqa: E402
+
+# The CPU default of issue 11: 10 blocks of (4 x 768^2 + 3 x 768 x 2048) = 70.8M prunable parameters.
+SHAPES = {"cpu-70m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=10, num_attention_heads=12,
+                          num_key_value_heads=12, max_position_embeddings=512), **MODEL_SHAPES}
+
+
+def _sync(cuda: bool) -> None:
+    if cuda:
+        torch.cuda.synchronize()
+
+
+class StepClock(TrainerCallback):
+    """Times from one step's start to the next step's start (the whole interval, nothing left out)."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.starts = cuda, []
+
+    def on_step_begin(self, args, state, control, **kw):
+        _sync(self.cuda)
+        self.starts.append(time.perf_counter())
+
+    def intervals(self) -> list[float]:
+        return [b - a for a, b in zip(self.starts, self.starts[1:])]
+
+
+def sau_state_for(model, masks: SparsityMasks, k=0.3, alpha=0.1, seed=0) -> SAUState:
+    """An SAU state with the shape of a real one (top-k of a random saliency among survivors, per-matrix W)."""
+    g = torch.Generator().manual_seed(seed)
+    params = prunable_parameters(model)
+    saliency = {n: torch.rand(p.shape, generator=g).to(p.device) for n, p in params.items()}
+    from sau_trainer.masks import LazyMasks
+
+    state = build_sau_state(saliency, LazyMasks(params, lambda n: masks.get(n, params[n].device)), k, alpha)
+    return state.to(next(iter(params.values())).device)
+
+
+def timeit(fn, repeat: int, cuda: bool) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        _sync(cuda)
+        t = time.perf_counter()
+        fn()
+        _sync(cuda)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="cpu-70m", help=f"one of {sorted(SHAPES)}")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--vocab-size", type=int, default=32000)
+    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds (the first is warm-up)")
+    p.add_argument("--steps", type=int, default=4, help="steps per trainer per round (the first interval is dropped)")
+    p.add_argument("--pass-repeat", type=int, default=15)
+    p.add_argument("--optim", default="adamw_torch")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--sparsity", type=float, default=0.5)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--passes-only", action="store_true", help="skip the step timings (the passes alone)")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+
+    model = build_llama(SHAPES[a.shape], vocab_size=a.vocab_size, max_position_embeddings=max(a.seq_len, 64), seed=0)
+    if a.bf16 and cuda:
+        model = model.to(torch.bfloat16)
+    model.to(device)
+    prune_model(model, "magnitude", sparsity=a.sparsity)
+    params = prunable_parameters(model)
+    n_prunable = sum(p_.numel() for p_ in params.values())
+    masks = SparsityMasks.from_model(model)
+    state = sau_state_for(model, masks)
+    ids = torch.randint(5, a.vocab_size, (a.batch_size, a.seq_len), generator=torch.Generator().manual_seed(0))
+    rows = [{"input_ids": r, "labels": r, "attention_mask": torch.ones_like(r)} for r in ids]
+
+    out = tempfile.mkdtemp()
+    clocks, trainers = {}, {}
+    for kind in ("vanilla", "plain", "SAU"):
+        args = TrainingArguments(
+            output_dir=os.path.join(out, kind), per_device_train_batch_size=a.batch_size, max_steps=a.steps,
+            learning_rate=1e-5, lr_scheduler_type="constant", weight_decay=0.0, report_to=[], save_strategy="no",
+            disable_tqdm=True, logging_steps=10_000, optim=a.optim, bf16=a.bf16 and cuda, use_cpu=not cuda,
+            gradient_checkpointing=a.gradient_checkpointing, dataloader_drop_last=True, seed=0)
+        clocks[kind] = StepClock(cuda)
+        kw = dict(model=model, args=args, train_dataset=rows, callbacks=[clocks[kind]])
+        if kind == "vanilla":
+            trainers[kind] = Trainer(**kw)
+        else:
+            cls = sparsity_preserving(Trainer)
+            trainers[kind] = cls(**kw, sparsity_masks=masks, sau_state=state if kind == "SAU" else None)
+    steps: dict[str, list[float]] = {k: [] for k in trainers}
+    rezero = None
+    for r in range(0 if a.passes_only else a.rounds):
+        for kind, trainer in trainers.items():
+            clocks[kind].starts = []
+            trainer.train()
+            model.zero_grad(set_to_none=True)
+            if r > 0:
+                steps[kind] += clocks[kind].intervals()[1:]
+            if kind == "plain":
+                rezero = trainer._rezero_needed()
+            trainer.optimizer = trainer.lr_scheduler = None  # each burst builds its own (dropped first interval)
+    step = {k: statistics.median(v) if v else float("nan") for k, v in steps.items()}
+
+    # ---- each pass alone, over the same tensors
+    plain, sau = trainers["plain"], trainers["SAU"]
+    batch = {k: torch.stack([row[k] for row in rows]).to(device) for k in rows[0]}
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=a.bf16 and cuda):
+        model(**batch).loss.backward()
+    grads = [p_.grad for p_ in params.values()]
+    weights = [p_.data for p_ in params.values()]
+    floor = timeit(lambda: torch._foreach_mul_(grads, 0.999), a.pass_repeat, cuda)
+    floor_w = timeit(lambda: torch._foreach_mul_(weights, 1.0), a.pass_repeat, cuda)
+
+    def old_mask_pass():  # the previous implementation: unpack to bool, masked_fill_
+        for n, p_ in params.items():
+            p_.grad.masked_fill_(~masks.get(n, device), 0.0)
+
+    def old_sau_pass():
+        for n, p_ in params.items():
+            apply_sau_(p_.grad, state.mask(n, device), state.weight(n))
+
+    snap = {}
+
+    def update_pass():  # update-mode W: the dense snapshot before the step and the scaled step after it
+        for n, p_ in params.items():
+            snap[n] = p_.detach().clone()
+        for n, p_ in params.items():
+            fused.scale_update_(p_.data, snap[n], state.planes(n, device), state.weight(n))
+
+    passes = {
+        "mask pass (plain)": (timeit(plain._mask_gradients, a.pass_repeat, cuda), floor),
+        "SAU pass (G and W)": (timeit(sau._mask_gradients, a.pass_repeat, cuda), floor),
+        "re-zero (weights)": (timeit(lambda: masks.apply_(model, params), a.pass_repeat, cuda), floor_w),
+        "update-mode W (snapshot+scale)": (timeit(update_pass, max(3, a.pass_repeat // 3), cuda), floor_w),
+        "previous mask pass": (timeit(old_mask_pass, max(3, a.pass_repeat // 3), cuda), floor),
+        "previous SAU pass": (timeit(old_sau_pass, max(3, a.pass_repeat // 3), cuda), floor),
+    }
+    mask_bytes = masks.nbytes() + sum(v.numel() for v in state.selected.values())
+    w_bytes = sum(v.numel() * v.element_size() for v in state.weights.values())
+
+    load = os.getloadavg()
+    print(f"\nshape={a.shape} ({n_prunable / 1e6:.1f}M prunable) batch={a.batch_size}x{a.seq_len} optim={a.optim} "
+          f"bf16={a.bf16 and cuda} checkpointing={a.gradient_checkpointing} device={device} "
+          f"threads={torch.get_num_threads()} kernels={fused.compile_status()} re-zero={dict([(None, '-'), (True, 'on'), (False, 'skipped')])[rezero]}")
+    print(f"{len(steps['plain'])} timed steps per kind over {a.rounds - 1} interleaved rounds; "
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"{'':34} {'ratio':>8} {'time':>10}  against")
+    print(f"{'plain step / vanilla step':34} {step['plain'] / step['vanilla']:>8.3f} {step['plain']:>9.3f}s  "
+          f"vanilla {step['vanilla']:.3f}s")
+    print(f"{'SAU step / plain step':34} {step['SAU'] / step['plain']:>8.3f} {step['SAU']:>9.3f}s  "
+          f"plain {step['plain']:.3f}s")
+    for name, (t, fl) in passes.items():
+        print(f"{name + ' / floor':34} {t / fl:>8.2f} {t * 1e3:>8.1f}ms  floor {fl * 1e3:.1f}ms")
+    print(f"{'M + G bytes per prunable param':34} {mask_bytes / n_prunable:>8.3f}")
+    print(f"{'  + W (per-matrix) bytes per param':34} {(mask_bytes + w_bytes) / n_prunable:>8.3f}")
+    if cuda:
+        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 1e9:.1f} GB")
+    spread = {k: (min(v), max(v)) if v else (float("nan"),) * 2 for k, v in steps.items()}
+    print("step min/max: " + ", ".join(f"{k} {lo:.3f}-{hi:.3f}s" for k, (lo, hi) in spread.items()))
+
+
+if __name__ == "__main__":
+    main()
