@@ -23,6 +23,7 @@ def finetune(
     save: bool = True,
     low_precision_weights: str = "upcast",
     compensated_optimizer: str = "none",
+    trainer_cls: type | None = None,
     **training_args: Any,
 ):
     """Train `model` on `rows` (question/answer or text) with a plain `transformers.Trainer`.
@@ -33,6 +34,8 @@ def finetune(
     `low_precision_weights` and `compensated_optimizer` mean what the `SAUConfig` fields of the same names
     mean (`sau_trainer.precision`): by default trainable bf16/fp16 weights that a rounding optimizer would not
     move are trained as fp32 master weights (logged), so finetuning a bf16-loaded model at lr 1e-5 learns.
+    `trainer_cls` replaces `transformers.Trainer` (same constructor), e.g. ``sparsity_preserving(Trainer)`` to
+    keep a pruned model's zeros (the relearning attack of `sau_trainer.robustness` on sparse models).
     """
     from transformers import Trainer, TrainingArguments
 
@@ -60,7 +63,7 @@ def finetune(
     plan = check_precision(model, args, optimizer_cls_and_kwargs=cls_and_kwargs, policy=low_precision_weights,
                            compensated=compensated_optimizer)
     apply_precision_plan(model, plan)
-    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=QACollator(tokenizer),
+    trainer = (trainer_cls or Trainer)(model=model, args=args, train_dataset=data, data_collator=QACollator(tokenizer),
                       processing_class=tokenizer, optimizer_cls_and_kwargs=cls_and_kwargs)
     trainer.train()
     if save:

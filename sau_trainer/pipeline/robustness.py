@@ -29,7 +29,7 @@ SKIPPED_FILE = "skipped.json"
 RELEARN_FILE = "relearn.json"
 # EvaluateSection fields that configure the attacks: they enter only the attack tasks' hashes
 ROBUSTNESS_KEYS = ("robustness", "relearn_fraction", "relearn_epochs", "relearn_learning_rate", "relearn_seed",
-                   "relearn_judge_on_relearned_rows")
+                   "relearn_keep_sparsity", "relearn_judge_on_relearned_rows")
 
 
 def evaluation_settings(e) -> dict:
@@ -107,7 +107,8 @@ def plan_attacks(recipe, runs: list[dict], prunings: list[tuple], *, add, planne
                                      "learning_rate": e.relearn_learning_rate or run["learning_rate"],
                                      "fraction": e.relearn_fraction, "epochs": e.relearn_epochs,
                                      "seed": e.relearn_seed, "forget_split": unlearn_forget, "data": fp,
-                                     "chunked": chunked})
+                                     "chunked": chunked,
+                                     "keep_sparsity": bool(e.relearn_keep_sparsity and run["model"] == "sparse")})
             task_name = f"models/{name}"
             if task_name in planned:
                 if planned[task_name].settings != settings:
@@ -118,7 +119,7 @@ def plan_attacks(recipe, runs: list[dict], prunings: list[tuple], *, add, planne
             else:
                 from .stages import Task
 
-                add(Task(kind, task_name, settings, {"model": f"models/{run['name']}", **tok_deps}))
+                planned[task_name] = add(Task(kind, task_name, settings, {"model": f"models/{run['name']}", **tok_deps}))
             row = by_name.get(name)
             if row is None:
                 row = {**run, "name": name, "attack_of": run["name"], "attack": attack.name}
@@ -154,15 +155,14 @@ def run_attack(ctx, task, out: Path) -> dict:
 
     s = task.settings
     attack = parse_attack(s["attack"])
-    tok = ctx.tokenizer()
-    if attack.kind == "bnb":
-        if s.get("backend") is None:
-            from ..robustness import bnb_status
+    if attack.kind == "bnb" and s.get("backend") is None:  # planned without a usable bitsandbytes
+        from ..robustness import bnb_status
 
-            reason = bnb_status()[1]
-            logger.warning("%s skipped: %s", task.name, reason)
-            (out / SKIPPED_FILE).write_text(json.dumps({"attack": attack.name, "reason": reason}) + "\n")
-            return {"skipped": reason}
+        reason = bnb_status()[1]
+        logger.warning("%s skipped: %s", task.name, reason)
+        (out / SKIPPED_FILE).write_text(json.dumps({"attack": attack.name, "reason": reason}) + "\n")
+        return {"skipped": reason}
+    tok = ctx.tokenizer()
     model = load_model(ctx, s["source"], ctx.device)
     if attack.kind in ("quant", "bnb"):
         from ..robustness import quantize_model
@@ -215,9 +215,16 @@ def _relearn(ctx, task, model, tok, out: Path) -> dict:
                 "output_dir", "max_length"):
         kwargs.pop(key, None)
     kwargs.setdefault("disable_tqdm", True)
+    trainer_cls = None
+    if s.get("keep_sparsity"):
+        from transformers import Trainer
+
+        from ..sparsity import sparsity_preserving
+
+        trainer_cls = sparsity_preserving(Trainer)  # the masks are the unlearned model's exact zeros
     finetune(model, tok, rows, str(out / "_trainer"), num_train_epochs=s["epochs"], learning_rate=s["learning_rate"],
              per_device_train_batch_size=sec.per_device_train_batch_size, max_length=sec.max_length, seed=s["seed"],
-             save=False, **kwargs)
+             save=False, trainer_cls=trainer_cls, **kwargs)
     import shutil
 
     shutil.rmtree(out / "_trainer", ignore_errors=True)
