@@ -17,7 +17,7 @@ MUSE_TRAIN_SETTINGS = dict(num_train_epochs=60, learning_rate=3e-3, per_device_t
 MUSE_VOCAB_SIZE = 512
 _MUSE_SOURCES = ("sau_trainer/data/qa.py", "sau_trainer/data/tokenizer.py", "sau_trainer/modeling.py",
                  "sau_trainer/finetuning.py", "sau_trainer/data/synthetic.py", "sau_trainer/data/synthetic_muse.py",
-                 "sau_trainer/data/benchmarks.py", "tests/evaluation/conftest.py")
+                 "tests/evaluation/conftest.py")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -36,11 +36,12 @@ def muse_tokenizer(muse_splits):
     return train_tokenizer(get_benchmark("synthetic-muse").tokenizer_texts(muse_splits), vocab_size=MUSE_VOCAB_SIZE)
 
 
-def _key(splits: dict, role: str) -> str:
+def _key(rows: list, texts: list, role: str) -> str:
+    """The training rows and tokenizer texts themselves (not the registry's code), settings, versions, code."""
     import transformers
 
     h = hashlib.sha256()
-    h.update(json.dumps([splits, role, MUSE_TRAIN_SETTINGS, MUSE_VOCAB_SIZE, torch.__version__,
+    h.update(json.dumps([rows, texts, role, MUSE_TRAIN_SETTINGS, MUSE_VOCAB_SIZE, torch.__version__,
                          transformers.__version__], sort_keys=True).encode())
     for src in _MUSE_SOURCES:
         h.update((ROOT / src).read_bytes())
@@ -59,12 +60,13 @@ def muse_models(request, muse_splits, muse_tokenizer, tmp_path_factory) -> dict:
     out = {}
     for role in ("target", "retain"):
         model_dir = tmp_path_factory.mktemp(f"muse-{role}")
-        cached = cache_root / _key(muse_splits, role) if cache_root else None
+        rows = bench.training_rows(muse_splits, bench.train_splits(role))
+        key = _key(rows, bench.tokenizer_texts(muse_splits), role)
+        cached = cache_root / key if cache_root else None
         if cached is not None and (cached / "config.json").is_file():
             shutil.copytree(cached, model_dir, dirs_exist_ok=True)
         else:
             model = build_llama("tiny", muse_tokenizer, seed=0)
-            rows = bench.training_rows(muse_splits, bench.train_splits(role))
             finetune(model, muse_tokenizer, rows, str(model_dir), disable_tqdm=True, logging_steps=1000,
                      **MUSE_TRAIN_SETTINGS)
             muse_tokenizer.save_pretrained(model_dir)
