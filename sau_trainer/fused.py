@@ -33,7 +33,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-COMPILE_MIN_NUMEL = 1 << 20
+COMPILE_MIN_NUMEL = 1 << 16
 _MODES = ("auto", "compile", "eager")
 _compiled: dict[str, object] = {}
 _compile_failed: str | None = None
