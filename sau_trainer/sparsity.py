@@ -2,8 +2,10 @@
 
 `SparsityPreserving` is a Trainer mixin. Once per optimizer step (after gradient accumulation, before
 clipping) it multiplies the prunable gradients by the sparsity mask ``M``, or by ``G * W`` when an SAU state
-is attached; after every optimizer step it sets the pruned entries back to exactly zero (bitsandbytes 8-bit
-AdamW moves zero-gradient entries, and decoupled weight decay would too). `SAUTrainer` is built on it;
+is attached (one fused pass per matrix, `sau_trainer.fused`); after every optimizer step it sets the pruned
+entries back to exactly zero, unless the optimizer provably leaves zero-gradient zeros where they are
+(`optimizer_keeps_zeros`: torch AdamW, Adam, SGD; bitsandbytes 8-bit AdamW moves such entries, and so may any
+optimizer not known). No pass reads a value back to the host. `SAUTrainer` is built on it;
 `sparsity_preserving(TrainerClass)` gives the same to any Trainer subclass, trl's ``SFTTrainer`` and
 ``DPOTrainer`` included, and `compute_sau_state` computes ``G`` and ``W`` from a forget set for them.
 """

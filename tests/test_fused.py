@@ -431,3 +431,13 @@ def test_per_matrix_update_w_scales_the_learning_rate_and_weight_decay(tokenizer
         expected = before[name][outside] * (1 - lr * w * wd)
         torch.testing.assert_close(p.detach()[outside], expected, rtol=1e-6, atol=0)
         assert not torch.equal(p.detach()[outside], before[name][outside] * (1 - lr * wd))
+
+
+@pytest.mark.parametrize("optim,rezero", [("adamw_torch", False), ("adamw_torch_fused", False), ("sgd", False),
+                                          pytest.param("adamw_bnb_8bit", True, marks=BNB),
+                                          pytest.param("paged_adamw_8bit", True, marks=BNB), ("adafactor", True)])
+def test_rezero_is_skipped_only_for_zero_keeping_optimizers(tokenizer, tiny_splits, tmp_path, optim, rezero):
+    trainer = make_trainer(sparse_model(tokenizer), tokenizer, qa(tiny_splits, "forget10", 8), None, tmp_path,
+                           optim=optim, objective="ga")
+    trainer.create_optimizer()
+    assert trainer._rezero_needed() is rezero
