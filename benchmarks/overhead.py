@@ -128,6 +128,9 @@ def main() -> None:
             learning_rate=1e-5, lr_scheduler_type="constant", weight_decay=0.0, report_to=[], save_strategy="no",
             disable_tqdm=True, logging_steps=10_000, optim=a.optim, bf16=a.bf16 and cuda, use_cpu=not cuda,
             gradient_checkpointing=a.gradient_checkpointing, dataloader_drop_last=True, seed=0)
+        # Speed does not depend on whether bf16 updates land: keep the SPEC's setting (bf16 weights, 8-bit AdamW)
+        # instead of upcasting the shared model to fp32 master weights (sau_trainer.precision).
+        args.low_precision_weights = "keep"
         clocks[kind] = StepClock(cuda)
         kw = dict(model=model, args=args, train_dataset=rows, callbacks=[clocks[kind]])
         if kind == "vanilla":
