@@ -107,7 +107,18 @@ def _scale_update_kernel(p: torch.Tensor, old: torch.Tensor, planes: torch.Tenso
     p.copy_(torch.where(_bits(planes, p.dim()), (o + w * (p.float() - o)).to(p.dtype), p))
 
 
-_KERNELS = {"where": _where_kernel, "where_scaled": _where_scaled_kernel, "scale_update": _scale_update_kernel}
+def _where_list_kernel(ts: list[torch.Tensor], planes: list[torch.Tensor]) -> None:
+    for t, p in zip(ts, planes):
+        _where_kernel(t, p)
+
+
+def _where_scaled_list_kernel(ts: list[torch.Tensor], planes: list[torch.Tensor], ws: list[torch.Tensor]) -> None:
+    for t, p, w in zip(ts, planes, ws):
+        _where_scaled_kernel(t, p, w)
+
+
+_KERNELS = {"where": _where_kernel, "where_scaled": _where_scaled_kernel, "scale_update": _scale_update_kernel,
+            "where_list": _where_list_kernel, "where_scaled_list": _where_scaled_list_kernel}
 
 
 def kernel_mode() -> str:
@@ -206,6 +217,30 @@ def where_(t: torch.Tensor, planes: torch.Tensor, w: torch.Tensor | None = None)
     if w is not None:
         t.mul_(w.to(t.device))
     return t
+
+
+@torch.no_grad()
+def where_many_(items: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]) -> None:
+    """`where_` over many ``(tensor, planes, w)`` at once: the compiled kernels of all of them in one call (one
+    guard check and one launch sequence per pass instead of one per matrix: at 70-224 matrices the per-call
+    overhead would be a good part of the memory floor), the rest one by one. Same results as `where_`."""
+    plain: list[tuple] = []
+    scaled: list[tuple] = []
+    for t, planes, w in items:
+        views = _views(t, planes, w) if _use_compiled(t) else None
+        if views is None:
+            where_(t, planes, w)
+        elif views[2] is None:
+            plain.append((t, planes, w, views))
+        else:
+            scaled.append((t, planes, w, views))
+    for name, group in (("where_list", plain), ("where_scaled_list", scaled)):
+        if not group:
+            continue
+        lists = [[v[3][i] for v in group] for i in range(2 if name == "where_list" else 3)]
+        if not _run(name, *lists):
+            for t, planes, w, _ in group:  # compiling failed before anything ran: the eager path
+                where_(t, planes, w)
 
 
 @torch.no_grad()

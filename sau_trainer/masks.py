@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .fused import from_planes, pack_planes, to_planes, unpack_planes, where_
+from .fused import from_planes, pack_planes, to_planes, unpack_planes, where_many_
 
 logger = logging.getLogger(__name__)
 
@@ -420,9 +420,7 @@ class SparsityMasks:
         `params` (name -> weight) skips the model walk; the trainer passes it on every optimizer step.
         """
         params = prunable_parameters(model) if params is None else params
-        for name in self._packed:
-            p = params[name]
-            where_(p.data, self.planes(name, p.device))
+        where_many_((params[name].data, self.planes(name, params[name].device), None) for name in self._packed)
 
     @torch.no_grad()
     def count_nonzero_pruned(self, model: nn.Module) -> int:

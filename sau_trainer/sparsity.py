@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from .fused import scale_update_, where_
+from .fused import scale_update_, where_many_
 from .masks import LazyMasks, Layout, SparsityMasks, check_trainable_weights, prunable_weights
 from .precision import apply_precision_plan, check_precision, unwrap_optimizer
 from .sau import STATE_FILE, SAUState, apply_sau_, build_sau_state
@@ -146,19 +146,17 @@ class SparsityPreserving:
         one fused pass per matrix over the gradient and the bit planes of its mask (`sau_trainer.fused`), with no
         device-to-host synchronisation."""
         if self.sau_state is None:
-            for name, p in self._prunable.items():
-                if p.grad is not None:
-                    where_(p.grad, self.sparsity_masks.planes(name, p.grad.device))
+            where_many_((p.grad, self.sparsity_masks.planes(name, p.grad.device), None)
+                        for name, p in self._prunable.items() if p.grad is not None)
             return
         use_w = not self._sau_update_mode()
         masked = self.masked_parameters()
-        for name, p in masked.items():
-            if p.grad is not None:
-                w = self.sau_state.weight(name) if use_w else None
-                where_(p.grad, self.sau_state.planes(name, p.grad.device), w)
-        for name, p in self._prunable.items():  # prunable but outside G's parameters (if trained at all): M
-            if name not in masked and p.grad is not None:
-                where_(p.grad, self.sparsity_masks.planes(name, p.grad.device))
+        items = [(p.grad, self.sau_state.planes(name, p.grad.device), self.sau_state.weight(name) if use_w else None)
+                 for name, p in masked.items() if p.grad is not None]
+        # prunable but outside G's parameters (if trained at all): M
+        items += [(p.grad, self.sparsity_masks.planes(name, p.grad.device), None)
+                  for name, p in self._prunable.items() if name not in masked and p.grad is not None]
+        where_many_(items)
 
     @torch.no_grad()
     def _snapshot_for_update_mode(self) -> None:

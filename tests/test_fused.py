@@ -90,6 +90,22 @@ def test_where_equals_eager_reference_bit_for_bit(kernels, dtype, shape):
         assert torch.equal(_bits(got[~mask]), _bits(torch.zeros_like(got[~mask])))  # exactly +0.0
 
 
+@pytest.mark.parametrize("kernels", ["eager", "compile"], indirect=True)
+def test_where_many_equals_one_by_one(kernels):
+    """All matrices of a pass in one compiled call: the same bits as the reference, mixed shapes and W kinds."""
+    g = torch.Generator().manual_seed(3)
+    items, refs = [], []
+    for shape in [(64, 48), (8, 16, 12), (6, 10), (16, 8), (64, 48)]:
+        for w in _weights(shape)[:3]:
+            mask = torch.rand(shape, generator=g) > 0.5
+            t = torch.randn(shape, generator=g)
+            refs.append(apply_sau_(t.clone(), mask, w))
+            items.append((t, pack_planes(mask), w))
+    fused.where_many_(items)
+    for (t, _, _), ref in zip(items, refs):
+        assert torch.equal(_bits(t), _bits(ref))
+
+
 @pytest.mark.parametrize("kernels,dtype", KERNEL_CASES, indirect=["kernels"])
 @pytest.mark.parametrize("shape", [(64, 48), (8, 16, 12)])
 def test_scale_update_equals_boolean_index_reference(kernels, dtype, shape):
