@@ -155,6 +155,8 @@ def run_attack(ctx, task, out: Path) -> dict:
 
     s = task.settings
     attack = parse_attack(s["attack"])
+    if attack.kind != "relearn" and not ctx.is_main:  # under accelerate launch only relearning is data parallel
+        return {}
     if attack.kind == "bnb" and s.get("backend") is None:  # planned without a usable bitsandbytes
         from ..robustness import bnb_status
 
@@ -163,19 +165,21 @@ def run_attack(ctx, task, out: Path) -> dict:
         (out / SKIPPED_FILE).write_text(json.dumps({"attack": attack.name, "reason": reason}) + "\n")
         return {"skipped": reason}
     tok = ctx.tokenizer()
-    model = load_model(ctx, s["source"], ctx.device)
     if attack.kind in ("quant", "bnb"):
         from ..robustness import quantize_model
 
+        model = load_model(ctx, s["source"], ctx.device)
         info = quantize_model(model, attack)
     else:
+        model = load_model(ctx, s["source"])  # the Trainer places it (one process or data parallel)
         info = _relearn(ctx, task, model, tok, out)
     from ..pruning import measured_sparsity
 
     info["measured_sparsity"] = measured_sparsity(model)
-    model.config.use_cache = True
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    if ctx.is_main:
+        model.config.use_cache = True
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -225,11 +229,12 @@ def _relearn(ctx, task, model, tok, out: Path) -> dict:
     finetune(model, tok, rows, str(out / "_trainer"), num_train_epochs=s["epochs"], learning_rate=s["learning_rate"],
              per_device_train_batch_size=sec.per_device_train_batch_size, max_length=sec.max_length, seed=s["seed"],
              save=False, trainer_cls=trainer_cls, **kwargs)
-    import shutil
+    if ctx.is_main:
+        import shutil
 
-    shutil.rmtree(out / "_trainer", ignore_errors=True)
-    (out / RELEARN_FILE).write_text(json.dumps({"split": split, "indices": picked, "rows": chosen,
-                                                "training_rows": len(rows)}, indent=1) + "\n")
+        shutil.rmtree(out / "_trainer", ignore_errors=True)
+        (out / RELEARN_FILE).write_text(json.dumps({"split": split, "indices": picked, "rows": chosen,
+                                                    "training_rows": len(rows)}, indent=1) + "\n")
     return {"relearned_rows": len(chosen), "of": len(forget), "training_rows": len(rows),
             "learning_rate": s["learning_rate"], "epochs": s["epochs"]}
 

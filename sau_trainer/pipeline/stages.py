@@ -438,7 +438,7 @@ STAGES: dict[str, Stage] = {
     "train": Stage(run_train, True, True, "finetune the target / retain model"),
     "prune": Stage(run_prune, False, True, "prune a model"),
     "unlearn": Stage(run_unlearn, True, True, "unlearn the forget set (one grid point)"),
-    "attack": Stage(run_attack, False, True, "an attacked copy of an unlearned model (quantized / relearned)"),
+    "attack": Stage(run_attack, True, True, "an attacked copy of an unlearned model (quantized / relearned)"),
     "evaluate": Stage(run_evaluate, False, True, "TOFU evaluation -> results.json"),
     "report": Stage(run_report, False, False, "report.json, report.md, tradeoff.png (always rewritten)"),
     "push": Stage(run_push, False, True, "upload to the Hugging Face Hub"),
