@@ -160,11 +160,17 @@ def _compiled_kernel(name: str):
     return _compiled[name]
 
 
-def _run(name: str, *args: torch.Tensor) -> bool:
+def _run(name: str, *args, duck_shape: bool = True) -> bool:
     """Run the compiled kernel `name`; False (and eager from now on) when compiling fails."""
     global _compile_failed
     try:
-        _compiled_kernel(name)(*args)
+        if duck_shape:
+            _compiled_kernel(name)(*args)
+        else:
+            import torch.fx.experimental._config as fx_config
+
+            with fx_config.patch(use_duck_shape=False):
+                _compiled_kernel(name)(*args)
         return True
     except Exception as e:  # a missing compiler, an unsupported device: the eager path gives the same result
         _compile_failed = f"{type(e).__name__}: {e}"
@@ -219,28 +225,38 @@ def where_(t: torch.Tensor, planes: torch.Tensor, w: torch.Tensor | None = None)
     return t
 
 
+CHUNK = 8
+
+
 @torch.no_grad()
 def where_many_(items: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]) -> None:
-    """`where_` over many ``(tensor, planes, w)`` at once: the compiled kernels of all of them in one call (one
-    guard check and one launch sequence per pass instead of one per matrix: at 70-224 matrices the per-call
-    overhead would be a good part of the memory floor), the rest one by one. Same results as `where_`."""
-    plain: list[tuple] = []
-    scaled: list[tuple] = []
+    """`where_` over many ``(tensor, planes, w)``: the compiled ones `CHUNK` matrices per call (one guard check
+    and one launch sequence per chunk instead of per matrix: at 70-224 matrices the per-call overhead would be
+    a good part of the memory floor; a whole pass in one graph would take minutes to compile), the rest one by
+    one. Same results as `where_`.
+
+    Matrices are grouped by what the compiled graph specialises on (dtype, which view dimensions are 1, whether
+    and how ``w`` broadcasts), and sizes are not "duck-shaped" (equal sizes are not assumed to stay equal), so
+    every chunk of a group reuses one graph: two compilations per group at most (full chunks and the rest).
+    """
+    groups: dict[tuple, list[tuple]] = {}
     for t, planes, w in items:
         views = _views(t, planes, w) if _use_compiled(t) else None
         if views is None:
             where_(t, planes, w)
-        elif views[2] is None:
-            plain.append((t, planes, w, views))
-        else:
-            scaled.append((t, planes, w, views))
-    for name, group in (("where_list", plain), ("where_scaled_list", scaled)):
-        if not group:
             continue
-        lists = [[v[3][i] for v in group] for i in range(2 if name == "where_list" else 3)]
-        if not _run(name, *lists):
-            for t, planes, w, _ in group:  # compiling failed before anything ran: the eager path
-                where_(t, planes, w)
+        tv, _, wv = views
+        key = (t.dtype, t.device, tuple(d == 1 for d in tv.shape),
+               None if wv is None else tuple(d == 1 for d in wv.shape))
+        groups.setdefault(key, []).append((t, planes, w, views))
+    for key, group in groups.items():
+        name = "where_list" if key[3] is None else "where_scaled_list"
+        for i in range(0, len(group), CHUNK):
+            chunk = group[i : i + CHUNK]
+            lists = [[v[3][j] for v in chunk] for j in range(2 if key[3] is None else 3)]
+            if not _run(name, *lists, duck_shape=False):
+                for t, planes, w, _ in chunk:  # compiling failed before anything ran: the eager path
+                    where_(t, planes, w)
 
 
 @torch.no_grad()
