@@ -10,9 +10,9 @@ files keep the sequential packing: `to_planes` / `from_planes` convert when mask
 
 **Passes.** `where_` computes ``t = where(M, t * W, +0.0)`` in place (the plain mask pass, the SAU pass with ``G``
 and ``W`` in one pass, and the re-zero of the weights), `scale_update_` computes
-``p = where(G, old + W * (p - old), p)`` (``update``-mode ``W``). Each is one ``torch.compile``'d kernel per call
-(C++/OpenMP on CPU, Triton on CUDA) reading the tensor once and writing it once; nothing in them reads a value back
-to the host. Where compiling is unavailable or fails, an eager version with the same results runs instead (it
+``p = where(G, old + W * (p - old), p)`` (``update``-mode ``W``); `where_many_` runs a whole pass, 8 matrices per
+compiled call. Each matrix is one ``torch.compile``'d kernel (C++/OpenMP on CPU, Triton on CUDA) reading the tensor
+once and writing it once; nothing in them reads a value back to the host. Where compiling is unavailable or fails, an eager version with the same results runs instead (it
 unpacks the mask to a bool tensor, one matrix at a time: slower, never different). The products are computed in
 fp32 and rounded once to the tensor's dtype, as the eager reference `sau.apply_sau_` does, so both give
 bit-identical gradients.
