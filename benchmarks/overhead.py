@@ -9,7 +9,7 @@ and each sparsity pass against its memory floor, in one run.
 Three trainers share one model and one batch: ``transformers.Trainer`` (vanilla), the same Trainer made
 `sparsity_preserving` (plain: the mask pass ``M`` after accumulation, the re-zero where the optimizer needs it) and
 the same with an SAU state (``G`` and ``W`` in one pass, k=0.3, alpha=0.1, per-matrix W). They run interleaved,
-``--rounds`` times ``--steps`` steps each, so a noisy moment hits all three alike; a step is timed from one step's
+``--rounds`` times ``--steps`` steps each in an order that rotates, so a noisy moment hits all three alike; a step is timed from one step's
 start to the next step's start (everything the Trainer does between them counts), the first interval of each burst
 (optimizer state allocation) and the first round (compilation) are not counted, and the table gives medians.
 Each pass is then timed alone over the same gradients (or weights) against the floor
@@ -93,8 +93,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--vocab-size", type=int, default=32000)
-    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds (the first is warm-up)")
-    p.add_argument("--steps", type=int, default=4, help="steps per trainer per round (the first interval is dropped)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the first is warm-up)")
+    p.add_argument("--steps", type=int, default=5, help="steps per trainer per round (the first interval is dropped)")
     p.add_argument("--pass-repeat", type=int, default=15)
     p.add_argument("--optim", default="adamw_torch")
     p.add_argument("--bf16", action="store_true")
@@ -154,8 +154,10 @@ def main() -> None:
 
     steps: dict[str, list[float]] = {k: [] for k in trainers}
     rezero = None
+    kinds = list(trainers)
     for r in range(0 if a.passes_only else a.rounds):
-        for kind, trainer in trainers.items():
+        for kind in kinds[r % 3:] + kinds[: r % 3]:  # the order rotates: no kind always runs first
+            trainer = trainers[kind]
             clocks[kind].starts = []
             trainer.train()
             model.zero_grad(set_to_none=True)
