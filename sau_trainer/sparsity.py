@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 from .fused import scale_update_, where_many_
 from .masks import LazyMasks, Layout, SparsityMasks, check_trainable_weights, prunable_weights
 from .precision import apply_precision_plan, check_precision, unwrap_optimizer
-from .sau import STATE_FILE, SAUState, apply_sau_, build_sau_state
+from .sau import STATE_FILE, SAUState, build_sau_state
 
 logger = logging.getLogger(__name__)
 
