@@ -256,12 +256,7 @@ class MuseStyleBenchmark(Benchmark):
             return {n: load_local_muse_split(data_dir, n) for n in names}
         bench = generate_muse_benchmark(preset, seed)
         names = list(splits) if splits is not None else list(bench)
-        for n in names:
-            parse_split(n)
-        unknown = [n for n in names if n not in bench]
-        if unknown:
-            raise ValueError(f"The {self.name} benchmark has no split(s) {unknown}; it has {list(bench)}.")
-        return {n: bench[n] for n in names}
+        return _select_splits(self.name, bench, names, parse_split)
 
     def generator_file(self):
         if not self.generated:
@@ -342,12 +337,7 @@ class WmdpStyleBenchmark(Benchmark):
         if data_dir is not None:  # files written by write_wmdp_benchmark (corpus lines are {"text": ...} objects)
             return {n: load_local_wmdp_split(data_dir, n, raw_jsonl_lines=False) for n in names}
         bench = generate_wmdp_benchmark(preset, seed)
-        for n in names:
-            parse_split(n)
-        unknown = [n for n in names if n not in bench]
-        if unknown:
-            raise ValueError(f"The {self.name} benchmark has no split(s) {unknown}; it has {list(bench)}.")
-        return {n: bench[n] for n in names}
+        return _select_splits(self.name, bench, names, parse_split)
 
     def generator_file(self):
         if not self.generated:
@@ -476,3 +466,14 @@ def load_benchmark(name: str = "tofu", data_dir: str | Path | None = None, prese
 
 __all__ = ["BENCHMARKS", "Benchmark", "ForgetMetric", "MuseStyleBenchmark", "ReportSpec", "TofuStyleBenchmark",
            "WmdpStyleBenchmark", "get_benchmark", "load_benchmark"]
+
+
+def _select_splits(benchmark: str, bench: dict, names: list[str], parse_split) -> dict:
+    """`names` of a generated benchmark, each checked by `parse_split`; an unknown name is an error listing the
+    benchmark's splits."""
+    for n in names:
+        parse_split(n)
+    unknown = [n for n in names if n not in bench]
+    if unknown:
+        raise ValueError(f"The {benchmark} benchmark has no split(s) {unknown}; it has {list(bench)}.")
+    return {n: bench[n] for n in names}
