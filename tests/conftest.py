@@ -99,7 +99,9 @@ def _cache_key(benchmark: dict, splits: tuple) -> str:
 def trained_model(request, tiny_splits, tokenizer, tmp_path_factory):
     """Factory: `trained_model(splits)` -> a `TrainedModel` trained on those splits until memorised."""
     made: dict[tuple, TrainedModel] = {}
-    cache_root = Path(request.config.cache.mkdir("sau-trained-models")) if request.config.cache else None
+    # without pytest's cache plugin (`-p no:cacheprovider`) there is no `config.cache`: train, cache nothing
+    cache = getattr(request.config, "cache", None)
+    cache_root = Path(cache.mkdir("sau-trained-models")) if cache is not None else None
 
     def make(splits: tuple[str, ...] = TARGET_SPLITS) -> TrainedModel:
         splits = tuple(splits)

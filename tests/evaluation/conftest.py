@@ -56,7 +56,8 @@ def muse_models(request, muse_splits, muse_tokenizer, tmp_path_factory) -> dict:
     from sau_trainer.modeling import build_llama
 
     bench = get_benchmark("synthetic-muse")
-    cache_root = Path(request.config.cache.mkdir("sau-trained-muse")) if request.config.cache else None
+    cache = getattr(request.config, "cache", None)  # None under `-p no:cacheprovider`
+    cache_root = Path(cache.mkdir("sau-trained-muse")) if cache is not None else None
     out = {}
     for role in ("target", "retain"):
         model_dir = tmp_path_factory.mktemp(f"muse-{role}")

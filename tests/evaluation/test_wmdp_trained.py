@@ -57,7 +57,8 @@ def wmdp_models(request, wmdp_splits, tmp_path_factory) -> dict:
     from sau_trainer.modeling import build_llama
 
     bench = get_benchmark("synthetic-wmdp")
-    cache_root = Path(request.config.cache.mkdir("sau-trained-wmdp")) if request.config.cache else None
+    cache = getattr(request.config, "cache", None)  # None under `-p no:cacheprovider`
+    cache_root = Path(cache.mkdir("sau-trained-wmdp")) if cache is not None else None
     tokenizer = None
     out = {}
     for role in ("target", "retain"):
