@@ -41,7 +41,7 @@ import dataclasses
 import importlib
 import logging
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,21 +196,23 @@ def plan_precision(
     policy: str,
     compensation: Compensation,
     autocast: bool,
-    update_mode: bool = False,
+    update_mode: bool | Collection[str] = False,
     optimizer_label: str = "the optimizer",
 ) -> PrecisionPlan:
     """Decide what to do with the trainable parameters `params` (name -> tensor) before training.
 
     A parameter loses updates when its dtype is bf16 or fp16 and `compensation` does not cover that
-    dtype; in SAU's ``update`` mode it does even then, because rescaling the step by ``W`` re-rounds it
-    to nearest (`update_mode`). `policy`: ``upcast`` casts those parameters to fp32 (all floating
+    dtype; in SAU's ``update`` mode it does even then where the step is rescaled by ``W`` after the optimizer
+    (re-rounded to nearest): `update_mode` is True for every parameter, or the names of those parameters (see
+    `update_mode_rescaled`). `policy`: ``upcast`` casts those parameters to fp32 (all floating
     parameters of the model when no autocast is on: see `upcast_parameters`), ``error`` refuses,
     ``keep`` trains them as they are (the user's explicit opt-out).
     """
     if policy not in POLICIES:
         raise ValueError(f"low_precision_weights={policy!r} is not allowed; choose one of {list(POLICIES)}.")
+    rescaled = set(params) if update_mode is True else set(update_mode or ())
     lossy = [n for n, p in params.items()
-             if p.dtype in LOW_PRECISION_DTYPES and (update_mode or not compensation.covers(p.dtype))]
+             if p.dtype in LOW_PRECISION_DTYPES and (n in rescaled or not compensation.covers(p.dtype))]
     if not lossy:
         return PrecisionPlan("none", [])
     counts: dict[str, int] = {}
@@ -221,7 +223,7 @@ def plan_precision(
     why = (f"{what} trainable parameter(s) (first: {lossy[0]!r}) with {optimizer_label}, which rounds each step "
            "to the nearest representable value: a step of about lr is below half a bf16 ULP for every weight "
            "with |w| > ~lr * 2^8 (at lr 1e-5 every survivor of 50% magnitude pruning) and is lost")
-    if update_mode and any(compensation.covers(params[n].dtype) for n in lossy):
+    if any(n in rescaled and compensation.covers(params[n].dtype) for n in lossy):
         why += (" (sau_redistribution_target='update' rescales the step by W after the optimizer and rounds it "
                 "to nearest, so compensation does not cover it)")
     fixes = ("low_precision_weights='upcast' (fp32 master weights, with bf16=True for bf16 compute), "
@@ -272,12 +274,25 @@ def _optimizer_has_state(optimizer: Any, params: Iterable[torch.Tensor]) -> bool
     return any(len(state.get(p, {})) for p in params)
 
 
+def update_mode_rescaled(params: Iterable[str], layouts: Mapping[str, Any], redistribution: str) -> set[str]:
+    """Of the parameters that get ``W`` (`params`: names), those whose step SAU's ``update`` mode rescales after the optimizer, by a dense pass that rounds
+    to nearest (so a compensating optimizer's buffer does not cover it): all of them for per-row and
+    per-parameter ``W``, and the fused expert tensors (one ``W`` per expert) for per-matrix ``W``. A matrix
+    with a single ``W`` gets it as a learning-rate scale of its parameter group instead, which the optimizer
+    itself applies (compensation included); ``none`` has no ``W`` at all."""
+    if redistribution in ("row", "param"):
+        return set(params)
+    if redistribution == "matrix":
+        return {n for n in params if getattr(layouts.get(n), "experts", False)}
+    return set()
+
+
 def check_precision(
     model: torch.nn.Module,
     args,
     optimizer: Any = None,
     optimizer_cls_and_kwargs: tuple[type, dict] | None = None,
-    update_mode: bool = False,
+    update_mode: bool | Collection[str] = False,
     exclude: Iterable[str] = (),
     policy: str | None = None,
     compensated: str | None = None,

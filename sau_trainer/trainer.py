@@ -23,7 +23,13 @@ from .data.qa import QACollator, RowsDataset, tokenize_rows
 from .masks import SparsityMasks
 from .objectives import OBJECTIVES, ObjectiveContext, forward_nll
 from .saliency import require_input_grads_if_reentrant
-from .precision import UpdateCheckCallback, apply_precision_plan, check_precision, compensated_optimizer_cls_and_kwargs
+from .precision import (
+    UpdateCheckCallback,
+    apply_precision_plan,
+    check_precision,
+    compensated_optimizer_cls_and_kwargs,
+    update_mode_rescaled,
+)
 from .sau import STATE_FILE, SAUState
 from .sparsity import SparsityPreserving, resolve_sparsity_masks, zero_pruned_entries
 
@@ -97,7 +103,7 @@ class SAUTrainer(SparsityPreserving, Trainer):
                 )
             self.retain_rows = tokenize_rows(retain_dataset, processing_class, args.max_length, name="retain set")
         # precision: decided (or refused) before the model changes, carried out once the frozen ones are frozen
-        self.precision_plan, kwargs = self._check_precision(model, args, params, kwargs)
+        self.precision_plan, kwargs = self._check_precision(model, args, params, kwargs, layouts)
         zero_pruned_entries(model, sparsity_masks)  # inputs are valid: now the model may change
         super().__init__(
             model=model,
@@ -135,7 +141,7 @@ class SAUTrainer(SparsityPreserving, Trainer):
             self.add_callback(SaliencyCallback(self))
 
     # ------------------------------------------------------------------ precision
-    def _check_precision(self, model, args: SAUConfig, params: dict, kwargs: dict):
+    def _check_precision(self, model, args: SAUConfig, params: dict, kwargs: dict, layouts: dict):
         """`sau_trainer.precision.check_precision` for this run: the optimizer that will train (the user's
         `optimizers`, `optimizer_cls_and_kwargs`, `compensated_optimizer` or `optim`) and the parameters that
         will stay trainable. Returns the plan and the Trainer kwargs (with the compensated optimizer)."""
@@ -155,8 +161,13 @@ class SAUTrainer(SparsityPreserving, Trainer):
         frozen = [n for n, p in model.named_parameters()
                   if (args.sau_dense_params == "freeze" and id(p) not in prunable)
                   or (trainable is not None and n not in trainable)]
+        rescaled = set()
+        if args.sau and args.sau_redistribution_target == "update":
+            with_w = set(params) | ({n for n, p in model.named_parameters() if id(p) not in prunable}
+                                    if args.sau_dense_params == "topk" else set())
+            rescaled = update_mode_rescaled(with_w, layouts, args.sau_redistribution)
         plan = check_precision(model, args, optimizer=user_optimizer, optimizer_cls_and_kwargs=cls_and_kwargs,
-                               update_mode=args.sau and args.sau_redistribution_target == "update", exclude=frozen)
+                               update_mode=rescaled, exclude=frozen)
         return plan, kwargs
 
     def _selected_mask(self, name: str) -> torch.Tensor:

@@ -30,6 +30,7 @@ from sau_trainer.precision import (
     check_precision,
     compensation_of,
     plan_precision,
+    update_mode_rescaled,
     upcast_parameters,
 )
 
@@ -67,6 +68,18 @@ def test_compensation_covers_only_its_dtypes_and_not_update_mode():
     assert fp16_left.action == "upcast" and fp16_left.names == ["c"]
     update = plan_precision(params, "error", kahan, autocast=False, update_mode=True)  # W rescale rounds to nearest
     assert update.action == "refuse" and "update" in update.message
+    only_a = plan_precision(params, "error", kahan, autocast=False, update_mode={"a"})  # only a's step is rescaled
+    assert only_a.action == "refuse" and only_a.names == ["a"]
+
+
+def test_update_mode_rescales_after_the_optimizer_only_where_w_is_not_one_number():
+    from sau_trainer.masks import Layout
+
+    layouts = {"m": Layout(), "e": Layout(experts=True)}
+    assert update_mode_rescaled(["m", "e"], layouts, "matrix") == {"e"}  # one W per expert: a dense pass
+    assert update_mode_rescaled(["m", "e"], layouts, "row") == {"m", "e"}
+    assert update_mode_rescaled(["m", "e"], layouts, "param") == {"m", "e"}
+    assert update_mode_rescaled(["m", "e"], layouts, "none") == set()
 
 
 def test_compensation_is_read_from_the_optimizer_itself():
@@ -244,6 +257,26 @@ def test_kahan_adamw_keeps_bf16_weights_and_moves_the_forget_loss(pruned_bf16, f
     assert trainer.update_check.result == 1.0  # weight + Kahan buffer
     print(f"forget-loss move / fp32 move: {moved / reference:.3f}")
     assert moved >= 0.5 * reference, (moved, reference)
+
+
+@pytest.mark.parametrize("redistribution", ["matrix", "row"])
+def test_kahan_adamw_in_update_mode_lands_with_a_matrix_w_and_is_refused_with_a_row_w(
+        redistribution, pruned_bf16, forget_rows, tokenizer, tmp_path):
+    """Per-matrix W in update mode is a learning-rate scale the compensated optimizer applies itself; per-row W is
+    a dense rescale after the step that rounds to nearest in bf16."""
+    pytest.importorskip("optimi")
+    args = _args(tmp_path / redistribution, bf16=True, compensated_optimizer="kahan_adamw", low_precision_weights="error",
+                 sau=True, sau_topk=0.5, sau_redistribution_target="update", sau_redistribution=redistribution,
+                 sau_alpha=1.0)
+    if redistribution == "row":
+        with pytest.raises(ValueError, match="rescales the step by W"):
+            SAUTrainer(copy.deepcopy(pruned_bf16), args, forget_dataset=forget_rows, processing_class=tokenizer)
+        return
+    moved, trainer = _move(copy.deepcopy(pruned_bf16), args, forget_rows, tokenizer)
+    assert trainer.precision_plan.action == "none"
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.bfloat16}
+    assert trainer.update_check.result == 1.0  # every probed entry of G moved (weight + Kahan buffer)
+    assert moved > 0, moved
 
 
 def test_a_missing_compensated_optimizer_package_is_a_clear_error(monkeypatch, pruned_bf16, forget_rows, tokenizer,
