@@ -12,7 +12,7 @@ from .masks import LazyMasks
 from .objectives import forward_nll
 from .objectives.losses import mean_token_nll
 from .saliency import compute_saliency
-from .sau import build_sau_state
+from .sau import build_sau_state, retain_aware_score
 
 if TYPE_CHECKING:
     from .trainer import SAUTrainer
@@ -55,14 +55,42 @@ class SaliencyCallback(TrainerCallback):
             show_progress=not args.disable_tqdm and args.process_index == 0,
         )
 
+    def retain_saliency(self) -> dict[str, torch.Tensor]:
+        """Retain-aware saliency's second pass: the same estimate on the retain set's answer NLL, over as many
+        retain examples as the forget pass used (the first ones, in order), so both are means over like counts."""
+        trainer, args = self.trainer, self.trainer.args
+        if trainer.retain_rows is None:
+            raise ValueError("saliency_retain_aware=True needs a retain set: pass retain_dataset=... to SAUTrainer.")
+        n_forget = len(trainer.train_dataset.rows)
+        limit = n_forget if args.saliency_max_examples is None else min(n_forget, args.saliency_max_examples)
+        return compute_saliency(
+            trainer.model,
+            trainer.saliency_batches(max_examples=limit, rows=trainer.retain_rows),
+            lambda model, batch: mean_token_nll(*forward_nll(model, batch)[:2]),
+            trainer.saliency_targets(),
+            granularity=args.saliency_granularity,
+            loss_scale=2.0**16 if args.fp16 else 1.0,
+            autocast=trainer.autocast_smart_context_manager,
+            show_progress=False,
+        )
+
     def build_state(self):
         trainer, args = self.trainer, self.trainer.args
         saliency = self.saliency()
+        score = None
+        if args.saliency_retain_aware:
+            retain = self.retain_saliency()
+            score = {n: retain_aware_score(saliency[n], retain[n], args.saliency_retain_eps) for n in saliency}
+        candidates = None
+        if args.sau_moving_mask != "off":  # select among every entry of a prunable matrix (pruned ones start at 0)
+            candidates = LazyMasks(saliency, lambda n: torch.ones(saliency[n].shape, dtype=torch.bool,
+                                                                  device=saliency[n].device))
         return build_sau_state(
             saliency, LazyMasks(saliency, lambda n: trainer.surviving_mask(n, saliency[n].device)), args.sau_topk, args.sau_alpha, args.sau_topk_scope,
             args.sau_redistribution, settings=args.sau_settings(),
             # model order (not the mask file's), and only what has a saliency (RMU: the trainable ones)
             global_names=[n for n in saliency if n in trainer.sparsity_masks], layouts=trainer.layouts,
+            score=score, mass=args.sau_topk_mass, candidates=candidates,
         )
 
     def log_stats(self) -> None:

@@ -19,6 +19,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "saliency_loss": ("forget_nll", "objective"),
     "saliency_granularity": ("batch", "example"),
     "idk_pairing": ("epoch", "fixed"),
+    "sau_moving_mask": ("off", "matrix", "row"),
 }
 
 # The settings that make G and W; a checkpoint's SAU state must have been made with the same ones.
@@ -26,6 +27,10 @@ SAU_SETTING_FIELDS = (
     "sau_topk", "sau_alpha", "sau_topk_scope", "sau_redistribution", "sau_dense_params", "saliency_loss",
     "saliency_granularity", "saliency_max_examples", "saliency_batch_size",
 )
+# The study's options (issue 17): in the settings only when not at their default, so states saved before they
+# existed (and runs that leave them off) keep their settings.
+SAU_OPTION_DEFAULTS = {"saliency_retain_aware": False, "saliency_retain_eps": 0.01, "sau_topk_mass": None,
+                       "sau_moving_mask": "off"}
 
 
 @dataclass
@@ -76,6 +81,33 @@ class SAUConfig(TrainingArguments):
     )
     saliency_batch_size: int | None = field(
         default=None, metadata={"help": "Batch size of the saliency pass (None: per_device_train_batch_size)."}
+    )
+    saliency_retain_aware: bool = field(
+        default=False,
+        metadata={"help": "Retain-aware saliency: select G by forget saliency / (retain saliency + eps * its matrix "
+                  "mean), the weights that matter to the forget set and not to the retain set (the ratio of forget "
+                  "to retain Fisher that Selective Synaptic Dampening, Foster et al. 2024, selects by). A second "
+                  "pass over as many retain examples as forget ones (answer NLL); W still uses the forget "
+                  "saliency. Needs a retain set."},
+    )
+    saliency_retain_eps: float = field(
+        default=0.01,
+        metadata={"help": "Retain-aware saliency: eps, relative to the matrix's mean retain saliency, added to the "
+                  "retain saliency in the ratio's denominator (> 0)."},
+    )
+    sau_topk_mass: float | None = field(
+        default=None,
+        metadata={"help": "Adaptive k: per selection unit (matrix or row), the smallest set of surviving entries "
+                  "holding this share of the unit's saliency, in (0, 1]; replaces sau_topk. None: a fixed k."},
+    )
+    sau_moving_mask: str = field(
+        default="off",
+        metadata={"help": "A mask that may move: train every entry of a prunable matrix (pruned ones start at 0) "
+                  "and after each step keep per unit (matrix or output row; the N:M pattern of an N:M-pruned "
+                  "matrix) as many entries, the largest in magnitude. The count per unit and the pattern stay "
+                  "exact, the support moves; the final mask is saved. With SAU, G is selected among all entries, "
+                  "ceil(k |S|) per unit. off: the fixed mask (pruned entries stay zero). See "
+                  "sau_trainer.moving_mask."},
     )
     forget_weight: float | None = field(
         default=None, metadata={"help": "gamma, weight of the forget term (None: the objective's default)."}
@@ -198,6 +230,7 @@ class SAUConfig(TrainingArguments):
             raise ValueError(f"sau_topk={self.sau_topk!r} must be in (0, 1] (the paper uses 0.3).")
         if self.sau_alpha < 0:
             raise ValueError(f"sau_alpha={self.sau_alpha!r} must be >= 0 (the paper uses 0.1).")
+        self._validate_study_options()
         for name in ("saliency_max_examples", "saliency_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -211,6 +244,22 @@ class SAUConfig(TrainingArguments):
             raise ValueError(f"max_length={self.max_length!r} must be at least 2.")
         if not isinstance(self.update_check_steps, int) or self.update_check_steps < 0:
             raise ValueError(f"update_check_steps={self.update_check_steps!r} must be an integer >= 0 (0: no check).")
+
+    def _validate_study_options(self) -> None:
+        if not isinstance(self.saliency_retain_aware, bool):
+            raise ValueError(f"saliency_retain_aware={self.saliency_retain_aware!r} must be true or false.")
+        if not (isinstance(self.saliency_retain_eps, (int, float)) and self.saliency_retain_eps > 0):
+            raise ValueError(f"saliency_retain_eps={self.saliency_retain_eps!r} must be a number > 0 (default 0.01).")
+        if self.sau_topk_mass is not None:
+            if isinstance(self.sau_topk_mass, bool) or not isinstance(self.sau_topk_mass, (int, float)) \
+                    or not 0 < self.sau_topk_mass <= 1:
+                raise ValueError(f"sau_topk_mass={self.sau_topk_mass!r} must be in (0, 1] (e.g. 0.5), or None for a "
+                                 "fixed sau_topk.")
+        for name, value in (("sau_topk_mass", self.sau_topk_mass is not None),
+                            ("sau_moving_mask", self.sau_moving_mask != "off")):
+            if value and self.sau and self.sau_topk_scope == "global":
+                raise ValueError(f"{name} selects per matrix or row; it does not combine with "
+                                 "sau_topk_scope='global' (use 'matrix' or 'row').")
 
     def _validate_objective_fields(self) -> None:
         import re
@@ -262,6 +311,8 @@ class SAUConfig(TrainingArguments):
     def sau_settings(self) -> dict:
         """The settings that determine G and W (saved beside them in checkpoints)."""
         settings = {name: getattr(self, name) for name in SAU_SETTING_FIELDS}
+        settings |= {name: getattr(self, name) for name, default in SAU_OPTION_DEFAULTS.items()
+                     if getattr(self, name) != default}
         settings["saliency_batch_size"] = self.saliency_batch_size or self.per_device_train_batch_size
         if self.saliency_loss == "objective":  # then the objective's forget term shapes the saliency too
             settings |= {k: getattr(self, k) for k in ("objective", "npo_beta", "simnpo_beta", "simnpo_delta",

@@ -354,6 +354,13 @@ class SparsityMasks:
         packed = self._packed[name]
         return packed if device is None else packed.to(device)
 
+    def replace(self, name: str, mask: torch.Tensor) -> None:
+        """Set the mask of one matrix (same shape; the moving mask, `sau_trainer.moving_mask`, stores its
+        projections here), kept on the device the old one was on."""
+        if tuple(mask.shape) != self._shapes[name]:
+            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, expected {self._shapes[name]}")
+        self._packed[name] = pack_planes(mask).to(self._packed[name].device)
+
     def to(self, device: torch.device | str) -> SparsityMasks:
         """Move the packed masks (in place) to `device`; returns self."""
         self._packed = {k: v.to(device) for k, v in self._packed.items()}

@@ -49,12 +49,14 @@ def _stable_desc_order(values: torch.Tensor) -> torch.Tensor:
 
 
 def select_topk(
-    saliency: torch.Tensor, surviving: torch.Tensor, k: float, scope: str = "matrix", layout: Layout = PLAIN
+    saliency: torch.Tensor, surviving: torch.Tensor, k: float, scope: str = "matrix", layout: Layout = PLAIN,
+    budget: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Bool mask ``G`` of one parameter: the top ``ceil(k |S|)`` surviving entries per unit or per output row.
 
     A unit is a matrix, or one expert's matrix of a fused expert tensor (`layout`); ties go to the lower
-    flat index of the unit read as ``[out, in]``.
+    flat index of the unit read as ``[out, in]``. `budget` (a mask): count ``|S|`` on it instead of on
+    `surviving` (the moving mask selects among all entries of a unit, as many as its surviving count gives).
     """
     if scope not in ("matrix", "row"):
         raise ValueError(f"select_topk handles scope 'matrix' or 'row'; use select_topk_global for {scope!r}")
@@ -66,7 +68,8 @@ def select_topk(
     values = torch.where(alive, s, torch.full_like(s, -math.inf))
     order = _stable_desc_order(values)
     # Python ints: k's exact fraction can have a 16-digit numerator, which would overflow int64.
-    quota = torch.tensor([topk_count(int(c), k) for c in alive.sum(dim=1).tolist()], device=s.device).unsqueeze(1)
+    counted = alive if budget is None else layout.units(budget).reshape(rows, -1).bool()
+    quota = torch.tensor([topk_count(int(c), k) for c in counted.sum(dim=1).tolist()], device=s.device).unsqueeze(1)
     take = torch.arange(s.shape[1], device=s.device).unsqueeze(0) < quota
     selected = torch.zeros_like(alive).scatter_(1, order, take)
     return layout.restore(selected.reshape(units.shape), saliency.shape)
@@ -108,6 +111,59 @@ def select_topk_global(
             remaining -= idx.numel()
         out[n] = sel
     return out
+
+
+def select_mass(
+    saliency: torch.Tensor, surviving: torch.Tensor, mass: float, scope: str = "matrix", layout: Layout = PLAIN
+) -> torch.Tensor:
+    """Adaptive ``k``: per unit (a matrix, or an output row), the smallest set of surviving entries whose saliency
+    sum reaches ``mass`` times the unit's surviving saliency sum; entries in the order of `select_topk`
+    (``(-s, flat index)``), so a set of ``n`` entries is the top ``n``.
+
+    The count per unit then follows the saliency distribution: a few entries where the saliency is concentrated,
+    many where it is spread (the paper names an adaptive ``k`` as an open question; the cumulative-mass rule is the
+    project's choice, in the spirit of nucleus (top-p) selection). A unit with zero saliency selects nothing.
+    Sums are float64.
+    """
+    if scope not in ("matrix", "row"):
+        raise ValueError(f"select_mass handles scope 'matrix' or 'row', got {scope!r}")
+    if not 0 < mass <= 1:
+        raise ValueError(f"sau_topk_mass must be in (0, 1], got {mass}")
+    _check_saliency(saliency)
+    units = layout.units(saliency)
+    rows = units.shape[0] if scope == "matrix" else units.shape[0] * units.shape[1]
+    s = units.reshape(rows, -1).double()
+    alive = layout.units(surviving).reshape(rows, -1).bool()
+    values = torch.where(alive, s, torch.zeros_like(s))
+    order = _stable_desc_order(torch.where(alive, s, torch.full_like(s, -math.inf)))
+    cum = torch.cumsum(values.gather(1, order), dim=1)
+    target = cum[:, -1:] * mass
+    # entries before the first position whose cumulative sum reaches the target, plus that one
+    quota = (cum < target).sum(dim=1, keepdim=True) + (target[:, 0:1] > 0).long()
+    take = torch.arange(s.shape[1], device=s.device).unsqueeze(0) < quota
+    selected = torch.zeros_like(alive).scatter_(1, order, take)
+    return layout.restore(selected.reshape(units.shape), saliency.shape)
+
+
+def retain_aware_score(forget: torch.Tensor, retain: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
+    """Selection score of retain-aware saliency: ``s_f / (s_r + eps * mean(s_r))`` per entry (fp32 result).
+
+    Selective Synaptic Dampening (Foster, Schoepf and Brintrup, "Fast Machine Unlearning Without Retraining
+    Through Selective Synaptic Dampening", AAAI 2024) picks the parameters whose diagonal Fisher on the forget
+    set is large relative to their Fisher on the retained data; selecting by that ratio trains the weights that
+    matter to the forget set and not to the retain set. `eps` (relative to the matrix's mean retain saliency,
+    so the score does not change when both saliencies are rescaled) keeps entries with a near-zero retain
+    saliency from dominating on a near-zero forget saliency. Computed in float64.
+    """
+    _check_saliency(forget)
+    _check_saliency(retain)
+    if eps <= 0:
+        raise ValueError(f"saliency_retain_eps must be > 0, got {eps}")
+    r = retain.double()
+    floor = eps * r.mean()
+    if not floor > 0:  # an all-zero retain saliency: the score is the forget saliency
+        floor = torch.ones((), dtype=torch.float64, device=r.device)
+    return (forget.double() / (r + floor)).float()
 
 
 def _check_saliency(s: torch.Tensor) -> None:
@@ -246,6 +302,9 @@ def build_sau_state(
     settings: dict | None = None,
     global_names: list[str] | None = None,
     layouts: Mapping[str, Layout] | None = None,
+    score: Mapping[str, torch.Tensor] | None = None,
+    mass: float | None = None,
+    candidates: Mapping[str, torch.Tensor] | None = None,
 ) -> SAUState:
     """Select ``G`` and compute ``W`` for every parameter in `saliency` (same keys as `surviving`).
 
@@ -253,20 +312,35 @@ def build_sau_state(
     selected with ``sau_dense_params="topk"``) are selected per matrix. `surviving` may be lazy. `layouts`
     names the fused expert tensors, whose experts are selected and weighted one by one (default: plain
     matrices).
+
+    Options (each off by default, then the result is the one described above): `score` selects by another
+    value than the saliency (retain-aware saliency, `retain_aware_score`; ``W`` still comes from the
+    saliency); `mass` selects per unit by `select_mass` instead of ``k``; `candidates` (masks) selects among
+    these entries instead of the surviving ones, ``ceil(k |S|)`` of them per unit (the moving mask:
+    `sau_trainer.moving_mask`).
     """
     if scope not in SCOPES:
         raise ValueError(f"sau_topk_scope must be one of {SCOPES}, got {scope!r}")
+    if scope == "global" and (mass is not None or candidates is not None):
+        raise ValueError("sau_topk_scope='global' does not combine with sau_topk_mass or sau_moving_mask: "
+                         "use sau_topk_scope='matrix' or 'row'.")
+    score = saliency if score is None else score
     selected: dict[str, torch.Tensor] = {}
     if scope == "global":
         pool = list(saliency) if global_names is None else list(global_names)
-        selected = select_topk_global({n: saliency[n] for n in pool}, surviving, k)
+        selected = select_topk_global({n: score[n] for n in pool}, surviving, k)
         selected = {n: pack_bool(g) for n, g in selected.items()}
     state = SAUState(selected={}, shapes={}, settings=dict(settings or {}), packing="planes")
     for n, s in saliency.items():
         m = surviving[n]
         layout = (layouts or {}).get(n, PLAIN)
         unit_scope = "row" if scope == "row" else "matrix"
-        g = unpack_bool(selected[n], s.shape) if n in selected else select_topk(s, m, k, unit_scope, layout)
+        if n in selected:
+            g = unpack_bool(selected[n], s.shape)
+        else:
+            pool_n = m if candidates is None else candidates[n]
+            g = (select_topk(score[n], pool_n, k, unit_scope, layout, budget=None if candidates is None else m)
+                 if mass is None else select_mass(score[n], pool_n, mass, unit_scope, layout))
         w = redistribution_weights(s, m, g, alpha, redistribution, layout)
         state.selected[n] = pack_planes(g)
         state.shapes[n] = tuple(s.shape)

@@ -105,6 +105,7 @@ class SparsityPreserving:
 
     sparsity_masks: SparsityMasks
     sau_state: SAUState | None = None
+    moving_mask: Any = None  # a `moving_mask.MovingMask`: train every entry, project after each step
 
     def _attach_sparsity(
         self, params: Mapping[str, torch.nn.Parameter], layouts: Mapping[str, Layout], masks: SparsityMasks,
@@ -146,6 +147,8 @@ class SparsityPreserving:
         one fused pass per matrix over the gradient and the bit planes of its mask (`sau_trainer.fused`), with no
         device-to-host synchronisation."""
         if self.sau_state is None:
+            if self.moving_mask is not None:  # plain with a moving mask: every entry is trained
+                return
             where_many_((p.grad, self.sparsity_masks.planes(name, p.grad.device), None)
                         for name, p in self._prunable.items() if p.grad is not None)
             return
@@ -248,7 +251,9 @@ class SparsityPreserving:
                 p = params[name]
                 scale_update_(p.data, old, self.sau_state.planes(name, p.device), self.sau_state.weight(name))
             self._snapshots = {}
-        if self._rezero_needed():
+        if self.moving_mask is not None:  # keeps the count per unit (or N:M) exact; the support may move
+            self.moving_mask.project_(self._prunable, self.sparsity_masks)
+        elif self._rezero_needed():
             self.sparsity_masks.apply_(self.model, self._prunable)
 
     # ---- files

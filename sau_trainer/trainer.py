@@ -102,6 +102,11 @@ class SAUTrainer(SparsityPreserving, Trainer):
                     "or use objective='ga'."
                 )
             self.retain_rows = tokenize_rows(retain_dataset, processing_class, args.max_length, name="retain set")
+        elif args.sau and args.saliency_retain_aware:  # the retain saliency pass needs retain rows
+            if retain_dataset is None:
+                raise ValueError("saliency_retain_aware=True needs a retain set: pass retain_dataset=... (or turn the "
+                                 "option off).")
+            self.retain_rows = tokenize_rows(retain_dataset, processing_class, args.max_length, name="retain set")
         # precision: decided (or refused) before the model changes, carried out once the frozen ones are frozen
         self.precision_plan, kwargs = self._check_precision(model, args, params, kwargs, layouts)
         zero_pruned_entries(model, sparsity_masks)  # inputs are valid: now the model may change
@@ -115,6 +120,10 @@ class SAUTrainer(SparsityPreserving, Trainer):
             **kwargs,
         )
         self._attach_sparsity(params, layouts, sparsity_masks)  # G and W come at train start (SaliencyCallback)
+        if args.sau_moving_mask != "off":  # projection after each step instead of the re-zero (sparsity.py)
+            from .moving_mask import MovingMask
+
+            self.moving_mask = MovingMask(sparsity_masks, layouts, args.sau_moving_mask)
         self.model_accepts_loss_kwargs = False  # compute_loss ignores num_items_in_batch: divide by GA steps
         self.objective_ctx = ObjectiveContext()
         self._dense_targets = self._dense_parameters() if args.sau and args.sau_dense_params == "topk" else {}
@@ -266,13 +275,13 @@ class SAUTrainer(SparsityPreserving, Trainer):
         model.train(was_training)
         return out
 
-    def saliency_batches(self, shard: bool = True, max_examples: int | None = None):
+    def saliency_batches(self, shard: bool = True, max_examples: int | None = None, rows: list | None = None):
         """The first `max_examples` forget rows in order, in batches of ``saliency_batch_size``, sharded by rank.
 
         The cut comes before the sharding, so the batches (and G) do not depend on the number of processes.
         """
         bs = self.args.saliency_batch_size or self.args.per_device_train_batch_size
-        rows = self.train_dataset.rows[:max_examples]
+        rows = (self.train_dataset.rows if rows is None else rows)[:max_examples]
         world, rank = (self.args.world_size, self.args.process_index) if shard else (1, 0)
         for b, start in enumerate(range(0, len(rows), bs)):
             if b % world == rank:

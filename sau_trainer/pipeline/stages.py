@@ -348,6 +348,8 @@ def run_unlearn(ctx: Context, task: Task, out: Path) -> dict:
         meta.update(measured_sparsity_weights=info["measured_sparsity"],
                     per_matrix_sparsity=masks.per_matrix_sparsity(),
                     unlearning={k: s[k] for k in ("objective", "sau", "learning_rate", "seed")})
+        if trainer.moving_mask is not None:  # the saved masks are the final, moved ones (same counts per unit)
+            meta["mask_moved"] = trainer.moving_mask.summary(trainer.sparsity_masks)
         if sparse:
             _write_json(out / SPARSITY_FILE, meta)
     del trainer, model
