@@ -20,6 +20,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def _local_grad(p: torch.Tensor) -> torch.Tensor | None:
+    """The local shard of a parameter's gradient (FSDP2), None before any backward reached it."""
+    from .shards import local
+
+    return None if p.grad is None else local(p.grad.detach())
+
+
 class SaliencyCallback(TrainerCallback):
     """Runs the saliency pass over the forget set at train start (unless G and W were restored).
 
@@ -44,15 +51,17 @@ class SaliencyCallback(TrainerCallback):
         else:
             def loss_fn(model, batch):
                 return mean_token_nll(*forward_nll(model, batch)[:2])
+        sharded = bool(trainer._shards)  # FSDP2: every rank passes every batch; the backward reduces the gradients
         return compute_saliency(
             trainer.model,
-            trainer.saliency_batches(max_examples=args.saliency_max_examples),
+            trainer.saliency_batches(shard=not sharded, max_examples=args.saliency_max_examples),
             loss_fn,
             trainer.saliency_targets(),
             granularity=args.saliency_granularity,
             loss_scale=2.0**16 if args.fp16 else 1.0,
             autocast=trainer.autocast_smart_context_manager,
             show_progress=not args.disable_tqdm and args.process_index == 0,
+            sharded_grads=_local_grad if sharded else None,
         )
 
     def retain_saliency(self) -> dict[str, torch.Tensor]:
@@ -76,6 +85,8 @@ class SaliencyCallback(TrainerCallback):
 
     def build_state(self):
         trainer, args = self.trainer, self.trainer.args
+        if trainer._shards:
+            return self.build_sharded_state()
         saliency = self.saliency()
         score = None
         if args.saliency_retain_aware:
@@ -92,6 +103,27 @@ class SaliencyCallback(TrainerCallback):
             global_names=[n for n in saliency if n in trainer.sparsity_masks], layouts=trainer.layouts,
             score=score, mass=args.sau_topk_mass, candidates=candidates,
         )
+
+    def build_sharded_state(self):
+        """FSDP2: saliency on the local shards, ``G`` by a distributed threshold search, ``W`` from reduced sums
+        (`sau_trainer.shards`); the full state on every rank."""
+        from .shards import build_sharded_sau_state
+
+        trainer, args = self.trainer, self.trainer.args
+        options = {"saliency_retain_aware": getattr(args, "saliency_retain_aware", False),
+                   "sau_topk_mass": getattr(args, "sau_topk_mass", None),
+                   "sau_moving_mask": getattr(args, "sau_moving_mask", "off") != "off"}
+        used = [k for k, v in options.items() if v]
+        if used:
+            raise ValueError(f"{', '.join(used)} is not supported under FSDP yet: run it on one process or with DDP.")
+        saliency = self.saliency()
+        shards = trainer._shards
+        surviving = LazyMasks(saliency, lambda n: shards[n].local(trainer.surviving_mask(n, "cpu")).to(
+            saliency[n].device))
+        return build_sharded_sau_state(
+            saliency, surviving, shards, args.sau_topk, args.sau_alpha, args.sau_topk_scope, args.sau_redistribution,
+            settings=args.sau_settings(), global_names=[n for n in saliency if n in trainer.sparsity_masks],
+            layouts=trainer.layouts)
 
     def log_stats(self) -> None:
         stats = self.trainer.sau_state.stats

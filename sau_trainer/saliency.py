@@ -95,17 +95,29 @@ def compute_saliency(
     loss_scale: float = 1.0,
     autocast: Callable | None = None,
     show_progress: bool = True,
+    sharded_grads: Callable[[nn.Parameter], torch.Tensor | None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-parameter fp32 saliency for `params` (name -> parameter of `model`) over `batches`.
 
     `loss_fn(model, batch)` returns the scalar forget loss of a batch. `loss_scale` multiplies the
     loss before backward (fp16 without underflow) and is divided out squared. `autocast` is an
     optional context-manager factory for mixed precision.
+
+    `sharded_grads` (FSDP2, `sau_trainer.shards`): a function giving a parameter's local gradient shard after
+    backward (already reduced across ranks by the backward). Then every rank passes every batch, the
+    saliency of each parameter is its local shard, nothing is all-reduced, and no parameter is frozen (the
+    sharded model's flags stay as FSDP saw them); the gradients are read after each backward and dropped.
     """
     if granularity not in ("batch", "example"):
         raise ValueError(f"saliency_granularity must be 'batch' or 'example', got {granularity!r}")
     targets = {id(p): name for name, p in params.items()}
-    saliency = {name: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for name, p in params.items()}
+    if sharded_grads is not None:
+        from .shards import local
+
+        saliency = {name: torch.zeros(local(p).shape, dtype=torch.float32, device=local(p).device)
+                    for name, p in params.items()}
+    else:
+        saliency = {name: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for name, p in params.items()}
     was_training = {m: m.training for m in model.modules()}
     requires_grad = {p: p.requires_grad for p in model.parameters()}
     old_grads = {p: p.grad for p in model.parameters()}
@@ -121,9 +133,11 @@ def compute_saliency(
     try:
         for p in model.parameters():
             p.grad = None
-            p.requires_grad_(id(p) in targets)
-        for p in params.values():
-            handles.append(p.register_post_accumulate_grad_hook(fold))
+            if sharded_grads is None:
+                p.requires_grad_(id(p) in targets)
+        if sharded_grads is None:
+            for p in params.values():
+                handles.append(p.register_post_accumulate_grad_hook(fold))
         if _uses_reentrant_checkpointing(model):
             handles.append(_require_input_grads(model))
         # Train mode keeps gradient checkpointing on (HF checkpoints only while training); dropout is switched off.
@@ -145,8 +159,16 @@ def compute_saliency(
                         loss = loss_fn(model, unit)
                     (loss * loss_scale).backward()
                     count += 1
+                    if sharded_grads is not None:
+                        with torch.no_grad():
+                            for name, p in params.items():
+                                g = sharded_grads(p)
+                                if g is not None:
+                                    saliency[name].addcmul_(g, g)
+                            for p in model.parameters():
+                                p.grad = None
         count_t = torch.tensor(float(count), device=next(iter(saliency.values())).device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if sharded_grads is None and torch.distributed.is_available() and torch.distributed.is_initialized():
             for s in saliency.values():
                 torch.distributed.all_reduce(s)
             torch.distributed.all_reduce(count_t)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -173,13 +173,14 @@ def _check_saliency(s: torch.Tensor) -> None:
 
 def redistribution_weights(
     saliency: torch.Tensor, surviving: torch.Tensor, selected: torch.Tensor, alpha: float, mode: str = "matrix",
-    layout: Layout = PLAIN,
+    layout: Layout = PLAIN, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
     """``W`` for one parameter, computed per unit (a matrix, or each expert of a fused expert tensor).
 
     A matrix gets a 0-d tensor (matrix), ``[rows, 1]`` (row) or a full tensor (param); a fused expert tensor
     gets ``[experts, 1, 1]`` (matrix), one factor per output row broadcastable against its storage (row), or a
-    full tensor (param); ``none`` gives None.
+    full tensor (param); ``none`` gives None. `reduce` (sharded parameters, `sau_trainer.shards`) sums the
+    per-unit sums ``I_P``, ``I_G`` and ``|G|`` over the ranks that hold parts of the unit, in place.
     """
     if mode not in REDISTRIBUTIONS:
         raise ValueError(f"sau_redistribution must be one of {REDISTRIBUTIONS}, got {mode!r}")
@@ -189,10 +190,13 @@ def redistribution_weights(
     pruned, sel = ~layout.units(surviving).bool(), layout.units(selected).bool()
     dims = (2,) if mode == "row" else (1, 2)
     i_p, i_g = (s * pruned).sum(dims, keepdim=True), (s * sel).sum(dims, keepdim=True)
+    n_g = sel.sum(dims, keepdim=True)
+    if reduce is not None:
+        i_p, i_g, n_g = reduce(torch.stack([i_p, i_g, n_g.double()])).unbind(0)
     ratio = torch.where(i_g > 0, i_p / i_g.clamp_min(1e-300), torch.zeros_like(i_g))
     if mode in ("matrix", "row"):
         return layout.restore_broadcast((1.0 + alpha * ratio).float(), saliency.dim())
-    mean_g = i_g / sel.sum(dims, keepdim=True).clamp_min(1)
+    mean_g = i_g / n_g.clamp_min(1)
     rel = torch.clamp(s / mean_g.clamp_min(1e-300), max=PARAM_W_CAP)
     w = torch.where(sel & (i_g > 0), 1.0 + alpha * ratio * rel, torch.ones_like(s))
     return layout.restore(w.float(), saliency.shape)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from .fused import scale_update_, where_many_
+from .fused import pack_planes, scale_update_, where_many_
 from .masks import LazyMasks, Layout, SparsityMasks, check_trainable_weights, prunable_weights
 from .precision import apply_precision_plan, check_precision, unwrap_optimizer
 from .sau import STATE_FILE, SAUState, build_sau_state
@@ -83,6 +83,9 @@ class SparsityCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if self.trainer._setup_shards():  # FSDP2: the passes run on local shards of M, G and W
+            self.trainer._rezero_weights()
+            return
         self.trainer.sparsity_masks.to(args.device)
         # Pruned entries start as +0.0 (a -0.0 from pruning by multiplication would otherwise stay -0.0 where the
         # optimizer keeps zeros and the re-zero is skipped); one pass, once.
@@ -111,11 +114,12 @@ class SparsityPreserving:
         self, params: Mapping[str, torch.nn.Parameter], layouts: Mapping[str, Layout], masks: SparsityMasks,
         sau_state: SAUState | None = None,
     ) -> None:
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+        if self.is_deepspeed_enabled:
             raise NotImplementedError(
-                "Sparsity preservation masks `p.grad` between backward and the optimizer step; DeepSpeed and FSDP "
-                "keep gradients elsewhere. Use plain data parallel (DDP) with `accelerate launch`."
+                "Sparsity preservation masks the gradients between backward and the optimizer step; DeepSpeed steps "
+                "the optimizer inside backward. Use FSDP2 (recipes/accelerate/fsdp2.yaml) or plain data parallel."
             )
+        self._shards: dict = {}  # name -> shards.RowShard under FSDP2 (set at train start), else empty
         self._prunable = dict(params)
         self.layouts = dict(layouts)
         self.sparsity_masks = masks
@@ -134,6 +138,90 @@ class SparsityPreserving:
     def _sau_update_mode(self) -> bool:
         return False
 
+    # ---- the launch contract (sau_trainer.distributed)
+    def create_accelerator_and_postprocess(self) -> None:
+        """The Trainer's accelerator, then FSDP on CPU processes where it was asked for and accelerate fell back
+        to DDP, and a clear error when the distributed type differs from the one asked for."""
+        from .distributed import check_distributed_type, enable_fsdp_on_cpu, requested_distributed_type
+
+        requested = requested_distributed_type(self.args)
+        super().create_accelerator_and_postprocess()
+        enable_fsdp_on_cpu(self, requested)
+        check_distributed_type(self, requested)
+
+    # ---- sharded parameters (FSDP2: sau_trainer.shards)
+    def _refresh_parameters(self) -> None:
+        """After the model was sharded: the prunable parameters are the sharded ones (same names)."""
+        self._prunable = {n: w.param for n, w in prunable_weights(self.model).items()}
+
+    def _setup_shards(self) -> bool:
+        """At train start, once the model is prepared: if its parameters are FSDP2 shards, keep the local rows of
+        ``M`` (and of ``G`` and ``W``) on the device as bit planes; the full masks stay on the CPU for the files
+        and `sau_state.mask`. Returns whether the model is sharded."""
+        from .shards import RowShard, is_sharded, local
+
+        if not self.is_fsdp_enabled:
+            return False
+        self._refresh_parameters()
+        if not any(is_sharded(p) for p in self._prunable.values()):
+            return False
+        if self.moving_mask is not None:
+            raise ValueError("sau_moving_mask is not supported under FSDP yet: run it on one process or with DDP.")
+        self._shards = {n: RowShard.of(n, p) for n, p in {**self._prunable, **self.masked_parameters()}.items()}
+        self.sparsity_masks.to("cpu")
+        self._local_m = {n: pack_planes(self._shards[n].local(self.sparsity_masks.get(n))).to(local(p).device)
+                         for n, p in self._prunable.items()}
+        self._localized_state = None
+        self._localize_state()
+        return True
+
+    def _localize_state(self) -> None:
+        """The local rows of ``G`` (bit planes) and ``W`` of the attached SAU state (full, on the CPU)."""
+        from .shards import local
+
+        state = self.sau_state
+        if not self._shards or state is None or self._localized_state is state:
+            return
+        state.to("cpu")
+        params = {**self._prunable, **self.masked_parameters()}
+        self._local_g, self._local_w = {}, {}
+        for n in state.selected:
+            shard, dev = self._shards[n], local(params[n]).device
+            self._local_g[n] = pack_planes(shard.local(state.mask(n))).to(dev)
+            w = state.weight(n)
+            if w is not None:
+                self._local_w[n] = shard.local(w).to(dev)
+        self._localized_state = state
+
+    @torch.no_grad()
+    def _mask_gradients_sharded(self) -> None:
+        from .shards import local
+
+        if self.sau_state is None:
+            if self.moving_mask is None:
+                where_many_((local(p.grad), self._local_m[n], None) for n, p in self._prunable.items()
+                            if p.grad is not None and local(p.grad).numel())
+            return
+        self._localize_state()
+        use_w = not self._sau_update_mode()
+        masked = self.masked_parameters()
+        items = [(local(p.grad), self._local_g[n], self._local_w.get(n) if use_w else None)
+                 for n, p in masked.items() if p.grad is not None and local(p.grad).numel()]
+        items += [(local(p.grad), self._local_m[n], None) for n, p in self._prunable.items()
+                  if n not in masked and p.grad is not None and local(p.grad).numel()]
+        where_many_(items)
+
+    @torch.no_grad()
+    def _rezero_weights(self) -> None:
+        """Pruned entries to exactly +0.0: the whole model, or each rank's shards under FSDP2."""
+        if not self._shards:
+            self.sparsity_masks.apply_(self.model, self._prunable)
+            return
+        from .shards import local
+
+        where_many_((local(p.data), self._local_m[n], None) for n, p in self._prunable.items()
+                    if local(p.data).numel())
+
     # ---- the step
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -146,6 +234,8 @@ class SparsityPreserving:
         """Once per optimizer step: ``grad = where(M, grad, 0)`` (plain) or ``grad = where(G, grad * W, 0)`` (SAU),
         one fused pass per matrix over the gradient and the bit planes of its mask (`sau_trainer.fused`), with no
         device-to-host synchronisation."""
+        if self._shards:
+            return self._mask_gradients_sharded()
         if self.sau_state is None:
             if self.moving_mask is not None:  # plain with a moving mask: every entry is trained
                 return
@@ -173,9 +263,11 @@ class SparsityPreserving:
             return
         params = self.masked_parameters()
         scaled = self._split_lr_groups(params)
+        from .shards import local
+
         for name in self.sau_state.weights:
             if name not in scaled:
-                self._snapshots[name] = params[name].detach().clone()
+                self._snapshots[name] = local(params[name].detach()).clone()
 
     def _lr_scales(self, optimizer: Any, params: Mapping[str, torch.nn.Parameter]) -> dict[int, float]:
         """id(param) -> W for the parameters whose ``W`` is one number and whose group has a learning rate. W is read
@@ -249,18 +341,36 @@ class SparsityPreserving:
             params = self.masked_parameters()
             for name, old in self._snapshots.items():
                 p = params[name]
+                if self._shards:
+                    from .shards import local
+
+                    if old.numel():
+                        scale_update_(local(p.data), old, self._local_g[name], self._local_w[name])
+                    continue
                 scale_update_(p.data, old, self.sau_state.planes(name, p.device), self.sau_state.weight(name))
             self._snapshots = {}
         if self.moving_mask is not None:  # keeps the count per unit (or N:M) exact; the support may move
             self.moving_mask.project_(self._prunable, self.sparsity_masks)
         elif self._rezero_needed():
-            self.sparsity_masks.apply_(self.model, self._prunable)
+            self._rezero_weights()
 
     # ---- files
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        super().save_model(output_dir, _internal_call)
+        if self.is_fsdp_enabled and not _internal_call and not self._saves_full_state_dict():
+            # FSDP2 with sharded checkpoints: `save_model(dir)` still writes full weights under one-process names
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            state_dict = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True,
+                                                                                   cpu_offload=True))
+            self._save(output_dir or self.args.output_dir, state_dict=state_dict)
+        else:
+            super().save_model(output_dir, _internal_call)
         if self.args.should_save:
             self.save_sparsity_files(output_dir or self.args.output_dir)
+
+    def _saves_full_state_dict(self) -> bool:
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        return plugin is not None and "FULL_STATE_DICT" in str(plugin.state_dict_type)
 
     def save_sparsity_files(self, output_dir: str) -> None:
         """Write the sparsity masks (and the SAU state, if any) beside the saved model."""

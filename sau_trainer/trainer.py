@@ -141,7 +141,7 @@ class SAUTrainer(SparsityPreserving, Trainer):
                     p.requires_grad_(False)
         apply_precision_plan(model, self.precision_plan)
         self.add_callback(_ObjectiveCallback(self))
-        if args.update_check_steps:
+        if args.update_check_steps and not self.is_fsdp_enabled:  # the probe reads full tensors: not on shards
             self.update_check = UpdateCheckCallback(
                 self.saliency_targets, self._selected_mask, lambda: self.optimizer, steps=args.update_check_steps,
                 log=self.log, seed=args.seed)
@@ -192,6 +192,11 @@ class SAUTrainer(SparsityPreserving, Trainer):
 
     def masked_parameters(self) -> dict[str, torch.nn.Parameter]:
         return self.saliency_targets()
+
+    def _refresh_parameters(self) -> None:
+        super()._refresh_parameters()
+        if self._dense_targets:
+            self._dense_targets = self._dense_parameters()
 
     def _sau_update_mode(self) -> bool:
         return self.args.sau_redistribution_target == "update"

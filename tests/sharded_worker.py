@@ -1,0 +1,86 @@
+"""An ordinary SAU script, as a user writes it (no FSDP or DeepSpeed arguments): run by tests/test_sharded.py on
+one process (`python`) and under `accelerate launch --config_file recipes/accelerate/<config>.yaml`.
+
+    python tests/sharded_worker.py OUT [key=value ...]
+
+Keys: steps, ga (gradient accumulation), odd (an intermediate size not divisible by 2: uneven shards), scope,
+redistribution, resume (a checkpoint directory to resume from), save_steps. Writes OUT/final (save_model) and,
+on the main process, OUT/report.json.
+"""
+
+import json
+import os
+import sys
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from sau_testing import sparse_model  # noqa: E402
+
+from sau_trainer import SAUConfig, SAUTrainer  # noqa: E402
+from sau_trainer.data.synthetic import generate_benchmark  # noqa: E402
+from sau_trainer.data.tokenizer import train_tokenizer  # noqa: E402
+
+
+SALIENCY_PASSES = [0]
+
+
+def _count_saliency_passes() -> None:
+    import sau_trainer.callbacks as cb
+
+    inner = cb.compute_saliency
+
+    def counted(*a, **k):
+        SALIENCY_PASSES[0] += 1
+        return inner(*a, **k)
+
+    cb.compute_saliency = counted
+
+
+def main(out: str, opts: dict[str, str]) -> None:
+    _count_saliency_passes()
+    splits = generate_benchmark("tiny", 0)
+    tok = train_tokenizer([r["question"] + " " + r["answer"] for r in splits["full"]], vocab_size=256)
+    kw = {"intermediate_size": 75} if opts.get("odd") == "1" else {}
+    model = sparse_model(tok, **kw)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    forget = [{"question": r["question"], "answer": r["answer"]} for r in splits["forget10"][:16]]
+    retain = [{"question": r["question"], "answer": r["answer"]} for r in splits["retain90"][:32]]
+    steps, save_steps = int(opts.get("steps", 3)), int(opts.get("save_steps", 0))
+    args = SAUConfig(
+        output_dir=out, use_cpu=True, report_to=[], per_device_train_batch_size=2, learning_rate=1e-3,
+        gradient_accumulation_steps=int(opts.get("ga", 1)), max_steps=steps, logging_steps=1, disable_tqdm=True,
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, seed=0, optim="adamw_torch",
+        lr_scheduler_type="constant", weight_decay=0.1, max_grad_norm=1.0, objective=opts.get("objective", "graddiff"),
+        sau_topk=0.3, saliency_batch_size=4, sau_topk_scope=opts.get("scope", "matrix"),
+        sau_redistribution=opts.get("redistribution", "matrix"),
+    )
+    trainer = SAUTrainer(model, args, forget_dataset=forget, retain_dataset=retain, processing_class=tok)
+    trainer.train(resume_from_checkpoint=opts.get("resume") or None)
+    trainer.save_model(os.path.join(out, "final"))
+    if trainer.args.process_index == 0:
+        from safetensors.torch import load_file
+
+        from sau_trainer.masks import prunable_parameters
+
+        final = load_file(os.path.join(out, "final", "model.safetensors"))
+        names = list(prunable_parameters(model))
+        alive = sum(int((initial[n] != 0).sum()) for n in names)
+        changed = sum(int(((final[n] != initial[n]) & (initial[n] != 0)).sum()) for n in names)
+        report = {
+            "surviving_changed": changed / alive,
+            "world": trainer.args.world_size,
+            "distributed_type": str(trainer.accelerator.distributed_type),
+            "sharded": bool(getattr(trainer, "_shards", {})),
+            "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+            "mask_shapes": {n: list(trainer.sau_state.mask(n).shape) for n in trainer.sau_state.selected},
+            "saliency_passes": SALIENCY_PASSES[0],
+        }
+        with open(os.path.join(out, "report.json"), "w") as f:
+            json.dump(report, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], dict(a.split("=", 1) for a in sys.argv[2:]))
