@@ -1,7 +1,14 @@
 """sau-trainer: Sparsity-Aware Unlearning for pruned LLMs, as a Hugging Face Trainer extension."""
 
+import logging as _logging
 from importlib import import_module
 from typing import Any
+
+# bitsandbytes (imported by transformers' Trainer) warns at import, on CPUs with AVX512-BF16, that an optional
+# 4-bit kernel package is missing; this package never uses 4-bit kernels, so that line is kept out of its
+# output, unless the user set that logger's level.
+if _logging.getLogger("bitsandbytes.backends.cpu.ops").level == _logging.NOTSET:
+    _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 
 __version__ = "0.1.0"
 

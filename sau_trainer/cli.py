@@ -10,10 +10,6 @@ import logging
 import sys
 from importlib import import_module
 
-# bitsandbytes warns at import, on CPUs with AVX512-BF16, that an optional 4-bit kernel package is missing;
-# this package never uses 4-bit kernels, so the command line keeps that line out of its output.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prune": ("sau_trainer.pruning.cli", "Prune a causal LM (magnitude, wanda, sparsegpt; unstructured or N:M)."),
     "eval": ("sau_trainer.evaluation.cli", "Evaluate a model on a benchmark (TOFU, MUSE, ...) and write results.json."),
@@ -22,12 +18,22 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+LOG_LEVEL_HELP = "Python logging level: DEBUG, INFO (the default), WARNING or ERROR."
+
+
+def _log_level(text: str) -> str:
+    level = str(text).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a logging level; use DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="sau-trainer", description="Sparsity-Aware Unlearning for pruned LLMs.")
     parser.add_argument("--version", action="version", version=f"sau-trainer {__version__}")
-    parser.add_argument("--log-level", default="INFO", help="Python logging level (default INFO).")
+    parser.add_argument("--log-level", default="INFO", type=_log_level, help=LOG_LEVEL_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = next((a for a in (argv or []) if a in SUBCOMMANDS), None)
     for name, (module, help_text) in SUBCOMMANDS.items():
@@ -38,6 +44,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             except ImportError:
                 continue
             mod.add_arguments(p)
+            # accepted after the subcommand too; SUPPRESS keeps the top-level value when it is not given here
+            p.add_argument("--log-level", default=argparse.SUPPRESS, type=_log_level, help=LOG_LEVEL_HELP)
             p.set_defaults(func=mod.main)
     return parser
 
@@ -46,15 +54,28 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(_interrupted(args.command, argv), file=sys.stderr)
+        return 130  # the shell's status for a process ended by SIGINT
     finally:
         _close_process_group()
+
+
+def _interrupted(command: str, argv: list[str]) -> str:
+    """One line for Ctrl-C: for `run`, that finished stages are kept and the same command resumes."""
+    import shlex
+
+    again = "sau-trainer " + " ".join(shlex.quote(a) for a in argv)
+    if command == "run":
+        return (f"sau-trainer run: interrupted; finished stages are kept. To resume, re-run the same command: "
+                f"{again}")
+    return f"sau-trainer {command}: interrupted. To start it again, re-run: {again}"
 
 
 def _close_process_group() -> None:

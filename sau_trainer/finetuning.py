@@ -39,7 +39,7 @@ def finetune(
     """
     from transformers import Trainer, TrainingArguments
 
-    data = RowsDataset(tokenize_rows(rows, tokenizer, max_length, name="training set"), drop=("index",))
+    data = RowsDataset(tokenize_rows(rows, tokenizer, max_length, name="training set", model=model), drop=("index",))
     defaults = dict(
         logging_steps=10, save_strategy="no", report_to=[], lr_scheduler_type="constant_with_warmup",
         warmup_steps=0, weight_decay=0.0, disable_tqdm=None,

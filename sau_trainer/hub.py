@@ -100,6 +100,41 @@ def _recipe_dict(recipe: Any) -> dict | None:
     return None
 
 
+# Hub datasets of the real benchmarks (the built-in ones are generated: none).
+_CARD_DATASETS = {"tofu": ("locuslab/TOFU",), "wmdp": ("cais/wmdp", "hails/mmlu_no_train")}
+_CARD_TITLES = {"tofu": "TOFU", "muse": "MUSE", "wmdp": "WMDP (with MMLU)",
+                "synthetic": "the built-in synthetic TOFU-style benchmark",
+                "synthetic-muse": "the built-in synthetic MUSE-style benchmark",
+                "synthetic-wmdp": "the built-in synthetic WMDP-style benchmark"}
+
+
+def card_benchmark(data_sec: dict, results: dict | None) -> dict[str, Any]:
+    """What the model card says of the benchmark: its name, title, Hub datasets, tag, the split or subset, and
+    the metrics shown (the benchmark's report columns; TOFU's with the longer labels of `CARD_METRICS`)."""
+    from .data.benchmarks import BENCHMARKS, TOFU_REPORT
+
+    settings = (results or {}).get("settings") or {}
+    name = data_sec.get("benchmark") or settings.get("benchmark") or "synthetic"
+    bench = BENCHMARKS.get(name)
+    protocol = bench.protocol if bench is not None else "tofu"
+    report = bench.report if bench is not None else TOFU_REPORT
+    if protocol == "tofu":
+        where = (results or {}).get("forget_split") or data_sec.get("forget_split") or settings.get("forget_split")
+    else:
+        where = data_sec.get("subset") or settings.get("subset") or (bench.default_subset if bench else None)
+    datasets = _CARD_DATASETS.get(name, ())
+    if name == "muse":
+        from .data.muse import MUSE_HUB_IDS
+
+        datasets = (MUSE_HUB_IDS.get(where or "news", MUSE_HUB_IDS["news"]),)
+    if report is TOFU_REPORT:
+        metrics = CARD_METRICS
+    else:
+        metrics = tuple((key, label[:1].upper() + label[1:]) for label, key in report.columns)
+    return {"name": name, "protocol": protocol, "title": _CARD_TITLES.get(name, name), "where": where,
+            "datasets": datasets, "tag": name if name in ("tofu", "muse", "wmdp") else None, "metrics": metrics}
+
+
 def model_card(sparsity: dict, results: dict | None, recipe: dict | None, repo_id: str | None = None,
                run_name: str | None = None) -> str:
     """README.md: YAML metadata (tags, base model, datasets, metrics, model-index) and a body with the
@@ -112,27 +147,27 @@ def model_card(sparsity: dict, results: dict | None, recipe: dict | None, repo_i
     model_sec = (recipe or {}).get("model") or {}
     data_sec = (recipe or {}).get("data") or {}
     base = model_sec.get("name_or_path")
-    tofu = data_sec.get("benchmark") == "tofu"
-    forget_split = (results or {}).get("forget_split") or data_sec.get("forget_split")
+    bench = card_benchmark(data_sec, results)
+    where = bench["where"]
 
     tags = ["sau-trainer", "machine-unlearning", "unlearning", "sparse", "pruned"]
-    tags += [t for t in (method, objective, "sau" if sau else None, "tofu" if tofu else None) if t]
+    tags += [t for t in (method, objective, "sau" if sau else None, bench["tag"]) if t]
     meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation", "tags": tags}
     if base and not os.path.exists(base):
         meta["base_model"] = base
-    if tofu:
-        meta["datasets"] = ["locuslab/TOFU"]
-    metric_rows = [(k, label, summary[k]) for k, label in CARD_METRICS if summary.get(k) is not None]
+    if bench["datasets"]:
+        meta["datasets"] = list(bench["datasets"])
+    metric_rows = [(k, label, summary[k]) for k, label in bench["metrics"] if summary.get(k) is not None]
     if metric_rows:
         meta["metrics"] = [k for k, _, _ in metric_rows]
         meta["model-index"] = [{
             "name": (repo_id or run_name or "model").split("/")[-1],
             "results": [{
                 "task": {"type": "text-generation", "name": "Machine unlearning"},
-                "dataset": {"type": "locuslab/TOFU" if tofu else "sau-trainer/synthetic",
-                            "name": f"{'TOFU' if tofu else 'built-in synthetic TOFU-style benchmark'} "
-                                    f"{forget_split or ''}".strip(),
-                            **({"split": forget_split} if forget_split else {})},
+                "dataset": {"type": bench["datasets"][0] if bench["datasets"] else f"sau-trainer/{bench['name']}",
+                            "name": f"{bench['title']} {where or ''}".strip(),
+                            **({"split": where} if where and bench["protocol"] == "tofu" else {}),
+                            **({"config": where} if where and bench["protocol"] != "tofu" else {})},
                 "metrics": [{"type": k, "name": label, "value": round(float(v), 6)} for k, label, v in metric_rows],
             }],
         }]
@@ -145,8 +180,7 @@ def model_card(sparsity: dict, results: dict | None, recipe: dict | None, repo_i
         (f" unlearned with {objective}{' + SAU (Sparsity-Aware Unlearning)' if sau else ' (plain masked baseline)'}"
          if objective else "")
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", "", f"# {title}", "",
-             what + f" on {'TOFU' if tofu else 'the built-in benchmark'}"
-             f"{' ' + forget_split if forget_split else ''}, made with "
+             what + f" on {bench['title']}{' (' + where + ')' if where else ''}, made with "
              "sau-trainer (run: `" + (run_name or "-") + "`).", "",
              "Pruned weights are stored as explicit zeros in ordinary safetensors; `sparsity.json` holds the "
              "pruning metadata and `sparsity_masks.safetensors` the bit-packed masks "

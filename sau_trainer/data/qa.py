@@ -83,8 +83,27 @@ def row_kind(columns: Iterable[str]) -> str:
     )
 
 
-def tokenize_rows(rows: Any, tokenizer: Any, max_length: int | None = None, name: str = "dataset") -> list[dict]:
-    """Tokenise a `datasets.Dataset` or a list of dicts; each output row keeps its position as `index`."""
+def encoded_length(tokenizer: Any, row: Mapping[str, Any], kind: str) -> int:
+    """Tokens of `row` before any truncation (what `encode_qa` / `encode_text` would make without a limit)."""
+    if kind == "qa":
+        return len(encode_prompt(tokenizer, row["question"])) + len(
+            tokenizer(row["answer"], add_special_tokens=False)["input_ids"]) + 1
+    if kind == "text":
+        return len(_prefix_ids(tokenizer)) + len(tokenizer(row["text"], add_special_tokens=False)["input_ids"]) + 1
+    return len(row["input_ids"])
+
+
+def tokenize_rows(rows: Any, tokenizer: Any, max_length: int | None = None, name: str = "dataset",
+                  model: Any = None) -> list[dict]:
+    """Tokenise a `datasets.Dataset` or a list of dicts; each output row keeps its position as `index`.
+
+    With `model`, `max_length` is lowered to the model's positions (a row is never longer than the model
+    accepts). Rows cut to the limit are counted and logged in one line: how many, and how many tokens each
+    lost (pre-tokenised rows longer than the limit are cut too)."""
+    from .truncation import TruncationCount, cap_length
+
+    if model is not None:
+        max_length = cap_length(max_length, model)
     if rows is None:
         raise ValueError(f"The {name} is None.")
     if hasattr(rows, "column_names"):
@@ -102,6 +121,7 @@ def tokenize_rows(rows: Any, tokenizer: Any, max_length: int | None = None, name
     if kind != "tokens" and tokenizer is None:
         raise ValueError(f"The {name} needs tokenising: pass `processing_class=tokenizer`.")
     out = []
+    cut = TruncationCount(f"{name[:1].upper()}{name[1:]} rows", max_length)
     for i, row in enumerate(rows):
         if kind == "qa":
             enc = encode_qa(tokenizer, row["question"], row["answer"], max_length)
@@ -110,10 +130,17 @@ def tokenize_rows(rows: Any, tokenizer: Any, max_length: int | None = None, name
         else:
             enc = {k: list(row[k]) for k in ("input_ids", "labels")}
             enc["attention_mask"] = list(row.get("attention_mask") or [1] * len(enc["input_ids"]))
+            if max_length is not None:
+                enc = {k: v[:max_length] for k, v in enc.items()}
+        lost = 0
+        if max_length is not None and len(enc["input_ids"]) >= max_length:  # perhaps cut: count what was lost
+            lost = encoded_length(tokenizer, row, kind) - len(enc["input_ids"])
+        cut.add(name, lost)
         if not any(label != IGNORE_INDEX for label in enc["labels"]):
             raise ValueError(f"Row {i} of the {name} has no supervised token after tokenisation; check max_length.")
         enc["index"] = i
         out.append(enc)
+    cut.log()
     return out
 
 

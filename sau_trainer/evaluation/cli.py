@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..clitools import CommandError, positive_int, report_error
 from .results import RESULTS_FILENAME, RESULTS_VERSION
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="tiny", choices=presets, help="Size of a built-in benchmark.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of a built-in benchmark.")
     parser.add_argument("--forget-split", default="forget10", choices=FORGET_SPLITS,
-                        help="TOFU-style benchmarks only (MUSE forgets raw/forget).")
+                        help="The forgotten split, scored as forget quality and forget ROUGE against the other "
+                        "splits (default forget10; TOFU-style benchmarks only: MUSE forgets raw/forget).")
     parser.add_argument("--data-dir", default=None,
                         help="Local copy instead of the Hub: TOFU split files (<split>.json/.jsonl/.parquet), or "
                         "MUSE's layout (<config>/<split>-00000-of-00001.parquet or .json/.jsonl), or for wmdp the folders "
@@ -44,20 +46,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="The retain model's results.json (or its directory), for forget quality.")
     parser.add_argument("--output-dir", "--output", dest="output_dir", required=True,
                         help="Where results.json is written.")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=200,
-                        help="TOFU-protocol generation length (MUSE fixes 128 for VerbMem and 32 for KnowMem).")
-    parser.add_argument("--dtype", default="auto", choices=DTYPES)
+    parser.add_argument("--batch-size", type=positive_int, default=16,
+                        help="Rows per forward pass and per generation batch (default 16; lower it if memory runs "
+                        "out).")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=200,
+                        help="TOFU-protocol generation length (default 200, the TOFU paper's; MUSE fixes 128 for "
+                        "VerbMem and 32 for KnowMem).")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES,
+                        help="Weights' dtype once loaded (default auto: the dtype the model was saved in).")
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
     parser.add_argument("--force", action="store_true", help="Recompute even if results with the same settings exist.")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads for torch (default: 1 for a model under 50M parameters, where more threads "
+                        "only wait on each other, else torch's default).")
 
 
 def _settings(args: argparse.Namespace, splits: dict, model_dir: Path) -> dict[str, Any]:
+    from ..data.benchmarks import get_benchmark
     from ..data.qa import PLAIN_PROMPT
     from .results import data_fingerprint, model_fingerprint
-
-    from ..data.benchmarks import get_benchmark
 
     bench = get_benchmark(args.benchmark)
     synthetic = bench.generated and args.data_dir is None
@@ -109,10 +117,18 @@ def _changed(old: dict, new: dict) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Runs the evaluation (or reuses a results file with the same settings hash)."""
+    """Runs the evaluation (or reuses a results file with the same settings hash); 2 with one line on bad input."""
+    try:
+        return _run(args)
+    except CommandError as err:
+        return report_error("eval", err)
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..data.benchmarks import get_benchmark, load_benchmark
+    from ..clitools import output_dir_problem, set_threads
+    from ..data.benchmarks import get_benchmark
     from .results import (
         attach_forget_quality,
         build_results,
@@ -123,14 +139,31 @@ def main(args: argparse.Namespace) -> int:
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model_dir = Path(args.model).resolve()
+    model_dir = Path(args.model).expanduser().resolve()
+    problems = []
     if not (model_dir / "config.json").is_file():
-        raise SystemExit(f"--model {args.model}: no config.json there; give a saved model directory.")
+        problems.append(f"--model {args.model}: " + ("no such directory" if not model_dir.exists() else
+                        "not a directory" if not model_dir.is_dir() else "the directory has no config.json")
+                        + "; give a saved model directory.")
+    bad_out = output_dir_problem(args.output_dir)
+    if bad_out:
+        problems.append(bad_out)
+    if args.retain_results is not None and not Path(args.retain_results).exists():
+        problems.append(f"--retain-results {args.retain_results}: no such file or directory; give the retain "
+                        "model's results.json or its directory.")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        problems.append(f"--data-dir {args.data_dir}: no such directory.")
     bench = get_benchmark(args.benchmark)
-    problems = bench.check_options(args.subset, args.preset)
+    bench_problems = bench.check_options(args.subset, args.preset)
+    if bench_problems:
+        problems.append(f"--benchmark {args.benchmark}: " + "; ".join(bench_problems) + ".")
     if problems:
-        raise SystemExit(f"--benchmark {args.benchmark}: " + "; ".join(problems) + ".")
-    splits = _load_splits(args, bench)
+        raise CommandError(" ".join(problems))
+    set_threads(args.threads, model_dir)
+    try:
+        splits = _load_splits(args, bench)
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as err:
+        raise CommandError(f"--benchmark {args.benchmark}: cannot load its data: {err}") from err
     settings = _settings(args, splits, model_dir)
     digest = settings_hash(settings)
     output_dir = Path(args.output_dir)

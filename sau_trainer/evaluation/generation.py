@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..progress import show_progress as show_bar
+
 logger = logging.getLogger(__name__)
 
 
@@ -28,13 +30,16 @@ def cut_at_stop_strings(text: str, stop_strings: Sequence[str] = ()) -> str:
 @torch.no_grad()
 def generate_from_ids(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                       batch_size: int = 16, max_length: int | None = None, stop_strings: Sequence[str] = (),
-                      show_progress: bool = True, desc: str = "generation") -> list[str]:
+                      show_progress: bool = True, desc: str = "generation",
+                      labels: Sequence[str] | None = None) -> list[str]:
     """Greedy continuations of token-id `prompts` (plain greedy decoding, every sampling field set
     explicitly so a model's shipped generation config cannot change the result). A prompt as long as
-    `max_length` gets ''."""
+    `max_length` gets ''. Prompts that get fewer than `max_new_tokens` new tokens (prompt and generation
+    must fit `max_length`) are logged in one line, per label of `labels` (one per prompt, e.g. its split)."""
     from transformers import GenerationConfig
 
     from ..data.qa import QACollator
+    from ..data.truncation import TruncationCount
 
     outputs = [""] * len(prompts)
     usable = [i for i, p in enumerate(prompts) if max_length is None or len(p) < max_length]
@@ -42,13 +47,24 @@ def generate_from_ids(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int
         logger.warning("%d prompts are as long as the model's maximum length (%s); their generations are empty.",
                        len(prompts) - len(usable), max_length)
     order = sorted(usable, key=lambda i: len(prompts[i]))
+    if max_length is not None:  # each batch generates up to max_length - its (left-padded) width
+        cut = TruncationCount(f"{desc}: generations of up to {max_new_tokens} new tokens", max_length,
+                              unit="fewer new tokens")
+        budget = {i: 0 for i in range(len(prompts))}
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            width = max(len(prompts[i]) for i in idx)
+            budget.update((i, max(0, min(max_new_tokens, max_length - width))) for i in idx)
+        for i in range(len(prompts)):
+            cut.add(labels[i] if labels is not None else "all", max_new_tokens - budget[i])
+        cut.log(logger)
     collate = QACollator(tokenizer, padding_side="left")
     eos = tokenizer.eos_token_id
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_bar(show_progress)):
             idx = order[start : start + batch_size]
             batch = collate([{"input_ids": list(prompts[i]), "attention_mask": [1] * len(prompts[i])} for i in idx])
             width = batch["input_ids"].shape[1]

@@ -39,6 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.qa import IGNORE_INDEX
+from ..progress import show_progress as show_bar
 from . import metrics
 
 logger = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ def _forward_stats(model: Any, rows: Sequence[Mapping[str, Any]], batch_size: in
     model.eval()
     try:
         starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc=desc, disable=not show_progress):
+        for start in tqdm(starts, desc=desc, disable=not show_bar(show_progress)):
             idx = order[start : start + batch_size]
             batch = _collate([rows[i] for i in idx], pad_id)
             logits = model(input_ids=batch["input_ids"].to(device),
@@ -183,7 +184,7 @@ def gradnorm_scores(model: Any, rows: Sequence[Mapping[str, Any]], pad_id: int =
         for p in params:
             p.requires_grad_(True)
         model.train()
-        for row in tqdm(rows, desc="MIA gradnorm", disable=not show_progress):
+        for row in tqdm(rows, desc="MIA gradnorm", disable=not show_bar(show_progress)):
             model.zero_grad(set_to_none=True)
             batch = _collate([row], pad_id)
             labels = batch["labels"].to(device)

@@ -137,12 +137,17 @@ def evaluate_muse(model: Any, tokenizer: Any, benchmark_splits: Mapping[str, Any
     # Exact memorisation and extraction strength on the verbmem items, teacher-forced.
     from .mia import sequence_scores
 
+    from ..data.truncation import TruncationCount
+
     encoded = []
+    cut = TruncationCount("MUSE verbmem teacher-forced items", max_length)
     for r in verbmem:
         enc = encode_completion(tokenizer, r["prompt"], r["gt"], VERBMEM_MAX_TOKENS, insert_space=True)
         if max_length is not None:
+            cut.add("verbmem/forget", len(enc["input_ids"]) - max_length)
             enc = {k: v[:max_length] for k, v in enc.items()}
         encoded.append(enc)
+    cut.log(logger)
     tf = sequence_scores(model, tokenizer, encoded, batch_size, gradnorm=False, desc="MUSE verbmem teacher-forced",
                          show_progress=show_progress)
     per_example["verbmem_forget"]["exact_memorization"] = tf["exact_memorization"]

@@ -21,6 +21,8 @@ from tqdm.auto import tqdm
 
 from ..data.qa import QACollator, encode_prompt, encode_qa
 from ..data.tofu import evaluation_splits, holdout_split, validate_split
+from ..data.truncation import TruncationCount, model_positions
+from ..progress import show_progress as show_bar
 from . import metrics
 
 logger = logging.getLogger(__name__)
@@ -31,17 +33,7 @@ PARAPHRASED_SETS = ("forget", "retain")  # the others compare the answer itself 
 
 def model_max_length(model: Any, tokenizer: Any = None) -> int | None:
     """The longest sequence the model accepts: its position limit (and the tokenizer's, if set)."""
-    limits = []
-    config = getattr(model, "config", None)
-    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            limits.append(value)
-            break
-    tok_limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
-        limits.append(tok_limit)
-    return min(limits) if limits else None
+    return model_positions(model, tokenizer)
 
 
 @contextmanager
@@ -69,26 +61,35 @@ def _batches(order: Sequence[int], batch_size: int):
 @torch.no_grad()
 def teacher_forced_stats(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 16,
                          max_length: int | None = None, show_progress: bool = True,
-                         desc: str = "TOFU log-likelihoods") -> dict[str, list[float]]:
+                         desc: str = "TOFU log-likelihoods",
+                         labels: Sequence[str] | None = None) -> dict[str, list[float]]:
     """Per pair (question, answer): mean answer-token NLL (answer + EOS) and extraction strength.
 
-    Answers are cut to fit `max_length`; a pair whose prompt alone fills it scores NLL `MAX_NLL`.
+    Answers are cut to fit `max_length`; a pair whose prompt alone fills it scores NLL `MAX_NLL`. The cut
+    pairs are logged in one line, per label of `labels` (one per pair, e.g. its split; default `desc`).
     """
     nll = [metrics.MAX_NLL] * len(pairs)
     es = [0.0] * len(pairs)
     encoded: dict[int, dict] = {}
+    cut = TruncationCount(f"{desc}: question/answer pairs", max_length, unit="answer tokens cut")
     for i, (q, a) in enumerate(pairs):
-        if max_length is None or len(encode_prompt(tokenizer, q)) < max_length:
+        prompt = len(encode_prompt(tokenizer, q))
+        if max_length is None or prompt < max_length:
             encoded[i] = encode_qa(tokenizer, q, a, max_length=max_length)
+        if max_length is not None:
+            full = prompt + len(tokenizer(a, add_special_tokens=False)["input_ids"]) + 1
+            cut.add(labels[i] if labels is not None else "all", full - len(encoded[i]["input_ids"])
+                    if i in encoded else full - prompt)
     if len(encoded) < len(pairs):
         logger.warning("%d of %d prompts fill the model's maximum length (%s); their answers score probability 0.",
                        len(pairs) - len(encoded), len(pairs), max_length)
+    cut.log(logger)
     order = sorted(encoded, key=lambda i: len(encoded[i]["input_ids"]))
     collate = QACollator(tokenizer, padding_side="right")
     device = _device(model)
     n_bad = 0
     with _eval_mode(model):
-        for idx in tqdm(list(_batches(order, batch_size)), desc=desc, disable=not show_progress):
+        for idx in tqdm(list(_batches(order, batch_size)), desc=desc, disable=not show_bar(show_progress)):
             batch = collate([encoded[i] for i in idx])
             logits = model(input_ids=batch["input_ids"].to(device),
                            attention_mask=batch["attention_mask"].to(device)).logits
@@ -108,13 +109,13 @@ def teacher_forced_stats(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, 
 
 def greedy_generate(model: Any, tokenizer: Any, questions: Sequence[str], batch_size: int = 16,
                     max_new_tokens: int = 200, max_length: int | None = None, show_progress: bool = True,
-                    desc: str = "TOFU generation") -> list[str]:
+                    desc: str = "TOFU generation", labels: Sequence[str] | None = None) -> list[str]:
     """Greedy answers to `questions`, left-padded in batches, never longer than `max_length` in total."""
     from .generation import generate_from_ids
 
     prompts = [encode_prompt(tokenizer, q) for q in questions]
     return generate_from_ids(model, tokenizer, prompts, max_new_tokens, batch_size, max_length,
-                             show_progress=show_progress, desc=desc)
+                             show_progress=show_progress, desc=desc, labels=labels)
 
 
 def _tofu_membership(model: Any, tokenizer: Any, forget_rows: list[dict], holdout_rows: Any, holdout: str,
@@ -125,11 +126,20 @@ def _tofu_membership(model: Any, tokenizer: Any, forget_rows: list[dict], holdou
     holdout_rows = validate_split(holdout_rows.to_list() if hasattr(holdout_rows, "to_list") else list(holdout_rows),
                                   holdout, f"benchmark split {holdout!r}")
 
-    def encode(rows: list[dict]) -> list[dict]:
-        return [encode_qa(tokenizer, r["question"], r["answer"], max_length) for r in rows
-                if max_length is None or len(encode_prompt(tokenizer, r["question"])) < max_length]
+    def encode(rows: list[dict], count: TruncationCount | None = None) -> list[dict]:
+        out = [encode_qa(tokenizer, r["question"], r["answer"], max_length) for r in rows
+               if max_length is None or len(encode_prompt(tokenizer, r["question"])) < max_length]
+        if count is not None and max_length is not None:  # the forget pairs were counted with the others
+            for r in rows:
+                full = len(encode_prompt(tokenizer, r["question"])) + len(
+                    tokenizer(r["answer"], add_special_tokens=False)["input_ids"]) + 1
+                count.add(holdout, full - max_length)
+        return out
 
-    result = mia.membership_inference(model, tokenizer, encode(forget_rows), encode(holdout_rows),
+    cut = TruncationCount("Membership inference: question/answer pairs", max_length, unit="answer tokens cut")
+    holdout_encoded = encode(holdout_rows, cut)
+    cut.log(logger)
+    result = mia.membership_inference(model, tokenizer, encode(forget_rows), holdout_encoded,
                                       batch_size=batch_size, show_progress=show_progress)
     em = [v for v in result["per_example"]["forget"]["exact_memorization"] if v is not None]
     result["summary"]["exact_memorization"] = sum(em) / len(em) if em else 0.0
@@ -187,10 +197,15 @@ def evaluate_tofu(model: Any, tokenizer: Any, benchmark_splits: Mapping[str, Any
             slot["perturbed"].append(list(range(len(pairs), len(pairs) + len(r["perturbed_answer"]))))
             pairs += [(r["question"], p) for p in r["perturbed_answer"]]
         slots[name] = slot
-    stats = teacher_forced_stats(model, tokenizer, pairs, batch_size, max_length, show_progress)
+    pair_sets = [name for name, slot in slots.items()
+                 for _ in range(len(slot["answer"]) + sum(len(g) for g in slot["perturbed"])
+                                + (len(slot["answer"]) if name in PARAPHRASED_SETS else 0))]
+    stats = teacher_forced_stats(model, tokenizer, pairs, batch_size, max_length, show_progress,
+                                 desc=f"TOFU {forget_split} log-likelihoods", labels=pair_sets)
     questions = [r["question"] for rows in sets.values() for r in rows]
     generations = greedy_generate(model, tokenizer, questions, batch_size, max_new_tokens, max_length,
-                                  show_progress)
+                                  show_progress, desc=f"TOFU {forget_split} generation",
+                                  labels=[name for name, rows in sets.items() for _ in rows])
 
     per_example: dict[str, dict[str, list]] = {}
     summary: dict[str, Any] = {}

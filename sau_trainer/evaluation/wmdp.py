@@ -128,6 +128,7 @@ def choice_loglikelihoods(model: Any, tokenizer: Any, prompts: Sequence[str], ch
     """
     from tqdm.auto import tqdm
 
+    from ..progress import show_progress as show_bar
     from .tofu import _eval_mode, model_max_length
 
     if batch_size < 1:
@@ -156,7 +157,7 @@ def choice_loglikelihoods(model: Any, tokenizer: Any, prompts: Sequence[str], ch
     logprobs: list[torch.Tensor] = [None] * len(seqs)  # per pass: fp32 log-probs at the positions needed
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))  # long first: memory errors come early
     with _eval_mode(model):
-        for start in tqdm(range(0, len(order), batch_size), disable=not show_progress, desc=desc):
+        for start in tqdm(range(0, len(order), batch_size), disable=not show_bar(show_progress), desc=desc):
             idx = order[start:start + batch_size]
             width = max(len(seqs[i][0]) for i in idx)
             ids = torch.full((len(idx), width), pad, dtype=torch.long)

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..progress import show_progress as show_bar
+
 logger = logging.getLogger(__name__)
 
 
@@ -364,7 +366,7 @@ def prune_layers(
         inputs = capture_layer_inputs(model, layers, types, batches, device)
     token_mask = {}
 
-    bar = tqdm(list(enumerate(layers)), desc=desc, unit="layer", disable=not progress)
+    bar = tqdm(list(enumerate(layers)), desc=desc, unit="layer", disable=not show_bar(progress))
     for idx, layer in bar:
         linears = per_layer[idx]
         bar.set_postfix_str(f"layer {idx}: {len(linears)} matrices")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
+from ..clitools import positive_int
 from .registry import PRUNERS
 
 logger = logging.getLogger(__name__)
@@ -44,43 +44,74 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print perplexity on these texts before and after pruning")
     parser.add_argument("--eval-seq-len", type=int, default=None, help="window length for --eval-ppl")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads for torch (default: 1 for a model under 50M parameters, where more "
+                             "threads only wait on each other, else torch's default)")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the ``prune`` subcommand; returns the exit status (2 on bad input, with the reason on stderr)."""
+    from ..clitools import CommandError, report_error
+
     try:
         return _run(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"sau-trainer prune: error: {err}", file=sys.stderr)
-        return 2
+    except (CommandError, ValueError, FileNotFoundError, FileExistsError) as err:
+        return report_error("prune", err)
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Every cheap check, before anything loads; all the problems found are named together."""
+    from ..clitools import CommandError, model_problem, output_dir_problem
+    from .nm import parse_structure, resolve_sparsity
+
+    problems = []
+    out = args.output_dir
+    bad_out = output_dir_problem(out)
+    if bad_out:
+        problems.append(bad_out)
+    elif os.path.isdir(out) and os.listdir(out) and not args.force:
+        problems.append(f"--output-dir {out}: not empty; pass --force to write into it anyway.")
+    bad_model = model_problem(args.model)
+    if bad_model:
+        problems.append(bad_model)
+    try:
+        resolve_sparsity(args.sparsity, parse_structure(args.structure))
+    except ValueError as err:
+        problems.append(str(err))
+    if PRUNERS[args.method].statistic is not None and args.calibration is None:
+        problems.append(f"--method {args.method} needs --calibration (a text/jsonl file or a dataset directory).")
+    for flag, path in (("--calibration", args.calibration), ("--eval-ppl", args.eval_ppl)):
+        if path is not None and not os.path.exists(path):
+            problems.append(f"{flag} {path}: no such file or directory (a local text/jsonl/json file or a "
+                            "dataset directory; nothing is downloaded).")
+    if problems:
+        raise CommandError(" ".join(p if p.endswith(".") else p + "." for p in problems))
 
 
 def _run(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..clitools import CommandError, load_problem, set_threads
     from .api import prune_model, save_sparse_model
-    from .nm import parse_structure, resolve_sparsity
     from .perplexity import perplexity
     from .textfiles import load_texts
 
-    # cheap checks first: nothing is loaded if the arguments are wrong
+    _check(args)  # nothing is loaded if the arguments are wrong
     out = args.output_dir
-    if os.path.isdir(out) and os.listdir(out) and not args.force:
-        raise FileExistsError(f"output directory {out!r} is not empty; pass --force to write into it anyway.")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise FileExistsError(f"output path {out!r} exists and is not a directory.")
-    resolve_sparsity(args.sparsity, parse_structure(args.structure))
-    if PRUNERS[args.method].statistic is not None and args.calibration is None:
-        raise ValueError(f"--method {args.method} needs --calibration (a text/jsonl file or a dataset directory).")
     calibration = None
     if args.calibration is not None:
         calibration = load_texts(args.calibration, args.text_field, args.split)
     eval_texts = load_texts(args.eval_ppl, args.text_field, args.split) if args.eval_ppl else None
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+    local = os.path.isdir(os.path.expanduser(args.model))
+    set_threads(args.threads, os.path.expanduser(args.model) if local else None)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+    except OSError as err:
+        raise CommandError(load_problem(args.model, err)) from err
     if args.device is not None and not args.offload:
         model.to(args.device)
 

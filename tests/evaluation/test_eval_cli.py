@@ -95,6 +95,7 @@ def test_changed_model_files_are_never_reused(model_dir, tmp_path, caplog):
     assert "model_fingerprint changed" in caplog.text and "Reusing" not in caplog.text
 
 
-def test_eval_rejects_a_directory_without_a_model(tmp_path):
-    with pytest.raises(SystemExit, match="no config.json"):
-        _eval(tmp_path, tmp_path / "out")
+def test_eval_rejects_a_directory_without_a_model(tmp_path, capsys):
+    assert _eval(tmp_path, tmp_path / "out") == 2  # argparse's status for bad input, as the other subcommands
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sau-trainer eval: error: --model ") and "no config.json" in err and "\n" not in err

@@ -57,7 +57,10 @@ def test_prune_bad_input_exits_2_before_loading(saved, capsys):
     assert run(base + ["--method", "magnitude", "--sparsity", "1.2"]) == 2
     assert "outside [0, 1)" in capsys.readouterr().err
     assert run(base + ["--method", "wanda", "--calibration", str(saved / "nope.txt")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nope.txt: no such file or directory" in err
+    assert "missing-model: no such directory" in err  # every problem is named, in one line
+    assert err.count("\n") == 1 and err.startswith("sau-trainer prune: error: ")
     assert not os.path.exists(saved / "o2")
 
 
