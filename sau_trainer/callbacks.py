@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .masks import LazyMasks
 from .objectives import forward_nll
@@ -18,6 +19,33 @@ if TYPE_CHECKING:
     from .trainer import SAUTrainer
 
 logger = logging.getLogger(__name__)
+
+
+def console_logs(logs: dict) -> dict:
+    """What the console shows of a `Trainer.log` call: per-matrix statistics (``sau/<statistic>/<matrix>``, one
+    entry per matrix: 42 for a 6-layer model) are left to the logged metrics (``state.log_history``, the
+    checkpoints' ``trainer_state.json``, the reporting integrations); their summary stays."""
+    return {k: v for k, v in logs.items() if not (k.startswith("sau/") and k.count("/") >= 2)}
+
+
+class _ConsolePrinter(PrinterCallback):
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        return super().on_log(args, state, control, logs=console_logs(logs or {}), **kwargs)
+
+
+class _ConsoleProgress(ProgressCallback):
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        return super().on_log(args, state, control, logs=console_logs(logs or {}), **kwargs)
+
+
+def quiet_console(trainer) -> None:
+    """Make the trainer's console printer (`PrinterCallback` with ``disable_tqdm``, else `ProgressCallback`) skip
+    per-matrix statistics; the instance is kept (its state included), only its class changes."""
+    for cb in trainer.callback_handler.callbacks:
+        if type(cb) is PrinterCallback:
+            cb.__class__ = _ConsolePrinter
+        elif type(cb) is ProgressCallback:
+            cb.__class__ = _ConsoleProgress
 
 
 def _local_grad(p: torch.Tensor) -> torch.Tensor | None:
@@ -35,6 +63,7 @@ class SaliencyCallback(TrainerCallback):
 
     def __init__(self, trainer: SAUTrainer):
         self.trainer = trainer
+        quiet_console(trainer)
 
     def on_train_begin(self, args, state, control, **kwargs):
         trainer = self.trainer
