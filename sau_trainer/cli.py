@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .progress import quiet_unless_terminal
+
+    quiet_unless_terminal()  # bars written to a log file are one line per update
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
