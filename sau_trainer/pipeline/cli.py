@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the ``run`` subcommand."""
     parser.__class__ = _IntermixedParser
     parser.add_argument("recipe", help="recipe YAML file (see recipes/demo.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
+    # default=[]: without it the intermixed parsing lists the optional overrides as required when none is given
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", default=[], help=OVERRIDE_HELP)
     parser.add_argument("--output-dir", "--output", dest="output_dir", default=None,
                         help="output directory (default: the recipe's output_dir, else outputs/<name>)")
     parser.add_argument("--force", action="store_true", help="redo every stage, even those already finished")
@@ -51,10 +52,16 @@ def main(args: argparse.Namespace) -> int:
         print(f"sau-trainer run: error: {err}", file=sys.stderr)
         return 2
     output_dir = Path(args.output_dir or recipe.output_dir or Path("outputs") / recipe.name)
+    from ..clitools import output_dir_problem
+
+    bad_output = output_dir_problem(output_dir, "--output-dir" if args.output_dir else "output_dir")
+    if bad_output:
+        print(f"sau-trainer run: error: {bad_output}", file=sys.stderr)
+        return 2
     try:
         if args.dry_run:
-            return _dry_run(recipe, output_dir)
-        summary = run_recipe(recipe, output_dir, force=args.force)
+            return _dry_run(recipe, output_dir, args)
+        summary = run_recipe(recipe, output_dir, force=args.force, tasks=args.tasks)
     except RecipeError as err:
         print(f"sau-trainer run: error: {err}", file=sys.stderr)
         return 2
