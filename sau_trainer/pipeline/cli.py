@@ -60,8 +60,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.dry_run:
-            return _dry_run(recipe, output_dir, args)
-        summary = run_recipe(recipe, output_dir, force=args.force, tasks=args.tasks)
+            return _dry_run(recipe, output_dir)
+        summary = run_recipe(recipe, output_dir, force=args.force)
     except RecipeError as err:
         print(f"sau-trainer run: error: {err}", file=sys.stderr)
         return 2
