@@ -18,6 +18,9 @@ MODEL_SHAPES: dict[str, dict[str, Any]] = {
     "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                          num_key_value_heads=8, max_position_embeddings=131072, vocab_size=128256,
                          rope_theta=500000.0),
+    "llama-3.3-70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                          num_key_value_heads=8, max_position_embeddings=131072, vocab_size=128256,
+                          rope_theta=500000.0),
 }
 
 

@@ -1,4 +1,4 @@
-"""``sau-trainer run RECIPE.yaml [--output-dir DIR] [--force] [key.path=value ...]``."""
+"""``sau-trainer run RECIPE.yaml [--output-dir DIR] [--force] [--tasks GLOB] [--dry-run] [key.path=value ...]``."""
 
 from __future__ import annotations
 
@@ -39,6 +39,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output directory (default: the recipe's output_dir, else outputs/<name>)")
     parser.add_argument("--force", action="store_true", help="redo every stage, even those already finished")
     parser.add_argument("--dry-run", action="store_true", help="validate and list the stages, run nothing")
+    parser.add_argument("--accelerate-config", default=None, metavar="YAML",
+                        help="--dry-run: estimate memory for this accelerate config (processes, FSDP, DeepSpeed "
+                        "ZeRO); default: the current accelerate launch, else one process")
+    parser.add_argument("--num-processes", type=int, default=None, metavar="N",
+                        help="--dry-run: the number of processes (overrides the accelerate config's)")
+    parser.add_argument("--device-memory", type=float, default=None, metavar="GIB",
+                        help="--dry-run: the memory of one device in GiB to check the estimate against "
+                        "(default: CUDA device 0, else the host's RAM)")
+    parser.add_argument("--tasks", action="append", metavar="GLOB", default=None,
+                        help="run only the tasks whose names (as --dry-run lists them) match GLOB (fnmatch; "
+                        "repeat it or separate patterns by commas), with the unfinished tasks they depend on; "
+                        "several such runs may share one output directory at the same time (a task is run by "
+                        "one of them, the others reuse it), e.g. --tasks 'models/*-s1'")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -60,26 +73,70 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.dry_run:
-            return _dry_run(recipe, output_dir)
-        summary = run_recipe(recipe, output_dir, force=args.force)
+            return _dry_run(recipe, output_dir, args)
+        summary = run_recipe(recipe, output_dir, force=args.force, tasks=args.tasks)
     except RecipeError as err:
         print(f"sau-trainer run: error: {err}", file=sys.stderr)
         return 2
     except StageFailed as err:
         print(f"sau-trainer run: error: {err}", file=sys.stderr)
         return 1
-    logger.info("done: %d stages run, %d cached; report: %s", len(summary.ran), len(summary.skipped),
+    logger.info("done: %d stages run, %d cached%s; report: %s", len(summary.ran), len(summary.skipped),
+                f", {len(summary.not_selected)} not selected by --tasks" if summary.not_selected else "",
                 output_dir / "report.md")
     return 0
 
 
-def _dry_run(recipe, output_dir: Path) -> int:
-    from .runner import hash_tasks, is_done
+def _dry_run(recipe, output_dir: Path, args=None) -> int:
+    from .runner import hash_tasks, is_done, parse_patterns, select_tasks
+    from .schema import RecipeError
     from .stages import STAGES, plan
 
-    tasks = plan(recipe)
+    try:
+        tasks = plan(recipe)
+        known = True
+    except RecipeError as err:  # the data is not here (offline, no data_dir): list the stages all the same
+        if not str(err).startswith("data:"):
+            raise
+        print(f"note: {err}\nnote: without the data the stages are listed, but whether they are cached is "
+              "unknown", file=sys.stderr)
+        tasks = plan(recipe, lambda: {})
+        known = False
     hash_tasks(tasks)
+    patterns = parse_patterns(getattr(args, "tasks", None))
+    selected = select_tasks(tasks, patterns) if patterns else {t.name for t in tasks}
     for t in tasks:
-        done = STAGES[t.kind].cached and is_done(output_dir / "stages" / t.name, t)
+        if t.name not in selected:
+            continue
+        done = known and STAGES[t.kind].cached and is_done(output_dir / "stages" / t.name, t)
         print(f"{'cached' if done else 'to run':7s} {t.kind:9s} {t.name}")
+    return _print_memory(recipe, [t for t in tasks if t.name in selected], args)
+
+
+def _print_memory(recipe, tasks, args) -> int:
+    """The dry run's memory estimate per stage (pipeline/memory.py) and a warning for each that cannot fit."""
+    from . import memory
+
+    config = getattr(args, "accelerate_config", None)
+    nproc = getattr(args, "num_processes", None)
+    try:
+        if config:
+            dist = memory.distributed_from_accelerate_config(config, nproc)
+        else:
+            dist = memory.distributed_from_env() or memory.Distributed()
+            if nproc:
+                dist = memory.Distributed(nproc, dist.kind if dist.kind != "single" else "ddp", dist.fsdp_version,
+                                          dist.reshard_after_forward, dist.zero_stage, dist.offload_params,
+                                          dist.offload_optimizer, dist.source)
+    except (OSError, ValueError) as err:
+        print(f"sau-trainer run: error: --accelerate-config {config}: {err}", file=sys.stderr)
+        return 2
+    device = memory.device_memory()
+    if getattr(args, "device_memory", None):
+        device = (int(args.device_memory * memory.GiB), f"a device of {args.device_memory:g} GiB (--device-memory)")
+    lines, warnings = memory.memory_report(recipe, tasks, dist, device)
+    print()
+    print("\n".join(lines))
+    for w in warnings:
+        print(w)
     return 0

@@ -63,19 +63,30 @@ def collect_rows(ctx, eval_tasks) -> list[dict]:
     return fold_attacks(rows)
 
 
+def _pending_section(pending: list[str] | None) -> str:
+    if not pending:
+        return ""
+    return ("\n## Not finished yet\n\n"
+            f"{len(pending)} evaluation(s) have no result yet (a run with `--tasks`, or runs still at work); the "
+            "report is rewritten by every run:\n\n" + "".join(f"- `{name}`\n" for name in pending))
+
+
 def _atomic_write(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # runs sharing the directory never share a tmp
     tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
     os.replace(tmp, path)
 
 
-def write_report(ctx, eval_tasks) -> dict:
-    """Write the three report files into ``ctx.output_dir``; returns their paths."""
+def write_report(ctx, eval_tasks, pending: list[str] | None = None) -> dict:
+    """Write the three report files into ``ctx.output_dir``; returns their paths. `pending`: evaluations not
+    finished yet, listed under ``"pending"`` in report.json and at the end of report.md (only when there are)."""
     rows = collect_rows(ctx, eval_tasks)
     report = build_report(rows)
+    if pending:
+        report["pending"] = list(pending)
     out = ctx.output_dir
     _atomic_write(out / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
-    _atomic_write(out / "report.md", render_markdown(rows, ctx.recipe))
+    _atomic_write(out / "report.md", render_markdown(rows, ctx.recipe) + _pending_section(pending))
     files = {"json": str(out / "report.json"), "markdown": str(out / "report.md")}
     if ctx.recipe.report.plot:
         plot_tradeoff(rows, out / "tradeoff.png", ctx.recipe.report.utility_fraction,
@@ -307,7 +318,7 @@ def plot_tradeoff(rows: list[dict], path: Path, utility_fraction: float = 0.9, s
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
     os.replace(tmp, path)

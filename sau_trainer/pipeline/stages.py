@@ -419,10 +419,15 @@ def run_attack(ctx: Context, task: Task, out: Path) -> dict:
 
 
 def run_report(ctx: Context, task: Task, out: Path) -> dict:
-    """report.json, report.md and tradeoff.png at the top of the output directory."""
+    """report.json, report.md and tradeoff.png at the top of the output directory: the finished evaluations,
+    and the names of those not finished yet (a run with ``--tasks``, or other runs still at work)."""
     from .report import write_report
+    from .runner import is_done
 
-    return write_report(ctx, [t for t in ctx.tasks.values() if t.kind == "evaluate"])
+    evals = [t for t in ctx.tasks.values() if t.kind == "evaluate"]
+    done = [t for t in evals if is_done(ctx.task_dir(t.name), t)]
+    pending = [t.name for t in evals if t not in done]
+    return write_report(ctx, done, pending=pending)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,502 @@
+"""The memory estimate of ``sau-trainer run RECIPE --dry-run``: peak bytes per device, per stage, before any work.
+
+Pure arithmetic on the model's shape (parameter counts from its config, the model built on the ``meta``
+device: no weights are read or allocated), its precision, the optimizer and the distributed setup. Every
+component is counted per device:
+
+* **weights** as trained: the model's dtype, or fp32 master weights where the precision policy upcasts bf16
+  weights (``low_precision_weights: upcast`` without a compensated optimizer; README "Precision");
+* **gradients** in the trained weights' dtype; **optimizer** state in bytes per trainable parameter
+  (`optimizer_bytes`: AdamW 2 x the weight's bytes, bitsandbytes / torchao 8-bit about 2.05, Kahan AdamW 6, ...);
+* **masks**: ``M``, 1 bit per prunable weight; **SAU**: ``G`` (1 bit) and ``W`` (nothing per matrix, 4 bytes
+  per row or entry otherwise), and the saliency pass's fp32 sums (4 bytes per prunable weight), which exist
+  before the optimizer state does: the pass is its own phase, and the stage's peak is the larger phase;
+* **activations** of one micro-batch (`activation_bytes`), times the batches one step keeps alive at once
+  (forget and retain batches for objectives with a retain term);
+* **reference**: a frozen copy of the model for objectives that keep one (UNDIAL, RMU, KL retain terms).
+
+Sharding follows what FSDP and DeepSpeed shard: ZeRO-1 the optimizer state, ZeRO-2 also the gradients,
+ZeRO-3 and FSDP full shard everything that belongs to a parameter (masks and SAU state are sharded like their
+parameters), plus the largest gathered units (two decoder blocks and the root module's parameters, for
+prefetching). Pruning and evaluation run on the main process with the whole model on one device, whatever
+the training setup.
+
+The activation count is an approximation for Llama-style blocks (the tensors autograd keeps per token: the
+norms' fp32 inputs, q, k, v, the attention output, the MLP's four intermediates; logits in the compute dtype
+plus an fp32 log-softmax and its gradient). Allocator fragmentation and the CUDA context are one fixed
+`overhead` (1 GiB on a GPU). It is an estimate to catch a setup that cannot fit before hours are spent,
+not a measurement.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GiB = 1024 ** 3
+CUDA_OVERHEAD = 1 * GiB
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+# Hub ids whose shape is known without the Hub (the recipes' models): a name of MODEL_SHAPES or config fields.
+KNOWN_MODELS: dict[str, str | dict] = {
+    "meta-llama/Llama-3.2-1B-Instruct": "llama-3.2-1b",
+    "meta-llama/Llama-3.2-1B": "llama-3.2-1b",
+    "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b",
+    "meta-llama/Llama-3.1-8B": "llama-3.1-8b",
+    "meta-llama/Llama-3.3-70B-Instruct": "llama-3.3-70b",
+    "meta-llama/Llama-3.1-70B-Instruct": "llama-3.3-70b",
+    "meta-llama/Llama-2-7b-hf": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                     num_attention_heads=32, num_key_value_heads=32, vocab_size=32000),
+    "meta-llama/Llama-2-7b-chat-hf": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                          num_attention_heads=32, num_key_value_heads=32, vocab_size=32000),
+    "HuggingFaceH4/zephyr-7b-beta": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                         num_attention_heads=32, num_key_value_heads=8, vocab_size=32000),
+}
+
+
+# ----------------------------------------------------------------------------------------- model shape
+@dataclass(frozen=True)
+class ModelCounts:
+    """What the estimate needs to know about a model: parameter counts and the sizes activations scale with."""
+
+    total: int  # every parameter
+    prunable: int  # the prunable weights (nn.Linear weights of the decoder blocks)
+    layers: int
+    hidden: int
+    intermediate: int
+    kv_dim: int  # key/value heads x head dim
+    vocab: int
+    largest_layer: int  # parameters of the largest decoder block (an FSDP unit)
+    outside_layers: int  # embeddings, final norm, untied head (the root unit)
+    max_in_features: int  # widest prunable matrix input (SparseGPT's Hessian is its square)
+    largest_matrix: int  # entries of the largest prunable matrix
+    source: str = ""
+
+
+def llama_counts(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int,
+                 tied: bool = False, head_dim: int | None = None, source: str = "") -> ModelCounts:
+    """Parameter counts of a Llama-style model by arithmetic (q, k, v, o, gate, up, down, two norms per block)."""
+    hd = head_dim or hidden // heads
+    q, kv = heads * hd, kv_heads * hd
+    linear = hidden * q + 2 * hidden * kv + q * hidden + 3 * hidden * intermediate
+    block = linear + 2 * hidden
+    outside = vocab * hidden * (1 if tied else 2) + hidden
+    return ModelCounts(total=layers * block + outside, prunable=layers * linear, layers=layers, hidden=hidden,
+                       intermediate=intermediate, kv_dim=kv, vocab=vocab, largest_layer=block,
+                       outside_layers=outside, max_in_features=max(hidden, intermediate, q),
+                       largest_matrix=hidden * intermediate, source=source)
+
+
+def counts_from_config(config: Any, source: str = "") -> ModelCounts:
+    """Counts of any causal LM config, from the model built on the meta device (no memory, no weights)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..masks import decoder_layers, prunable_parameters
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    prunable = prunable_parameters(model)
+    blocks = list(decoder_layers(model))
+    per_block = [sum(p.numel() for p in b.parameters()) for b in blocks]
+    total = sum(p.numel() for p in model.parameters())
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = text.hidden_size
+    heads = text.num_attention_heads
+    hd = getattr(text, "head_dim", None) or hidden // heads
+    kv = (getattr(text, "num_key_value_heads", None) or heads) * hd
+    inter = getattr(text, "intermediate_size", None) or 4 * hidden
+    return ModelCounts(total=total, prunable=sum(p.numel() for p in prunable.values()), layers=len(blocks),
+                       hidden=hidden, intermediate=inter, kv_dim=kv, vocab=text.vocab_size,
+                       largest_layer=max(per_block, default=0), outside_layers=total - sum(per_block),
+                       max_in_features=max((p.shape[-1] for p in prunable.values()), default=0),
+                       largest_matrix=max((p.shape[-1] * p.shape[-2] for p in prunable.values()), default=0),
+                       source=source)
+
+
+def model_config(model_section) -> tuple[Any, str] | None:
+    """The recipe model's config without its weights: a `shape`, a local directory's config.json, the Hugging
+    Face cache, or `KNOWN_MODELS`; None when none of them knows it (offline and unknown)."""
+    from transformers import AutoConfig, LlamaConfig
+
+    from ..modeling import MODEL_SHAPES
+
+    def from_fields(fields, where):
+        fields = dict(MODEL_SHAPES[fields]) if isinstance(fields, str) else dict(fields)
+        return LlamaConfig(**fields), where
+
+    m = model_section
+    if m.shape is not None:
+        fields = dict(MODEL_SHAPES[m.shape]) if isinstance(m.shape, str) else dict(m.shape)
+        fields["vocab_size"] = m.vocab_size  # the tokenizer trained from scratch sets it (build_llama)
+        return LlamaConfig(**fields), f"shape {m.shape!r}"
+    ref = m.name_or_path
+    if ref and os.path.isfile(os.path.join(ref, "config.json")):
+        return AutoConfig.from_pretrained(ref), f"{ref}/config.json"
+    if ref:
+        try:
+            return AutoConfig.from_pretrained(ref, local_files_only=True), f"{ref} (Hugging Face cache)"
+        except Exception:  # noqa: BLE001 - not cached: the table below, else unknown
+            pass
+        if ref in KNOWN_MODELS:
+            known = KNOWN_MODELS[ref]
+            return from_fields(known, f"{ref} (shape {known!r})" if isinstance(known, str) else f"{ref} (known shape)")
+    return None
+
+
+# ----------------------------------------------------------------------------------------- distributed setup
+@dataclass(frozen=True)
+class Distributed:
+    """How training is spread: processes, and what FSDP / DeepSpeed shards (`kind`: single, ddp, fsdp, zero)."""
+
+    num_processes: int = 1
+    kind: str = "single"
+    fsdp_version: int = 2
+    reshard_after_forward: bool = True  # FSDP full shard (False: SHARD_GRAD_OP, like ZeRO-2)
+    zero_stage: int = 0
+    offload_params: bool = False
+    offload_optimizer: bool = False
+    source: str = ""
+
+    def describe(self) -> str:
+        n = f"{self.num_processes} process{'es' if self.num_processes != 1 else ''}"
+        if self.kind == "fsdp":
+            how = f"FSDP{self.fsdp_version} {'full shard' if self.reshard_after_forward else 'shard grad/optimizer'}"
+        elif self.kind == "zero":
+            how = f"DeepSpeed ZeRO-{self.zero_stage}"
+        elif self.kind == "ddp":
+            how = "data parallel (a full copy per device)"
+        else:
+            how = "no sharding"
+        off = [w for w, on in (("parameters", self.offload_params), ("optimizer", self.offload_optimizer)) if on]
+        return f"{n}, {how}" + (f", {' and '.join(off)} offloaded to CPU" if off else "") + \
+            (f" (from {self.source})" if self.source else "")
+
+    # what is divided by the process count
+    @property
+    def shards_weights(self) -> bool:
+        return (self.kind == "fsdp" and self.reshard_after_forward) or (self.kind == "zero" and self.zero_stage >= 3)
+
+    @property
+    def shards_gradients(self) -> bool:
+        return self.kind == "fsdp" or (self.kind == "zero" and self.zero_stage >= 2)
+
+    @property
+    def shards_optimizer(self) -> bool:
+        return self.kind == "fsdp" or (self.kind == "zero" and self.zero_stage >= 1)
+
+
+def _truthy(v: Any) -> bool:
+    return str(v).strip().lower() in ("1", "true", "yes")
+
+
+def distributed_from_accelerate_config(path: str | os.PathLike, num_processes: int | None = None) -> Distributed:
+    """The setup an accelerate config file asks for (``distributed_type``, ``fsdp_config``, ``deepspeed_config``)."""
+    import yaml
+
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    n = int(num_processes or doc.get("num_processes") or 1)
+    dtype = str(doc.get("distributed_type", "NO")).upper()
+    where = str(path)
+    if dtype == "FSDP":
+        f = doc.get("fsdp_config") or {}
+        strategy = str(f.get("fsdp_sharding_strategy", "FULL_SHARD")).upper()
+        reshard = f.get("fsdp_reshard_after_forward", strategy not in ("SHARD_GRAD_OP", "2"))
+        if isinstance(reshard, str) and not reshard.lower() in ("true", "false"):
+            reshard = reshard.upper() not in ("SHARD_GRAD_OP", "2")
+        return Distributed(n, "fsdp", int(f.get("fsdp_version", 1)), _truthy(reshard),
+                           offload_params=_truthy(f.get("fsdp_offload_params", False)), source=where)
+    if dtype == "DEEPSPEED":
+        d = doc.get("deepspeed_config") or {}
+        return Distributed(n, "zero", zero_stage=int(d.get("zero_stage", 0)),
+                           offload_params=str(d.get("offload_param_device", "none")).lower() not in ("none", ""),
+                           offload_optimizer=str(d.get("offload_optimizer_device", "none")).lower()
+                           not in ("none", ""), source=where)
+    return Distributed(n, "ddp" if n > 1 else "single", source=where)
+
+
+def distributed_from_env(env: dict | None = None) -> Distributed | None:
+    """The setup of the current `accelerate launch` (its environment variables), or None outside one."""
+    env = dict(os.environ if env is None else env)
+    n = int(env.get("WORLD_SIZE", "0") or 0)
+    if _truthy(env.get("ACCELERATE_USE_FSDP", "")):
+        strategy = env.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").upper()
+        reshard = env.get("FSDP_RESHARD_AFTER_FORWARD", "true" if strategy not in ("SHARD_GRAD_OP", "2") else "false")
+        return Distributed(max(n, 1), "fsdp", int(env.get("FSDP_VERSION", "1")), _truthy(reshard),
+                           offload_params=_truthy(env.get("FSDP_OFFLOAD_PARAMS", "")), source="environment")
+    if _truthy(env.get("ACCELERATE_USE_DEEPSPEED", "")):
+        return Distributed(max(n, 1), "zero", zero_stage=int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "0")),
+                           offload_params=env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none") != "none",
+                           offload_optimizer=env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE",
+                                                     "none") != "none", source="environment")
+    if n > 1:
+        return Distributed(n, "ddp", source="environment")
+    return None
+
+
+# ----------------------------------------------------------------------------------------- precision
+# Optimizer state in bytes per trained parameter; `None`: twice the weight's bytes (torch's Adam-type states
+# take the parameter's dtype). Measured by benchmarks/precision.py where the README quotes it.
+OPTIMIZER_BYTES: dict[str, float | None] = {
+    "adamw_torch": None, "adamw_torch_fused": None, "adamw_hf": None, "adamw_apex_fused": None, "adafactor": 0.05,
+    "adamw_bnb_8bit": 2.05, "adamw_8bit": 2.05, "paged_adamw_8bit": 2.05, "lion_8bit": 1.03,
+    "paged_lion_8bit": 1.03, "rmsprop_bnb_8bit": 1.03, "paged_adamw_32bit": 8.0, "adamw_bnb_32bit": 8.0,
+    "lion_32bit": 4.0, "paged_lion_32bit": 4.0, "sgd": 0.0, "adagrad": None,
+}
+COMPENSATED_BYTES = {"kahan_adamw": 6.0, "sr_adamw": 4.0, "sr_adamw8bit": 2.03}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Bytes per parameter of what training holds: weights as trained, gradients, optimizer state, and the
+    compute dtype of activations."""
+
+    weight: float
+    grad: float
+    optimizer: float
+    compute: float
+    note: str = ""
+
+
+def training_precision(dtype: str, optim: str, bf16: bool, compensated: str = "none",
+                       low_precision_weights: str = "upcast") -> Precision:
+    """The precision rules of `sau_trainer.precision` as bytes: bf16 weights are trained as fp32 master weights
+    (upcast), kept with a compensated optimizer, or refused (error; estimated as kept)."""
+    d = DTYPE_BYTES.get(dtype, 2)  # "auto": the published checkpoints of the recipes' models are bf16
+    note = "" if dtype in DTYPE_BYTES else "dtype auto counted as bf16"
+    compute = 2 if (bf16 or d == 2) else 4
+    if d == 2 and compensated in COMPENSATED_BYTES:
+        return Precision(2, 2, COMPENSATED_BYTES[compensated], compute, note)
+    weight = 4 if (d == 2 and low_precision_weights == "upcast") else d
+    state = OPTIMIZER_BYTES.get(optim, None) if optim in OPTIMIZER_BYTES else None
+    if optim not in OPTIMIZER_BYTES:
+        note = (note + "; " if note else "") + f"optimizer {optim!r} counted as AdamW"
+    return Precision(weight, weight, 2 * weight if state is None else state, compute, note)
+
+
+# ----------------------------------------------------------------------------------------- activations
+def activation_bytes(counts: ModelCounts, batch: int, seq: int, compute: float, checkpointing: bool,
+                     forwards: int = 1) -> float:
+    """Autograd's saved tensors of one training step on one device: per token and block ``9 h + 2 kv + 4 i``
+    values (all blocks, or with gradient checkpointing one block plus each block's input), and the logits in
+    the compute dtype with an fp32 log-softmax and its fp32 gradient; `forwards` batches alive at once."""
+    tokens = batch * seq
+    block = (9 * counts.hidden + 2 * counts.kv_dim + 4 * counts.intermediate) * tokens * compute
+    if checkpointing:
+        blocks = counts.layers * counts.hidden * tokens * compute + block
+    else:
+        blocks = counts.layers * block
+    logits = tokens * counts.vocab * (compute + 8)
+    return forwards * (blocks + logits)
+
+
+# ----------------------------------------------------------------------------------------- estimates
+@dataclass
+class Estimate:
+    """Bytes per device by component; `phases` the totals of phases that do not overlap (peak: the largest)."""
+
+    components: dict[str, float]
+    phases: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak(self) -> float:
+        return max(self.phases.values()) if self.phases else sum(self.components.values())
+
+
+COMPONENTS = ("weights", "gradients", "optimizer", "masks", "sau", "activations", "reference", "overhead")
+
+
+def training_estimate(counts: ModelCounts, precision: Precision, dist: Distributed, *, batch: int, seq: int,
+                      checkpointing: bool, forwards: int = 1, masks: bool = False, sau: bool = False,
+                      saliency_batch: int | None = None, w_per: str = "matrix", update_copy: bool = False,
+                      reference: bool = False, overhead: float = 0.0) -> Estimate:
+    """Peak bytes per device of a training or unlearning stage (see the module docstring for what counts)."""
+    n = max(dist.num_processes, 1)
+    p, total = counts.prunable, counts.total
+    gathered = (2 * counts.largest_layer + counts.outside_layers) * precision.weight
+    if dist.offload_params and dist.kind == "fsdp":
+        weights, grads, optim = gathered, counts.largest_layer * precision.grad, 0.0
+    else:
+        if dist.offload_params:
+            weights = gathered
+        elif dist.shards_weights:
+            weights = total * precision.weight / n + gathered
+        else:
+            weights = total * precision.weight
+        grads = total * precision.grad / n + counts.largest_layer * precision.grad if dist.shards_gradients \
+            else total * precision.grad
+        optim = 0.0 if dist.offload_optimizer else \
+            total * precision.optimizer / (n if dist.shards_optimizer else 1)
+    shard = n if dist.shards_weights else 1  # masks and SAU state are sharded like their parameters
+    m = p / 8 / shard if masks else 0.0
+    s_state = 0.0
+    if sau:
+        s_state = p / 8 / shard
+        if w_per == "row":
+            s_state += counts.prunable / max(counts.hidden, 1) * 4 / shard
+        elif w_per == "param":
+            s_state += p * 4 / shard
+    if update_copy:
+        s_state += p * precision.weight / shard
+    act = activation_bytes(counts, batch, seq, precision.compute, checkpointing, forwards)
+    ref = total * precision.weight / shard if reference else 0.0
+    comps = {"weights": weights, "gradients": grads, "optimizer": optim, "masks": m, "sau": s_state,
+             "activations": act, "reference": ref, "overhead": overhead}
+    est = Estimate(comps, {"training": sum(comps.values())})
+    if sau:  # before training: the saliency sums, one batch's activations; no optimizer state or gradients yet
+        sums = p * 4 / shard
+        sal_act = activation_bytes(counts, saliency_batch or batch, seq, precision.compute, checkpointing, 1)
+        est.phases["saliency pass"] = weights + m + sums + sal_act + ref + overhead + \
+            counts.largest_layer * precision.grad
+    if precision.note:
+        est.notes.append(precision.note)
+    return est
+
+
+def prune_estimate(counts: ModelCounts, dtype: str, method: str, num_samples: int, seq_len: int,
+                   overhead: float = 0.0) -> Estimate:
+    """Pruning on the main process: the whole model in its dtype on one device, the calibration inputs and
+    outputs of one block (wanda, sparsegpt: fp32), SparseGPT's Hessian and its inverse (fp32, the widest input),
+    and a working copy of the largest matrix."""
+    d = DTYPE_BYTES.get(dtype, 2)
+    calib = 0.0 if method == "magnitude" else 2 * num_samples * seq_len * counts.hidden * 4
+    hessian = 2 * counts.max_in_features ** 2 * 4 if method == "sparsegpt" else 0.0
+    work = counts.largest_matrix * 4
+    return Estimate({"weights": counts.total * d, "activations": calib + hessian + work, "overhead": overhead})
+
+
+def evaluate_estimate(counts: ModelCounts, dtype: str, batch: int, seq: int, new_tokens: int,
+                      overhead: float = 0.0) -> Estimate:
+    """Evaluation on the main process: the whole model, the logits of one batch (model dtype and fp32) and the
+    KV cache of a generation of `new_tokens` after `seq` tokens."""
+    d = DTYPE_BYTES.get(dtype, 2)
+    logits = batch * seq * counts.vocab * (d + 4)
+    cache = 2 * counts.layers * counts.kv_dim * batch * (seq + new_tokens) * d
+    return Estimate({"weights": counts.total * d, "activations": max(logits, cache), "overhead": overhead})
+
+
+# ----------------------------------------------------------------------------------------- the device
+def device_memory() -> tuple[int, str]:
+    """Total memory of the device the run would use: CUDA device 0, else the host's RAM."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            return int(props.total_memory), f"{props.name}"
+    except Exception:  # noqa: BLE001 - no usable CUDA: the host
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "host RAM (no GPU)"
+    except (ValueError, OSError, AttributeError):
+        return 0, "unknown"
+
+
+def gib(x: float) -> str:
+    return f"{x / GiB:.1f}"
+
+
+# ----------------------------------------------------------------------------------------- a recipe's stages
+def _sau_args(unlearn: dict, objective: str, sau: bool):
+    """SAUConfig's defaults with a grid point's settings (no TrainingArguments built: no device checks)."""
+    import dataclasses
+    import types
+
+    from ..config import SAUConfig
+
+    values = {f.name: f.default for f in dataclasses.fields(SAUConfig) if f.default is not dataclasses.MISSING}
+    values.update({k: v for k, v in unlearn.items() if k != "args"}, **unlearn.get("args", {}))
+    values.update(objective=objective, sau=sau)
+    return types.SimpleNamespace(**values)
+
+
+def estimate_task(task, recipe, counts: ModelCounts, dist: Distributed, overhead: float = 0.0) -> Estimate | None:
+    """The estimate of one planned task (`pipeline.stages.Task`), or None for stages that hold no model."""
+    s, m = task.settings, recipe.model
+    if task.kind == "train":
+        t = s["train"]
+        args = t.get("args", {})
+        prec = training_precision(m.dtype, args.get("optim", t["optim"]), args.get("bf16", t["bf16"]),
+                                  args.get("compensated_optimizer", "none"),
+                                  args.get("low_precision_weights", "upcast"))
+        return training_estimate(counts, prec, dist, batch=t["per_device_train_batch_size"], seq=t["max_length"],
+                                 checkpointing=args.get("gradient_checkpointing", t["gradient_checkpointing"]),
+                                 overhead=overhead)
+    if task.kind in ("unlearn", "attack"):
+        u = s.get("unlearn") or {**{k: v for k, v in vars(recipe.unlearn).items()}, "args": recipe.unlearn.args}
+        sau = bool(s.get("sau", False)) and task.kind == "unlearn"
+        a = _sau_args(u, s.get("objective", "graddiff"), sau)
+        from ..objectives import OBJECTIVES
+
+        try:
+            objective = OBJECTIVES[a.objective](a)
+            forwards, reference = 1 + bool(objective.uses_retain), bool(objective.needs_reference_model)
+        except Exception:  # noqa: BLE001 - an objective that needs more than defaults: count the worst case
+            forwards, reference = 2, True
+        prec = training_precision(m.dtype, a.optim, a.bf16, a.compensated_optimizer or "none",
+                                  a.low_precision_weights or "upcast")
+        sparse = "+" in str(s.get("source", ""))
+        update_copy = a.sau_redistribution_target == "update" and a.sau_redistribution in ("row", "param")
+        est = training_estimate(counts, prec, dist, batch=a.per_device_train_batch_size, seq=a.max_length,
+                                checkpointing=a.gradient_checkpointing, forwards=forwards, masks=sparse, sau=sau,
+                                saliency_batch=a.saliency_batch_size, w_per=a.sau_redistribution,
+                                update_copy=sau and update_copy, reference=reference, overhead=overhead)
+        if task.kind == "attack":
+            est.notes.append("an attack: counted as plain training with the unlearning settings (an upper bound)")
+        return est
+    if task.kind == "prune":
+        return prune_estimate(counts, m.dtype, s["method"], s["num_samples"], s["seq_len"], overhead)
+    if task.kind == "evaluate":
+        e = s["evaluate"]
+        seq = e.get("max_length") or recipe.unlearn.max_length
+        return evaluate_estimate(counts, m.dtype, e["batch_size"], seq, e["max_new_tokens"], overhead)
+    return None
+
+
+def _signature(task, est: Estimate) -> tuple:
+    return (task.kind, tuple(round(v) for v in est.components.values()),
+            tuple(sorted((k, round(v)) for k, v in est.phases.items())))
+
+
+def memory_report(recipe, tasks, dist: Distributed, device: tuple[int, str], counts: ModelCounts | None = None,
+                  where: str = "") -> tuple[list[str], list[str]]:
+    """Lines of the dry run's memory table (one row per distinct estimate, with how many tasks share it) and
+    its warnings (each stage whose peak exceeds the device's memory)."""
+    total, device_name = device
+    if counts is None:
+        found = model_config(recipe.model)
+        if found is None:
+            return ([f"memory: the shape of {recipe.model.name_or_path!r} is not known offline (no config.json, not "
+                     "in the Hugging Face cache, not in sau_trainer.pipeline.memory.KNOWN_MODELS): no estimate"], [])
+        config, where = found
+        counts = counts_from_config(config, where)
+    overhead = CUDA_OVERHEAD if "host RAM" not in device_name else 0.0
+    groups: dict[tuple, list] = {}
+    for t in tasks:
+        est = estimate_task(t, recipe, counts, dist, overhead)
+        if est is not None:
+            groups.setdefault(_signature(t, est), [t, est, 0])[2] += 1
+    head = (f"memory per device (estimated, GiB; {where or counts.source}: {counts.total / 1e9:.2f}e9 parameters, "
+            f"{counts.prunable / 1e9:.2f}e9 prunable; training: {dist.describe()}; pruning and evaluation on the "
+            f"main process's device; device: {device_name}, {gib(total)} GiB):")
+    cols = ("weights", "gradients", "optimizer", "masks", "sau", "activations", "reference", "overhead")
+    short = ("weights", "grads", "optim", "masks", "SAU", "activ", "ref", "other")
+    lines = [head, f"  {'stage':8s} {'tasks':>5s} " + " ".join(f"{c:>7s}" for c in short) + f" {'peak':>7s}  first task"]
+    warnings = []
+    for task, est, n in groups.values():
+        vals = " ".join(f"{gib(est.components.get(c, 0.0)):>7s}" for c in cols)
+        phase = ""
+        if len(est.phases) > 1:
+            phase = "  (" + ", ".join(f"{k} {gib(v)}" for k, v in est.phases.items()) + ")"
+        lines.append(f"  {task.kind:8s} {n:5d} {vals} {gib(est.peak):>7s}  {task.name}{phase}")
+        for note in est.notes:
+            lines.append(f"  {'':8s} note: {note}")
+        if total and est.peak > total:
+            warnings.append(f"WARNING: {task.kind} ({task.name}{' and ' + str(n - 1) + ' more' if n > 1 else ''}) "
+                            f"needs about {gib(est.peak)} GiB per device, more than the {gib(total)} GiB of "
+                            f"{device_name}")
+    return lines, warnings
