@@ -108,16 +108,58 @@ class Context:
 
 
 def load_data(recipe: Recipe) -> dict[str, list[dict]]:
-    """Every split of the recipe's benchmark."""
+def split_uses(recipe: Recipe) -> dict[str, str] | None:
+    """The TOFU-style splits the recipe's stages read, each with what reads it (None: load every split, as for a
+    generated benchmark, a tokenizer trained on every string, or a MUSE/WMDP-style benchmark)."""
+    from ..data.benchmarks import get_benchmark
+    from ..pruning.registry import PRUNERS
+
+    d, m = recipe.data, recipe.model
+    bench = get_benchmark(d.benchmark)
+    if bench.protocol != "tofu" or (bench.generated and d.data_dir is None) or m.shape is not None:
+        return None
+    uses: dict[str, str] = {}
+    for role, sec in (("target", recipe.train_target), ("retain", recipe.train_retain)):
+        if sec.enabled:
+            for split in sec.splits or default_splits(recipe, role):
+                uses.setdefault(split, f"training the {role} model (train_{role}.splits)")
+    p = recipe.prune
+    if p.enabled and p.calibration_path is None and any(PRUNERS[x].statistic is not None for x in p.method):
+        uses.setdefault(p.calibration_split, "pruning calibration (prune.calibration_split)")
+    if recipe.unlearn.enabled:
+        forget, retain = bench.unlearning_splits(d.forget_split, recipe.unlearn.retain_split, d.subset)
+        uses.setdefault(forget, "unlearning (the forget set)")
+        uses.setdefault(retain, "unlearning (the retain set, unlearn.retain_split)")
+    *evaluated, holdout = bench.evaluation_splits(d.forget_split, d.subset)
+    for split in evaluated:
+        uses.setdefault(split, "the evaluation")
+    uses.setdefault(holdout, "membership inference in the evaluation (the non-member answers)")
+    return uses
+
+
+    """The splits of the recipe's benchmark that its stages read (see `split_uses`; every split when unknown)."""
     from ..data.benchmarks import load_benchmark
 
     d = recipe.data
-    try:
-        return load_benchmark(d.benchmark, data_dir=d.data_dir, preset=d.preset, seed=d.seed, subset=d.subset)
-    except Exception as err:  # noqa: BLE001 - say which setting to change, before any work
-        hint = "" if "data_dir" in str(err) else " Offline? Point data.data_dir at a local copy."
-        raise RecipeError(f"data: could not load the {d.benchmark} benchmark ({type(err).__name__}: {err}){hint}") \
-            from err
+    uses = split_uses(recipe)
+    offline_hint = "" if d.data_dir is not None else " Offline? Point data.data_dir at a local copy."
+    kwargs = dict(data_dir=d.data_dir, preset=d.preset, seed=d.seed, subset=d.subset)
+    if uses is None:
+        try:
+            return load_benchmark(d.benchmark, **kwargs)
+        except Exception as err:  # noqa: BLE001 - say which setting to change, before any work
+            hint = "" if "data_dir" in str(err) else offline_hint
+            raise RecipeError(f"data: could not load the {d.benchmark} benchmark ({type(err).__name__}: {err})"
+                              f"{hint}") from err
+    data = {}
+    for split, use in uses.items():
+        try:
+            data.update(load_benchmark(d.benchmark, splits=[split], **kwargs))
+        except Exception as err:  # noqa: BLE001
+            hint = "" if "data_dir" in str(err) else offline_hint
+            raise RecipeError(f"data: could not load split {split!r} of the {d.benchmark} benchmark, read by {use} "
+                              f"({type(err).__name__}: {err}){hint}") from err
+    return data
 
 
 def data_fingerprint(recipe: Recipe, load: Callable[[], dict] | None = None) -> dict:
