@@ -260,12 +260,18 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
-def _closest(key: str, valid: list[str], prefix: str = "") -> str:
-    """'did you mean ...?' with the closest valid key (difflib), or the list of valid keys."""
+def _closest(key: str, valid: list[str], prefix: str = "", kind: str = "keys") -> str:
+    """'did you mean ...?' with the closest valid key (difflib), or the list of valid keys (or values)."""
     match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     if match:
         return f"did you mean {prefix + match[0]!r}?"
-    return f"valid keys: {', '.join(valid)}"
+    return f"valid {kind}: {', '.join(valid)}"
+
+
+def _not_one_of(value: Any, valid: list[str]) -> str:
+    """'X is not one of a, b, c' with the closest valid value, if one is close (each value named once)."""
+    match = difflib.get_close_matches(str(value), valid, n=1, cutoff=0.5)
+    return f"{value!r} is not one of {', '.join(valid)}" + (f"; did you mean {match[0]!r}?" if match else "")
 
 
 def _coerce(value: Any, tp: Any, path: str, errors: list[str], meta: dict | None = None) -> Any:
@@ -335,9 +341,7 @@ def _coerce(value: Any, tp: Any, path: str, errors: list[str], meta: dict | None
             return value
         choices = meta.get("choices")
         if choices and value not in choices:
-            near = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.5)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            errors.append(f"{path}: {value!r} is not one of {list(choices)}{hint}")
+            errors.append(f"{path}: {_not_one_of(value, list(choices))}")
         return value
     return value  # pragma: no cover - no other annotation is used
 
@@ -381,8 +385,7 @@ def _check(recipe: Recipe, errors: list[str]) -> None:
 
     d = recipe.data
     if d.benchmark not in BENCHMARKS:
-        errors.append(f"data.benchmark: {d.benchmark!r} is not one of {sorted(BENCHMARKS)}; "
-                      f"{_closest(d.benchmark, sorted(BENCHMARKS))}")
+        errors.append(f"data.benchmark: {_not_one_of(d.benchmark, sorted(BENCHMARKS))}")
     else:
         errors += [f"data: {p}" for p in BENCHMARKS[d.benchmark].check_options(d.subset, d.preset)]
     if recipe.torch_threads is not None and recipe.torch_threads < 1:
@@ -392,8 +395,7 @@ def _check(recipe: Recipe, errors: list[str]) -> None:
         errors.append("model: give exactly one of model.name_or_path (a pretrained model) and model.shape "
                       "(build one from a config)")
     if isinstance(m.shape, str) and m.shape not in MODEL_SHAPES:
-        errors.append(f"model.shape: {m.shape!r} is not one of {sorted(MODEL_SHAPES)}; "
-                      f"{_closest(m.shape, sorted(MODEL_SHAPES))}")
+        errors.append(f"model.shape: {_not_one_of(m.shape, sorted(MODEL_SHAPES))}")
     if isinstance(m.shape, dict):  # LlamaConfig ignores unknown fields: a typo would build its 7B default
         from transformers import LlamaConfig
 
@@ -418,8 +420,7 @@ def _check(recipe: Recipe, errors: list[str]) -> None:
     _check_trainer_settings(u, "unlearn", errors, _sau_config_names())
     for i, obj in enumerate(u.objective):
         if obj not in OBJECTIVES:
-            errors.append(f"unlearn.objective[{i}]: {obj!r} is not one of {sorted(OBJECTIVES)}; "
-                          f"{_closest(obj, sorted(OBJECTIVES))}")
+            errors.append(f"unlearn.objective[{i}]: {_not_one_of(obj, sorted(OBJECTIVES))}")
     for name in ("learning_rate",):
         for i, lr in enumerate(getattr(u, name)):
             if isinstance(lr, float) and not lr > 0:
@@ -481,7 +482,7 @@ def _check_objective_args(u: UnlearnSection, errors: list[str], objectives: dict
     for obj, over in u.objective_args.items():
         where = f"unlearn.objective_args.{obj}"
         if obj not in objectives:
-            errors.append(f"{where}: {obj!r} is not one of {sorted(objectives)}; {_closest(str(obj), sorted(objectives))}")
+            errors.append(f"{where}: {_not_one_of(obj, sorted(objectives))}")
             continue
         if not isinstance(over, dict):
             errors.append(f"{where}: expected a mapping of settings, got {over!r}")
@@ -533,7 +534,7 @@ def _check_trainer_settings(sec: TrainerSettings, name: str, errors: list[str], 
         allowed = [e.value for e in enum]
         if getattr(sec, key) not in allowed:
             errors.append(f"{name}.{key}: {getattr(sec, key)!r} is not known; "
-                          f"{_closest(str(getattr(sec, key)), allowed, '')}")
+                          f"{_closest(str(getattr(sec, key)), allowed, '', kind='values')}")
     if sec.effective_batch_size is not None and sec.effective_batch_size < 1:
         errors.append(f"{name}.effective_batch_size: must be >= 1, got {sec.effective_batch_size!r}")
     elif sec.effective_batch_size is not None and sec.effective_batch_size % sec.per_device_train_batch_size:
@@ -619,8 +620,7 @@ def _check_sau_choices(recipe: Recipe, errors: list[str]) -> None:
         for key, value in getattr(recipe, name).args.items():
             if key in CHOICES and value not in CHOICES[key]:
                 where = f"{name}.{key}" if name == "unlearn" else f"{name}.args.{key}"
-                errors.append(f"{where}: {value!r} is not one of {list(CHOICES[key])}; "
-                              f"{_closest(str(value), list(CHOICES[key]))}")
+                errors.append(f"{where}: {_not_one_of(value, list(CHOICES[key]))}")
 
 
 def validate(data: dict | None) -> Recipe:
