@@ -67,7 +67,7 @@ def plan_attacks(recipe, runs: list[dict], prunings: list[tuple], *, add, planne
     """The attack tasks of every unlearning run (added with `add`) and their report rows.
 
     `runs` are the planner's unlearning runs; `prune_settings_for(method, sparsity, structure, ref)` gives a
-    prune task's settings; `unlearn_settings_for(objective)` a run's unlearn section settings. Returns rows for
+    prune task's settings; `unlearn_settings_for(run)` a run's unlearn section settings. Returns rows for
     the evaluation loop: then-prune rows (``unlearn_then_prune``) and attacked copies (``attack_of``/``attack``).
     """
     from ..data.benchmarks import get_benchmark
@@ -103,7 +103,7 @@ def plan_attacks(recipe, runs: list[dict], prunings: list[tuple], *, add, planne
                         bnb = bnb_status()
                     settings["backend"] = bnb[1] if bnb[0] else None  # installing bitsandbytes recomputes it
                 else:
-                    settings.update({"unlearn": unlearn_settings_for(run["objective"]),
+                    settings.update({"unlearn": unlearn_settings_for(run),
                                      "learning_rate": e.relearn_learning_rate or run["learning_rate"],
                                      "fraction": e.relearn_fraction, "epochs": e.relearn_epochs,
                                      "seed": e.relearn_seed, "forget_split": unlearn_forget, "data": fp,

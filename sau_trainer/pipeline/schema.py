@@ -60,7 +60,7 @@ class DataSection:
                          "WMDP-style), tofu, muse, wmdp.")
     subset: str | None = opt(None, "Subset of a benchmark that has them (muse: news, the default, or "
                               "books; wmdp: cyber, the default, bio or chem).")
-    preset: str = opt("tiny", "Preset of a built-in benchmark (synthetic: tiny, tofu; synthetic-muse, "
+    preset: str = opt("tiny", "Preset of a built-in benchmark (synthetic: tiny, demo, tofu; synthetic-muse, "
                       "synthetic-wmdp: tiny).")
     seed: int = opt(0, "Seed of a built-in benchmark.")
     data_dir: str | None = opt(None, "Local directory with the splits as json/jsonl/parquet (tofu: else the Hub).")
@@ -122,7 +122,9 @@ class PruneSection:
 
 @dataclass
 class UnlearnSection(TrainerSettings):
-    """Unlearning: a grid over model x objective x sau x learning_rate x seed."""
+    """Unlearning: a grid over model x objective x sau x learning_rate x seed, and any SAUConfig field given as a
+    list (directly in the section or under args, e.g. ``sau_redistribution_target: [grad, update]``): one more
+    axis, named in the run names (``...-sau-sau_redistribution_target=update-lr...``)."""
 
     enabled: bool = opt(True, "Unlearn. False: only the reference rows.")
     model: list[str] = opt(["dense", "sparse"], "Which models to unlearn (a grid axis): dense (the finetuned "
@@ -131,8 +133,9 @@ class UnlearnSection(TrainerSettings):
     sau: list[bool] = opt([False, True], "SAU on and/or off (a grid axis); off is the plain masked baseline.")
     learning_rate: list[float] = opt([1e-5], "Learning rates (a grid axis; one method over them is a curve).")
     seed: list[int] = opt([0], "Seeds (a grid axis).")
-    sau_topk: float = opt(0.3, "k: fraction of surviving weights selected by saliency.")
-    sau_alpha: float = opt(0.1, "alpha: strength of the redistribution weight.")
+    sau_topk: float | list[float] = opt(0.3, "k: fraction of surviving weights selected by saliency (a list: a grid "
+                                        "axis, like every SAUConfig field given as a list).")
+    sau_alpha: float | list[float] = opt(0.1, "alpha: strength of the redistribution weight (a list: a grid axis).")
     retain_split: str | None = opt(None, "Retain rows for the objective's retain term (default retain{100-NN}).")
     then_prune: bool = opt(False, "The paper's motivating check: also prune every dense unlearned model with "
                            "each pruning setting and evaluate it (does the forgotten data come back?). The same as "
@@ -435,10 +438,7 @@ def _check(recipe: Recipe, errors: list[str]) -> None:
         if given.get("idk_path") is not None and not os.path.isfile(str(given["idk_path"])):
             errors.append(f"{where}.idk_path: no file at {given['idk_path']!r} (one \"I don't know\" answer per line; "
                           "leave it unset for the package's own set)")
-    if not 0 < u.sau_topk <= 1:
-        errors.append(f"unlearn.sau_topk: must be in (0, 1], got {u.sau_topk!r}")
-    if u.sau_alpha < 0:
-        errors.append(f"unlearn.sau_alpha: must be >= 0, got {u.sau_alpha!r}")
+    _check_sau_grid(u, errors)
     p = recipe.prune
     for i, s in enumerate(p.sparsity):
         if isinstance(s, float) and not 0 <= s < 1:
@@ -513,6 +513,109 @@ def objective_settings(u_settings: dict, objective_args: dict, objective: str) -
     if extra:
         out["args"] = {**u_settings.get("args", {}), **extra}
     return out, lrs
+
+
+# ----------------------------------------------------------------------------------------- SAUConfig grid axes
+def section_settings(u: UnlearnSection) -> dict:
+    """The unlearn settings every run of the grid shares (trainer settings, sau_topk, sau_alpha, args)."""
+    return {k: v for k, v in dataclasses.asdict(u).items()
+            if k not in ("enabled", "model", "objective", "sau", "learning_rate", "seed", "then_prune",
+                         "retain_split", "objective_args")}
+
+
+def _sau_config_fields() -> dict[str, dataclasses.Field]:
+    from ..config import SAUConfig
+
+    return {f.name: f for f in dataclasses.fields(SAUConfig)}
+
+
+def _takes_lists(f: dataclasses.Field) -> bool:
+    """Whether a SAUConfig field's own values are lists (then only a list of lists is a grid axis)."""
+    return "list" in str(f.type).lower()
+
+
+def grid_axes(settings: dict) -> list[tuple[str, list]]:
+    """The extra grid axes of one objective's unlearn settings: every SAUConfig field given as a list (``sau_topk``
+    and ``sau_alpha`` in the section, any other field under ``args``), in SAUConfig's field order."""
+    args = settings.get("args") or {}
+    axes = []
+    for name, f in _sau_config_fields().items():
+        value = settings.get(name) if name in ("sau_topk", "sau_alpha") else args.get(name)
+        if isinstance(value, list) and (not _takes_lists(f) or all(isinstance(v, list) for v in value)):
+            axes.append((name, value))
+    return axes
+
+
+def grid_points(settings: dict) -> list[tuple[dict, dict]]:
+    """``(values, settings)`` per point of the extra axes: the axis values of the point and the unlearn settings
+    with each list replaced by the point's value. One point, ``({}, settings)``, without axes."""
+    import copy
+    import itertools
+
+    axes = grid_axes(settings)
+    points = []
+    for combo in itertools.product(*(values for _, values in axes)):
+        values = dict(zip((name for name, _ in axes), combo, strict=True))
+        point = copy.deepcopy(settings)
+        for name, value in values.items():
+            if name in ("sau_topk", "sau_alpha"):
+                point[name] = value
+            else:
+                point["args"][name] = value
+        points.append((values, point))
+    return points
+
+
+def _name_value(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return re.sub(r"[^A-Za-z0-9._]", "_", str(value))
+
+
+def grid_name(values: dict) -> str:
+    """The run-name part of a point of the extra axes: ``-<field>=<value>`` per axis (empty without axes)."""
+    return "".join(f"-{name}={_name_value(value)}" for name, value in values.items())
+
+
+def _check_sau_grid(u: UnlearnSection, errors: list[str]) -> None:
+    """Every SAUConfig setting of every grid point, per objective, validated by SAUConfig itself (its own fields;
+    TrainingArguments fields are checked by name here and by TrainingArguments when a run starts)."""
+    from transformers import TrainingArguments
+
+    from ..config import SAUConfig
+
+    own = set(_sau_config_fields()) - {f.name for f in dataclasses.fields(TrainingArguments)}
+    base = section_settings(u)
+    found: dict[str, list[str]] = {}
+    from ..objectives import OBJECTIVES
+
+    for obj in u.objective:
+        if obj not in OBJECTIVES or not isinstance(u.objective_args.get(obj, {}), dict):
+            continue  # an unknown objective is reported once, by name, with the valid ones
+        settings, _ = objective_settings(base, u.objective_args, obj)
+        axes = grid_axes(settings)
+        for name, values in axes:
+            where = f"unlearn.{name}" + (f" (objective_args.{obj})" if (u.objective_args.get(obj) or {}).get(name)
+                                         is not None else "")
+            if not values:
+                found.setdefault(f"{where}: the list is empty", [])
+            elif len({_name_value(v) for v in values}) != len(values):
+                found.setdefault(f"{where}: repeated values in {values!r} (each value names its runs)", [])
+        if any(not values for _, values in axes):
+            continue
+        for _, point in grid_points(settings):
+            kwargs = {k: v for k, v in point["args"].items() if k in own}
+            try:
+                SAUConfig(output_dir="unused", objective=obj, sau=True, sau_topk=point["sau_topk"],
+                          sau_alpha=point["sau_alpha"], **kwargs)
+            except (ValueError, TypeError) as err:
+                found.setdefault(str(err), []).append(obj)
+    for message, objectives in found.items():
+        whose = sorted(set(objectives))
+        errors.append(message if not objectives else f"unlearn: {message}" if whose == sorted(set(u.objective))
+                      else f"unlearn, objective {', '.join(whose)}: {message}")
 
 
 def _check_trainer_settings(sec: TrainerSettings, name: str, errors: list[str], valid: list[str]) -> None:
@@ -613,10 +716,11 @@ def _lift_sau_config_fields(data: dict, errors: list[str]) -> None:
 
 
 def _check_sau_choices(recipe: Recipe, errors: list[str]) -> None:
-    """SAUConfig fields with a fixed set of values (sau_trainer.config.CHOICES) checked before any work starts."""
+    """The SAUConfig fields that `finetune` takes (train_*.args), checked against sau_trainer.config.CHOICES before
+    any work starts (the unlearn section is validated by SAUConfig itself: `_check_sau_grid`)."""
     from ..config import CHOICES
 
-    for name in ("train_target", "train_retain", "unlearn"):
+    for name in ("train_target", "train_retain"):
         for key, value in getattr(recipe, name).args.items():
             if key in CHOICES and value not in CHOICES[key]:
                 where = f"{name}.{key}" if name == "unlearn" else f"{name}.args.{key}"

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .schema import Recipe, RecipeError, TrainerSettings, TrainSection, objective_settings
+from .schema import (Recipe, RecipeError, TrainerSettings, TrainSection, grid_name, grid_points, objective_settings,
+                     section_settings)
 
 logger = logging.getLogger(__name__)
 
@@ -508,8 +509,9 @@ def _target_sparsity(sparsity: float, structure: str) -> float:
     return float(resolve_sparsity(sparsity, parse_structure(structure)))
 
 
-def run_name(start: str, objective: str, sau: bool, lr: float, seed: int) -> str:
-    return f"{start}-{objective}-{'sau' if sau else 'plain'}-lr{lr:g}-s{seed}"
+def run_name(start: str, objective: str, sau: bool, lr: float, seed: int, grid: dict | None = None) -> str:
+    """``<start>-<objective>-<plain|sau>[-<field>=<value>...]-lr<lr>-s<seed>`` (`grid`: the extra axes' values)."""
+    return f"{start}-{objective}-{'sau' if sau else 'plain'}{grid_name(grid or {})}-lr{lr:g}-s{seed}"
 
 
 def _train_settings(sec: TrainSection, splits: list[str]) -> dict:
@@ -598,10 +600,9 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
     bench = get_benchmark(d.benchmark)
     forget_split = d.forget_split
     unlearn_forget, retain_split = bench.unlearning_splits(forget_split, u.retain_split, d.subset)
-    u_settings = {k: v for k, v in asdict(u).items()
-                  if k not in ("enabled", "model", "objective", "sau", "learning_rate", "seed", "then_prune",
-                               "retain_split", "objective_args")}
+    u_settings = section_settings(u)
     runs = []  # (row name, task name, start, pid, target sparsity, objective, sau, lr, seed)
+    point_settings: dict[str, dict] = {}  # run name -> its unlearn settings (the extra axes set to its values)
     if u.enabled:
         starts = []
         if "dense" in u.model:
@@ -612,18 +613,21 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
             for obj in u.objective:
                 obj_settings, obj_lrs = objective_settings(u_settings, u.objective_args, obj)
                 for sau in u.sau:
-                    for lr in obj_lrs or u.learning_rate:
-                        for seed in u.seed:
-                            name = run_name(start, obj, sau, lr, seed)
-                            settings = {**src_settings(ref), "objective": obj, "sau": sau,
-                                        "learning_rate": lr, "seed": seed, "unlearn": obj_settings,
-                                        "forget_split": unlearn_forget, "retain_split": retain_split,
-                                        "dtype": m.dtype, "data": fp}
-                            add(Task("unlearn", f"models/{name}", settings, {**deps_of(ref, "source"), **tok_deps}))
-                            runs.append(dict(name=name, model="sparse" if pid else "dense", pruning=labels.get(pid),
-                                             prune_id=pid,
-                                             target_sparsity=ts, objective=obj, sau=sau, learning_rate=lr,
-                                             seed=seed))
+                    for grid, point in grid_points(obj_settings):  # SAUConfig fields given as lists
+                        for lr in obj_lrs or u.learning_rate:
+                            for seed in u.seed:
+                                name = run_name(start, obj, sau, lr, seed, grid)
+                                settings = {**src_settings(ref), "objective": obj, "sau": sau,
+                                            "learning_rate": lr, "seed": seed, "unlearn": point,
+                                            "forget_split": unlearn_forget, "retain_split": retain_split,
+                                            "dtype": m.dtype, "data": fp}
+                                add(Task("unlearn", f"models/{name}", settings,
+                                         {**deps_of(ref, "source"), **tok_deps}))
+                                point_settings[name] = point
+                                runs.append(dict(name=name, model="sparse" if pid else "dense",
+                                                 pruning=labels.get(pid), prune_id=pid, target_sparsity=ts,
+                                                 objective=obj, sau=sau, learning_rate=lr, seed=seed,
+                                                 **({"grid": grid} if grid else {})))
         # robustness attacks (evaluate.robustness) and the unlearn-then-prune check: pipeline/robustness.py
         from .robustness import plan_attacks
 
@@ -632,7 +636,7 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
             tok_deps=tok_deps, unlearn_forget=unlearn_forget, fp=fp,
             prune_settings_for=lambda method, sp, structure, ref: {**prune_settings(method, sp, ref),
                                                                    "structure": structure},
-            unlearn_settings_for=lambda obj: objective_settings(u_settings, u.objective_args, obj)[0])
+            unlearn_settings_for=lambda run: point_settings[run["name"]])
 
     # evaluation: the retain references first (forget quality is measured against them)
     from .robustness import evaluation_settings
@@ -671,6 +675,8 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
         meta = {k: row.get(k) for k in ("name", "model", "pruning", "target_sparsity", "objective", "sau",
                                         "learning_rate", "seed", "reference")}
         meta["unlearn_then_prune"] = bool(row.get("unlearn_then_prune"))
+        if row.get("grid"):
+            meta["grid"] = row["grid"]
         meta["model_dir"] = row["ref"]
         if row.get("attack_of"):
             meta.update(attack_of=row["attack_of"], attack=row["attack"])
