@@ -45,6 +45,7 @@ class ReportSpec:
     utility_label: str
     forget: tuple[ForgetMetric, ForgetMetric]
     notes: tuple[str, ...] = ()
+    definitions: tuple[tuple[str, str], ...] = ()  # (column label, what it measures and which direction is better)
 
     @property
     def curve_keys(self) -> tuple[str, ...]:
@@ -64,6 +65,23 @@ TOFU_REPORT = ReportSpec(
                          axis="forget ROUGE-L recall (lower is better)")),
     notes=("forget quality: KS-test p-value against the dense retain model; FQ (pruned retain): against "
            "the retain model pruned the same way",),
+    definitions=(
+        ("model utility", "what the model still knows and should: the harmonic mean of 9 numbers (answer "
+         "probability, ROUGE-L recall and truth ratio on the retain set, the real-authors set and the world-facts "
+         "set); any zero makes it zero. Higher is better; the utility floor is a fraction of the finetuned model's."),
+        ("forget quality", "how much the unlearned model's answers to the forget questions look like a model that "
+         "never saw them: the p-value of a KS test between its per-question truth ratios and the retain model's "
+         "(trained without the forget set). Higher is better (1: indistinguishable); compared as log10."),
+        ("FQ (pruned retain)", "forget quality against the retain model pruned the same way (sparse rows only)."),
+        ("forget ROUGE", "ROUGE-L recall of the greedy answers to the forget questions against the true answers: "
+         "how much of the forgotten answers the model still says. Lower is more forgotten (the retain model's value "
+         "is what never having learnt them gives)."),
+        ("forget prob.", "length-normalised probability of the true forget answers. Lower is more forgotten."),
+        ("extraction strength", "share of a forget answer the model completes by itself once given a prefix "
+         "(1 - k/|y|, k the shortest prefix after which it predicts every remaining token). Lower is more "
+         "forgotten."),
+        ("retain ROUGE", "ROUGE-L recall on the retain questions: what must be kept. Higher is better."),
+    ),
 )
 
 MUSE_REPORT = ReportSpec(
@@ -78,6 +96,18 @@ MUSE_REPORT = ReportSpec(
            "100 x (AUC_retain - AUC) / (1 - AUC_retain) of the min-k (k = 0.4) attack, forget vs holdout, "
            "against the dense retain model (0: like the retain model, -100: the forget texts are plainly "
            "training data); privleak (pruned retain): against the retain model pruned the same way",),
+    definitions=(
+        ("forget VerbMem ROUGE", "ROUGE-L F1 of the greedy continuations of forget-text prefixes against the true "
+         "continuations: verbatim memorisation. Lower is more forgotten."),
+        ("forget KnowMem ROUGE", "ROUGE-L F1 of the answers to questions about the forget texts. Lower is more "
+         "forgotten."),
+        ("retain KnowMem ROUGE", "the same on the retain texts: the utility. Higher is better."),
+        ("privleak", "membership leakage against the retain model (0: like the retain model; negative: the forget "
+         "texts still look like training data). Closer to 0 is better."),
+        ("MIA min-k AUC", "AUC of the min-k% attack telling forget texts from holdout texts (0.5: cannot)."),
+        ("extraction strength", "share of a forget text the model completes by itself. Lower is more forgotten."),
+        ("exact mem.", "share of forget tokens predicted exactly under teacher forcing. Lower is more forgotten."),
+    ),
 )
 
 
@@ -91,6 +121,11 @@ WMDP_REPORT = ReportSpec(
     notes=("WMDP / MMLU: zero-shot multiple-choice accuracy, the log-likelihood of ' A' to ' D' after "
            "lm-evaluation-harness's prompt (chance 0.25); WMDP p(answer): the right letter's probability among "
            "the four",),
+    definitions=(
+        ("WMDP acc.", "accuracy on the hazardous-knowledge questions. Lower is more forgotten (chance: 0.25)."),
+        ("MMLU acc.", "accuracy on general knowledge: the utility. Higher is better."),
+        ("WMDP p(answer)", "probability of the right letter among the four. Lower is more forgotten."),
+    ),
 )
 
 

@@ -1,7 +1,10 @@
-"""The report of a run: ``report.json``, ``report.md`` and ``tradeoff.png`` at the top of the output directory.
+"""The report of a run: ``report.json``, ``report.md``, ``tradeoff.png`` (and ``robustness.png`` with
+unlearn-then-prune or attacked runs) at the top of the output directory.
 
 One row per evaluated model. ``measured_sparsity`` is what the evaluation counted in the saved
-weights it loaded (exact zeros over the prunable matrices), never the setting.
+weights it loaded (exact zeros over the prunable matrices), never the setting. ``comparisons`` holds
+what the run concludes (SPEC section 7, `sau_trainer.pipeline.comparisons`); report.md states it in
+words first.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from ..data.benchmarks import TOFU_REPORT, ReportSpec, get_benchmark
 from ..evaluation.results import load_results
+from .comparisons import metric_value, report_comparisons
 
 ROW_KEYS = ("name", "model", "pruning", "target_sparsity", "measured_sparsity", "objective", "sau",
             "learning_rate", "seed", "metrics")
@@ -29,15 +33,28 @@ def objective_label(name: Any) -> str:
     return (cls.label if cls is not None else "") or str(name)
 
 
-def build_report(rows: list[dict]) -> dict:
-    """``{"runs": [...], "references": [...]}`` from rows that carry their metadata and metrics."""
+def build_report(rows: list[dict], comparisons: list[dict] | None = None) -> dict:
+    """``{"runs": [...], "references": [...]}`` from rows that carry their metadata and metrics, and
+    ``"comparisons"`` when given (`utility_floor` and `report_comparisons` make them)."""
     out: dict[str, list] = {"runs": [], "references": []}
     for r in rows:
         row = {k: r[k] for k in ROW_KEYS}
+        if r.get("grid"):  # the values of the recipe's extra grid axes (SAUConfig fields given as lists)
+            row["grid"] = r["grid"]
         if r.get("robustness"):  # evaluate.robustness: the attacked copies' summaries, by attack
             row["robustness"] = r["robustness"]
         out["references" if r["reference"] else "runs"].append(row)
+    if comparisons is not None:
+        out["comparisons"] = comparisons
     return out
+
+
+def utility_floor(rows: list[dict], fraction: float, spec: ReportSpec = TOFU_REPORT) -> float | None:
+    """`fraction` of the dense finetuned model's utility (None without that reference row)."""
+    base = next((r for r in rows if r["reference"] and r["name"] == "finetuned"), None)
+    if base is None or base["metrics"].get(spec.utility) is None:
+        return None
+    return fraction * base["metrics"][spec.utility]
 
 
 def collect_rows(ctx, eval_tasks) -> list[dict]:
@@ -57,6 +74,7 @@ def collect_rows(ctx, eval_tasks) -> list[dict]:
             "seed": int(m["seed"]), "metrics": results["summary"], "reference": bool(m["reference"]),
             "unlearn_then_prune": bool(m.get("unlearn_then_prune")), "model_dir": m.get("model_dir"),
             **({"attack_of": m["attack_of"], "attack": m["attack"]} if m.get("attack_of") else {}),
+            **({"grid": m["grid"]} if m.get("grid") else {}),
         })
     from .robustness import fold_attacks
 
@@ -81,17 +99,20 @@ def write_report(ctx, eval_tasks, pending: list[str] | None = None) -> dict:
     """Write the three report files into ``ctx.output_dir``; returns their paths. `pending`: evaluations not
     finished yet, listed under ``"pending"`` in report.json and at the end of report.md (only when there are)."""
     rows = collect_rows(ctx, eval_tasks)
-    report = build_report(rows)
+    spec = get_benchmark(ctx.recipe.data.benchmark).report
+    comparisons = report_comparisons(rows, spec, utility_floor(rows, ctx.recipe.report.utility_fraction, spec))
+    report = build_report(rows, comparisons)
     if pending:
         report["pending"] = list(pending)
     out = ctx.output_dir
     _atomic_write(out / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
-    _atomic_write(out / "report.md", render_markdown(rows, ctx.recipe) + _pending_section(pending))
+    _atomic_write(out / "report.md", render_markdown(rows, ctx.recipe, comparisons) + _pending_section(pending))
     files = {"json": str(out / "report.json"), "markdown": str(out / "report.md")}
     if ctx.recipe.report.plot:
-        plot_tradeoff(rows, out / "tradeoff.png", ctx.recipe.report.utility_fraction,
-                      get_benchmark(ctx.recipe.data.benchmark).report)
+        plot_tradeoff(rows, out / "tradeoff.png", ctx.recipe.report.utility_fraction, spec)
         files["plot"] = str(out / "tradeoff.png")
+        if plot_robustness_figure(rows, out / "robustness.png", spec):
+            files["robustness_plot"] = str(out / "robustness.png")
     return files
 
 
@@ -99,12 +120,18 @@ def write_report(ctx, eval_tasks, pending: list[str] | None = None) -> dict:
 def method_key(row: dict) -> tuple:
     """Rows of one method differ only in learning rate and seed."""
     return (row["model"], row["pruning"], row["target_sparsity"], row["objective"], row["sau"],
-            row.get("unlearn_then_prune", False))
+            row.get("unlearn_then_prune", False), tuple(sorted((row.get("grid") or {}).items())))
+
+
+def grid_label(grid: dict | None) -> str:
+    """`` (sau_alpha=1, ...)`` for the extra grid axes' values, empty without."""
+    return f" ({', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in grid.items())})" \
+        if grid else ""
 
 
 def method_label(row: dict) -> str:
     obj = objective_label(row["objective"])
-    obj += "+SAU" if row["sau"] else " plain"
+    obj += ("+SAU" if row["sau"] else " plain") + grid_label(row.get("grid"))
     if row.get("unlearn_then_prune"):
         return f"dense {obj}, then {row['pruning']} {row['target_sparsity']:.0%}"
     where = "dense" if row["pruning"] is None else f"{row['pruning']} {row['target_sparsity']:.0%}"
@@ -153,8 +180,9 @@ def _table(rows: list[dict], columns: list[tuple[str, Any]]) -> list[str]:
     return lines
 
 
-def render_markdown(rows: list[dict], recipe) -> str:
-    """report.md: references, runs, the matched-utility comparison and the unlearn-then-prune check."""
+def render_markdown(rows: list[dict], recipe, comparisons: list[dict] | None = None) -> str:
+    """report.md: what the run concludes (in words), what every column means, the comparisons at the utility floor,
+    then the references, the runs, the unlearn-then-prune check and the robustness of forgetting."""
     m = recipe.model
     model = m.name_or_path or f"Llama built from shape {m.shape!r}"
     d = recipe.data
@@ -163,28 +191,37 @@ def render_markdown(rows: list[dict], recipe) -> str:
     bench = f"{d.benchmark}" + (f" (preset {d.preset}, seed {d.seed})" if generated else "")
     bench += f", subset {d.subset}" if d.subset else ""
     split = f", forget split {d.forget_split}" if get_benchmark(d.benchmark).protocol == "tofu" else ""
+    fraction = recipe.report.utility_fraction
+    floor = utility_floor(rows, fraction, spec)
+    if comparisons is None:
+        comparisons = report_comparisons(rows, spec, floor)
     lines = [f"# {recipe.name}", ""]
     if recipe.description:
         lines += [recipe.description.strip(), ""]
-    lines += [f"- model: {model}", f"- benchmark: {bench}{split}",
+    runs = [r for r in rows if not r["reference"]]
+    if runs:
+        lines += _findings_section(comparisons, rows, spec, fraction, floor)
+    lines += _definitions_section(spec, fraction)
+    lines += ["## Setup", "", f"- model: {model}", f"- benchmark: {bench}{split}",
               "- rows: `model` is what was unlearned (dense: the finetuned model; sparse: a pruned one) or the "
               "reference (finetuned, retain); `pruning` is the pruning of the evaluated weights (a dense run "
               "with a pruning was unlearned first, then pruned)",
               *[f"- {note}" for note in spec.notes], "- measured sparsity: exact zeros in the saved weights "
-              "over the prunable matrices", "- tradeoff plot: tradeoff.png", ""]
+              "over the prunable matrices",
+              "- plots: tradeoff.png (the curves; robustness.png: unlearn-then-prune and attacks, when run)", ""]
     metric_cols = [(label, lambda r, k=key: r["metrics"].get(k)) for label, key in spec.columns]
     common = [("name", lambda r: r["name"]), ("pruning", lambda r: r["pruning"]),
               ("target sparsity", lambda r: r["target_sparsity"]),
               ("measured sparsity", lambda r: r["measured_sparsity"])]
     refs = [r for r in rows if r["reference"]]
-    runs = [r for r in rows if not r["reference"]]
+    if runs and comparisons:
+        lines += _comparisons_table(comparisons, spec)
     lines += ["## References (before unlearning)", ""] + _table(refs, common + metric_cols) + [""]
     if runs:
         run_cols = common[:1] + [("model", lambda r: r["model"])] + common[1:] + [
             ("objective", lambda r: r["objective"]), ("SAU", lambda r: r["sau"]),
             ("lr", lambda r: r["learning_rate"]), ("seed", lambda r: r["seed"])]
         lines += ["## Unlearning runs", ""] + _table(runs, run_cols + metric_cols) + [""]
-        lines += _matched_utility_section(rows, recipe.report.utility_fraction, spec)
         lines += _then_prune_section(runs, spec)
         from .robustness import markdown_section
 
@@ -192,38 +229,103 @@ def render_markdown(rows: list[dict], recipe) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _best(points: list[dict], metric) -> dict | None:
-    """The point with the most forgetting on `metric` (its `better` direction); None values lose."""
-    if metric.better == "max":
-        return max(points, key=lambda p: p[metric.key] or 0.0, default=None)
-    return min(points, key=lambda p: math.inf if p[metric.key] is None else p[metric.key], default=None)
+SIDE_NAMES = {"sau": "SAU", "plain": "plain", "sparse-plain": "plain on the sparse model",
+              "dense-plain": "plain on the dense model"}
 
 
-def _matched_utility_section(rows: list[dict], fraction: float, spec: ReportSpec = TOFU_REPORT) -> list[str]:
-    base = next((r for r in rows if r["name"] == "finetuned"), None)
-    if base is None or base["metrics"].get(spec.utility) is None:
-        return []
-    utility = base["metrics"][spec.utility]
-    floor = fraction * utility
-    table = []
-    for points in curves(rows, spec).values():
-        ok = [p for p in points if p[spec.utility] is not None and p[spec.utility] >= floor]
-        row = {"label": points[0]["label"], "n": len(points), "ok": len(ok)}
-        for i, metric in enumerate(spec.forget):
-            best = _best(ok, metric)
-            row[f"m{i}"], row[f"lr{i}"] = best and best[metric.key], best and best["learning_rate"]
-        table.append(row)
-    cols = [("method", lambda r: r["label"]), ("learning rates", lambda r: r["n"]),
-            ("at utility ≥ floor", lambda r: r["ok"])]
-    for i, metric in enumerate(spec.forget):
-        cols += [(f"{'best' if metric.better == 'max' else 'lowest'} {metric.label}", lambda r, i=i: r[f"m{i}"]),
-                 ("its lr", lambda r, i=i: r[f"lr{i}"])]
-    whose = "model utility" if spec.utility == "model_utility" else spec.utility_label
-    return [f"## At matched utility (≥ {fraction:.0%} of the finetuned model's {utility:.3f})"
-            if whose == "model utility" else
-            f"## At matched utility (≥ {fraction:.0%} of the finetuned model's {whose}, {utility:.3f})",
-            "", "Metrics averaged over seeds per learning rate; a method is a curve over learning rates. "
-            "Compare methods here, not on single runs.", ""] + _table(table, cols) + [""]
+def _where(c: dict) -> str:
+    return "dense model" if c["pruning"] is None else f"{c['pruning']} {c['target_sparsity']:.0%} model"
+
+
+def _metric_label(spec: ReportSpec, name: str) -> str:
+    for m in spec.forget:
+        if name in (m.key, f"{m.key}_log10"):
+            return f"{m.label} (log10)" if name.endswith("_log10") else m.label
+    return name
+
+
+def _verdict_words(c: dict) -> str:
+    a, b = SIDE_NAMES.get(c["a"], c["a"]), SIDE_NAMES.get(c["b"], c["b"])
+    if c["verdict"] == "better":
+        return f"**{a} forgets more**"
+    if c["verdict"] == "worse":
+        return f"**{a} forgets less** than {b}"
+    if c["a_mean"] is None or c["b_mean"] is None:
+        never = a if c["a_mean"] is None else b
+        return f"inconclusive ({never}: no curve reaches the floor within the learning rates run)"
+    if c["paired_seeds"] < 3:
+        return f"inconclusive (only {c['paired_seeds']} seed(s) with a value on both sides; 3 needed)"
+    return "inconclusive (the interval contains 0)"
+
+
+def _findings_section(comparisons: list[dict], rows: list[dict], spec: ReportSpec, fraction: float,
+                      floor: float | None) -> list[str]:
+    """The verdicts in sentences, one line per (model, objective, pair of methods)."""
+    lines = ["## What this run shows", ""]
+    if floor is None:
+        return lines + ["No comparison: the report needs the finetuned model's utility for the utility floor.", ""]
+    if not comparisons:
+        return lines + ["No comparison: the grid needs SAU and plain runs of one objective (or plain runs on a "
+                        "sparse and the dense model) to compare.", ""]
+    n_seeds = max(c["seeds"] for c in comparisons)
+    decided = [c for c in comparisons if c["verdict"] != "inconclusive"]
+    lines += [f"Methods compared at matched {spec.utility_label} (the utility floor, {floor:.3f}: {fraction:.0%} of "
+              f"the finetuned model's): per seed, each method's curve over learning rates is read where its "
+              f"{spec.utility_label} falls to the floor; then the means over seeds, the mean paired difference and its "
+              f"95% t interval over seeds. `better` means the first method forgets more. "
+              f"{len(decided)} of {len(comparisons)} comparisons reach a verdict ({n_seeds} seeds"
+              + ("; 3 are needed for any verdict" if n_seeds < 3 else "") + ").", ""]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for c in comparisons:
+        groups[(c["pruning"], c["target_sparsity"], c["objective"], c["a"], c["b"],
+                tuple(sorted((c.get("grid") or {}).items())))].append(c)
+    for (_, _, obj, a, b, grid), cs in groups.items():
+        head = (f"**{SIDE_NAMES.get(a, a)} against {SIDE_NAMES.get(b, b)}**, {objective_label(obj)}"
+                f"{grid_label(dict(grid))}, {_where(cs[0])}" if a == "sau" else
+                f"**the sparsity penalty** ({SIDE_NAMES[a]} against {SIDE_NAMES[b]}), {objective_label(obj)}"
+                f"{grid_label(dict(grid))}, {cs[0]['pruning']} {cs[0]['target_sparsity']:.0%}")
+        parts = []
+        for c in cs:
+            ci = "" if c["ci95"] is None else f", 95% CI [{_fmt(c['ci95'][0])}, {_fmt(c['ci95'][1])}]"
+            diff = "" if c["diff_mean"] is None else f" (difference {_fmt(c['diff_mean'])}{ci})"
+            parts.append(f"{_metric_label(spec, c['metric'])} {_fmt(c['a_mean'])} against {_fmt(c['b_mean'])}"
+                         f"{diff}: {_verdict_words(c)}")
+        lines.append(f"- {head}: " + "; ".join(parts) + ".")
+    return lines + [""]
+
+
+def _definitions_section(spec: ReportSpec, fraction: float) -> list[str]:
+    lines = ["## How to read this report", "", "Metrics (columns of the tables):", ""]
+    lines += [f"- **{label}**: {text}" for label, text in spec.definitions]
+    lines += ["", "Comparisons (report.json `comparisons`, the table below):", "",
+              f"- **utility floor**: {fraction:.0%} of the finetuned (dense, before unlearning) model's "
+              f"{spec.utility_label}; methods are compared where their {spec.utility_label} falls to it.",
+              "- **a**, **b**: the two methods: `sau` and `plain` (the same objective, sparsity mask only) on one "
+              "model; `sparse-plain` and `dense-plain` (plain unlearning on the pruned model and on the dense one: "
+              "the sparsity penalty).",
+              "- **metric**: the forget metric read at the floor (forget quality as log10 of the p-value).",
+              "- **value at the floor** (per seed): the metric where the method's curve over learning rates first "
+              "falls to the floor, interpolated linearly between the two neighbouring learning rates; none when the "
+              "curve stays above the floor at every learning rate run (or is below it at the smallest).",
+              "- **a mean**, **b mean**: means over seeds of the values at the floor; **seeds**: seeds run; "
+              "**paired**: seeds where both sides have a value.",
+              "- **difference**, **95% CI**: mean of a - b over the paired seeds and its Student t interval.",
+              "- **verdict**: `better` (a forgets more: the whole interval on the forget metric's better side, "
+              "higher forget quality or lower forget ROUGE), `worse` (the whole interval on the other side), "
+              "`inconclusive` (the interval contains 0, or fewer than 3 paired seeds).", ""]
+    return lines
+
+
+def _comparisons_table(comparisons: list[dict], spec: ReportSpec) -> list[str]:
+    cols = [("model", _where), ("objective", lambda c: objective_label(c["objective"]) + grid_label(c.get("grid"))),
+            ("a vs b", lambda c: f"{c['a']} vs {c['b']}"), ("metric", lambda c: _metric_label(spec, c["metric"])),
+            ("seeds", lambda c: c["seeds"]), ("paired", lambda c: c["paired_seeds"]),
+            ("a mean", lambda c: c["a_mean"]), ("b mean", lambda c: c["b_mean"]),
+            ("difference", lambda c: c["diff_mean"]),
+            ("95% CI", lambda c: None if c["ci95"] is None else f"[{_fmt(c['ci95'][0])}, {_fmt(c['ci95'][1])}]"),
+            ("verdict", lambda c: c["verdict"])]
+    return ["## Comparisons at the utility floor", "", f"Utility floor {_fmt(comparisons[0]['utility_floor'])}; "
+            "per-seed values in report.json (`comparisons[].per_seed`).", ""] + _table(comparisons, cols) + [""]
 
 
 def _then_prune_section(runs: list[dict], spec: ReportSpec = TOFU_REPORT) -> list[str]:
@@ -256,69 +358,190 @@ def _then_prune_section(runs: list[dict], spec: ReportSpec = TOFU_REPORT) -> lis
 
 
 # ----------------------------------------------------------------------------------------- plot
+def _seed_points(rows: list[dict], spec: ReportSpec, metric) -> dict[tuple, dict[float, list[tuple]]]:
+    """Per method (of unlearning runs): learning rate -> [(metric value, utility)] over seeds."""
+    out: dict[tuple, dict[float, list[tuple]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["reference"] or r.get("unlearn_then_prune") or r.get("attack_of"):
+            continue
+        out[method_key(r)][r["learning_rate"]].append(
+            (metric_value(r["metrics"], metric.key, metric.log), r["metrics"].get(spec.utility)))
+    return out
+
+
+def _mean_sd(values: list) -> tuple[float | None, float]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, 0.0
+    mean = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return mean, sd
+
+
 def plot_tradeoff(rows: list[dict], path: Path, utility_fraction: float = 0.9, spec: ReportSpec = TOFU_REPORT) -> None:
-    """Utility against the benchmark's two forget metrics (TOFU: model utility against forget quality, log x,
-    and against forget ROUGE); one marker per method, the learning rates of a method joined as a curve;
-    references as stars."""
+    """The trade-off curves: one column per pruning (dense, each sparse model), one row per forget metric; in each
+    panel, per objective, plain (dashed, open markers) and SAU (solid) as mean curves over learning rates (each
+    point labelled with its learning rate) with bars of one standard deviation over seeds on both axes; the
+    start model (before unlearning) and the retain model as labelled markers; the utility floor as a line.
+    More forgetting is to the right in every panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .robustness import plot_robustness, robustness_table
-
-    if any(not t["skipped"] for t in robustness_table(rows, spec)):  # a third panel: robustness of forgetting
-        fig = plt.figure(figsize=(13, 11))
-        grid = fig.add_gridspec(2, 2, height_ratios=[1, 0.9])
-        axes = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])]
-        plot_robustness(fig.add_subplot(grid[1, :]), rows, spec)
-    else:
-        fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
-    method_curves = curves(rows, spec)
-    m0, m1 = spec.forget
-    util_key = spec.utility
-
-    def x0(value):
-        return max(value or 0.0, FQ_FLOOR) if m0.log else value
-    colour_keys = sorted({(k[1] or "", k[2], k[5]) for k in method_curves}, key=str)
+    runs = [r for r in rows if not r["reference"] and not r.get("unlearn_then_prune") and not r.get("attack_of")]
+    prunings = sorted({(r["pruning"], r["target_sparsity"]) for r in runs},
+                      key=lambda p: (p[0] is not None, str(p[0]), p[1]))
+    refs = {r["name"]: r for r in rows if r["reference"]}
+    if not prunings:  # references only: one panel pair with them
+        prunings = [(None, 0.0)]
+    ncols = len(prunings)
+    fig, axes = plt.subplots(2, ncols, figsize=(4.8 * ncols + 1.0, 8.6), squeeze=False)
+    floor = utility_floor(rows, utility_fraction, spec)
+    variants = sorted({(k[3], k[6]) for k in {method_key(r) for r in runs}}, key=str)  # (objective, grid)
     cmap = plt.get_cmap("tab10")
-    colours = {ck: cmap(i % 10) for i, ck in enumerate(colour_keys)}
-    objectives = sorted({k[3] for k in method_curves}, key=str)
-    shapes = "osD^vP<>hX"
-    markers = {o: shapes[i % len(shapes)] for i, o in enumerate(objectives)}
-    for key, points in method_curves.items():
-        colour = colours[(key[1] or "", key[2], key[5])]
-        style = dict(marker=markers[key[3]], color=colour, linestyle="-" if key[4] else "--",
-                     markerfacecolor=colour if key[4] else "white", markersize=7, label=points[0]["label"])
-        util = [p[util_key] for p in points]
-        axes[0].plot([x0(p[m0.key]) for p in points], util, **style)
-        axes[1].plot([p[m1.key] for p in points], util, **{**style, "label": None})
-    ref_colours = {"finetuned": "black", "retain": "tab:green"}
-    for r in (r for r in rows if r["reference"]):
-        size = 16 if r["pruning"] is None else 11
-        kw = dict(marker="*", color=ref_colours.get(r["model"], "grey"), markersize=size, linestyle="none",
-                  markeredgecolor="white" if r["pruning"] else ref_colours.get(r["model"], "grey"))
-        axes[0].plot([x0(r["metrics"].get(m0.key))], [r["metrics"].get(util_key)], label=f"reference: {r['name']}",
-                     **kw)
-        axes[1].plot([r["metrics"].get(m1.key)], [r["metrics"].get(util_key)], **kw)
-    base = next((r for r in rows if r["name"] == "finetuned"), None)
-    for ax in axes:
-        if base is not None and base["metrics"].get(util_key) is not None:
-            ax.axhline(utility_fraction * base["metrics"][util_key], color="grey", lw=0.8, ls=":")
-        ax.set_ylabel(spec.utility_label)
-        ax.grid(alpha=0.3)
-    for ax, metric in zip(axes, spec.forget, strict=True):
-        if metric.log:
-            ax.set_xscale("log")
-        ax.set_xlabel(metric.axis or f"{metric.label} ({'higher' if metric.better == 'max' else 'lower'} is better)")
-        if metric.better == "min":
-            ax.invert_xaxis()
-    fig.suptitle("Forget / utility trade-off: each curve is one method over learning rates "
-                 f"(dotted: {utility_fraction:.0%} of the finetuned utility)", fontsize=10)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
-    fig.tight_layout()
+    colours = {v: cmap(i % 10) for i, v in enumerate(variants)}
+    n_seeds = max((len({r["seed"] for r in runs if method_key(r) == k}) for k in {method_key(r) for r in runs}),
+                  default=0)
+    handles: dict[str, Any] = {}
+    for row_i, metric in enumerate(spec.forget):
+        points = _seed_points(rows, spec, metric)
+        for col, (pruning, sp) in enumerate(prunings):
+            ax = axes[row_i][col]
+            for key, by_lr in sorted(points.items(), key=lambda kv: (str(kv[0][3]), str(kv[0][6]), kv[0][4])):
+                if (key[1], key[2]) != (pruning, sp):
+                    continue
+                colour = colours[(key[3], key[6])]
+                xs, ys, xe, ye, lrs = [], [], [], [], []
+                for lr in sorted(by_lr):
+                    x, sx = _mean_sd([p[0] for p in by_lr[lr]])
+                    y, sy = _mean_sd([p[1] for p in by_lr[lr]])
+                    if x is None or y is None:
+                        continue
+                    xs.append(x), ys.append(y), xe.append(sx), ye.append(sy), lrs.append(lr)
+                label = f"{objective_label(key[3])}{grid_label(dict(key[6]))} {'SAU' if key[4] else 'plain'}"
+                h = ax.errorbar(xs, ys, xerr=xe, yerr=ye, color=colour, marker="o" if key[4] else "s",
+                                markerfacecolor=colour if key[4] else "white", linestyle="-" if key[4] else "--",
+                                markersize=5, lw=1.3, elinewidth=0.7, capsize=2, alpha=0.9, label=label)
+                handles.setdefault(label, h)
+                for x, y, lr in zip(xs, ys, lrs, strict=True):
+                    ax.annotate(_short_lr(lr), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6,
+                                color=colour)
+            start = refs.get("finetuned" if pruning is None else
+                             next((n for n, r in refs.items() if r["model"] == "finetuned" and r["pruning"] == pruning
+                                   and r["target_sparsity"] == sp), "finetuned"))
+            for ref, marker, colour, label in ((start, "*", "black", "start model (before unlearning)"),
+                                               (refs.get("retain"), "P", "tab:green", "retain model (never saw the "
+                                                                                       "forget set)")):
+                if ref is None:
+                    continue
+                x, y = metric_value(ref["metrics"], metric.key, metric.log), ref["metrics"].get(spec.utility)
+                if x is None or y is None:
+                    continue
+                h = ax.plot([x], [y], marker=marker, color=colour, markersize=12, linestyle="none", label=label)[0]
+                handles.setdefault(label, h)
+                ax.annotate(ref["name"], (x, y), textcoords="offset points", xytext=(6, -10), fontsize=7,
+                            color=colour)
+            if floor is not None:
+                label = f"utility floor ({utility_fraction:.0%} of the finetuned model's)"
+                handles.setdefault(label, ax.axhline(floor, color="grey", lw=1.0, ls=":", label=label))
+            if metric.better == "min":
+                ax.invert_xaxis()
+            ax.grid(alpha=0.3)
+            if row_i == 0:
+                ax.set_title("dense model" if pruning is None else f"{pruning} {sp:.0%}", fontsize=10)
+            if col == 0:
+                ax.set_ylabel(spec.utility_label)
+            name = f"log10 {metric.label}" if metric.log else metric.label
+            ax.set_xlabel(f"{name} ({'higher' if metric.better == 'max' else 'lower'} = more forgotten; "
+                          "more to the right)", fontsize=8)
+    seeds = f"mean over {n_seeds} seeds, bars: ±1 s.d." if n_seeds > 1 else "one seed"
+    fig.suptitle(f"Forget / utility trade-off: each curve is one method over learning rates (numbers: lr; {seeds})",
+                 fontsize=10)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)), fontsize=8,
+               frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * math.ceil(len(handles) / 4), 1, 0.97))
+    _save(fig, path)
+
+
+def _short_lr(lr: float) -> str:
+    """``4e-4`` for 0.0004, ``1.2e-3`` for 0.0012 (a learning rate as a plot label)."""
+    mantissa, exponent = f"{lr:.2e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def then_prune_means(rows: list[dict], spec: ReportSpec = TOFU_REPORT) -> list[dict]:
+    """Per dense method and pruning: the second forget metric (TOFU: forget ROUGE) of the unlearned dense runs, the
+    same runs pruned afterwards, and the same objective run on the pruned model (prune-then-unlearn, None where
+    the grid has no such run), as means over the runs (learning rates and seeds)."""
+    m1 = spec.forget[1]
+    runs = [r for r in rows if not r["reference"]]
+    by_name = {r["name"]: r for r in runs}
+    groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        if not r.get("unlearn_then_prune"):
+            continue
+        dense_name, pid = r["name"].rsplit("+", 1)
+        dense, sparse = by_name.get(dense_name), by_name.get(f"{pid}-{dense_name.split('-', 1)[1]}")
+        values = [x and x["metrics"].get(m1.key) for x in (dense, r, sparse)]
+        if None in values[:2]:
+            continue
+        g = groups[(method_label(dense), f"{r['pruning']} {r['target_sparsity']:.0%}")]
+        for k, v in zip(("dense", "then_pruned", "pruned_first"), values, strict=True):
+            if v is not None:
+                g[k].append(v)
+    return [{"method": m, "pruning": p, "runs": len(g["dense"]),
+             **{k: sum(g[k]) / len(g[k]) if g[k] else None for k in ("dense", "then_pruned", "pruned_first")}}
+            for (m, p), g in groups.items()]
+
+
+def plot_robustness_figure(rows: list[dict], path: Path, spec: ReportSpec = TOFU_REPORT) -> bool:
+    """robustness.png: the unlearn-then-prune check and the attacks of evaluate.robustness, as bars of the second
+    forget metric. Returns False (no file written) when the run has neither."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .robustness import robustness_table
+
+    tp = then_prune_means(rows, spec)
+    attacked = any(not t["skipped"] for t in robustness_table(rows, spec))
+    if not tp and not attacked:
+        return False
+    fig, axes = plt.subplots(int(bool(tp)) + int(attacked), 1, figsize=(12, 5 * (int(bool(tp)) + int(attacked))),
+                             squeeze=False)
+    m1 = spec.forget[1]
+    if tp:
+        ax = axes[0][0]
+        x = np.arange(len(tp))
+        for j, (key, label, colour) in enumerate((("dense", "unlearned dense", "0.55"),
+                                                  ("then_pruned", "unlearned dense, then pruned", "tab:red"),
+                                                  ("pruned_first", "pruned first, then unlearned", "tab:blue"))):
+            ax.bar(x - 0.27 + 0.27 * j, [math.nan if t[key] is None else t[key] for t in tp], 0.27, color=colour,
+                   label=label)
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"{t['method']}\n→ {t['pruning']} ({t['runs']} runs)" for t in tp], fontsize=7,
+                           rotation=20, ha="right")
+        ax.set_ylabel(f"{m1.label} ({'lower' if m1.better == 'min' else 'higher'} = more forgotten)")
+        ax.set_title("Unlearn, then prune: does the forgotten data come back? (means over learning rates and seeds)",
+                     fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8, frameon=False)
+    if attacked:
+        from .robustness import plot_robustness
+
+        plot_robustness(axes[-1][0], rows, spec)
+    fig.tight_layout()
+    _save(fig, path)
+    return True

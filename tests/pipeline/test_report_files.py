@@ -4,7 +4,14 @@ import json
 from types import SimpleNamespace
 
 from sau_trainer.pipeline import validate
-from sau_trainer.pipeline.report import ROW_KEYS, build_report, curves, plot_tradeoff, render_markdown
+from sau_trainer.pipeline.report import (
+    ROW_KEYS,
+    build_report,
+    curves,
+    plot_robustness_figure,
+    plot_tradeoff,
+    render_markdown,
+)
 
 
 def row(name, model, pruning=None, objective=None, sau=False, lr=None, fq=0.5, mu=0.6, rouge=0.5, ref=False,
@@ -50,14 +57,21 @@ def test_curves_average_seeds_and_sort_by_learning_rate():
 def test_markdown_and_plot(tmp_path):
     recipe = validate({"name": "demo", "model": {"shape": "tiny"}, "description": "a test"})
     md = render_markdown(ROWS, recipe)
-    for heading in ("# demo", "## References", "## Unlearning runs", "## At matched utility",
-                    "## Unlearn, then prune"):
+    for heading in ("# demo", "## What this run shows", "## How to read this report", "## References",
+                    "## Unlearning runs", "## Unlearn, then prune"):
         assert heading in md
+    assert md.index("## What this run shows") < md.index("## How to read this report") < md.index("## References")
+    for column in ("model utility", "forget quality", "forget ROUGE", "extraction strength", "retain ROUGE"):
+        assert f"- **{column}**: " in md  # every metric column is defined, with its direction
+    assert "Lower is more forgotten" in md and "Higher is better" in md
     assert "| dense-npo-sau-lr0.001-s0 | dense | – | 0.000 | 0.000 | npo | yes | 0.001 | 0 |" in md
     path = tmp_path / "tradeoff.png"
     plot_tradeoff(ROWS, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     assert not list(tmp_path.glob("*.tmp*"))
+    assert plot_robustness_figure(ROWS, tmp_path / "robustness.png")  # the unlearn-then-prune row has its figure
+    assert (tmp_path / "robustness.png").stat().st_size > 10_000
+    assert not plot_robustness_figure(ROWS[:6], tmp_path / "none.png") and not (tmp_path / "none.png").exists()
 
 
 def test_write_report_reads_results_files(tmp_path):
@@ -79,3 +93,4 @@ def test_write_report_reads_results_files(tmp_path):
     assert [r["name"] for r in report["runs"]] == ["dense-npo-sau-lr0.001-s0"]
     assert report["references"][2]["measured_sparsity"] == 0.5
     assert set(files) == {"json", "markdown", "plot"}
+    assert report["comparisons"] == []  # one method only: nothing to compare
