@@ -279,7 +279,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", default=None, help="results.json to include (default: found next to the model)")
     parser.add_argument("--recipe", default=None, help="recipe YAML to include in the card")
     parser.add_argument("--public", action="store_true", help="create the repository as public (default private)")
-    parser.add_argument("--commit-message", default=None)
+    parser.add_argument("--commit-message", default=None,
+                        help="commit message of the upload (default: \"Upload with sau-trainer\")")
     parser.add_argument("--output-dir", "--output", dest="output_dir", default=None,
                         help="where to assemble the upload folder (default: a temporary directory)")
     parser.add_argument("--dry-run", action="store_true", help="assemble the folder, do not upload")
