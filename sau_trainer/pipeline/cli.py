@@ -128,8 +128,9 @@ def _print_memory(recipe, tasks, args) -> int:
                 dist = memory.Distributed(nproc, dist.kind if dist.kind != "single" else "ddp", dist.fsdp_version,
                                           dist.reshard_after_forward, dist.zero_stage, dist.offload_params,
                                           dist.offload_optimizer, dist.source)
-    except (OSError, ValueError) as err:
-        print(f"sau-trainer run: error: --accelerate-config {config}: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - a missing or malformed file: one line, no traceback
+        print(f"sau-trainer run: error: --accelerate-config {config}: could not read it as an accelerate config "
+              f"({type(err).__name__}: {err})", file=sys.stderr)
         return 2
     device = memory.device_memory()
     if getattr(args, "device_memory", None):

@@ -11,8 +11,9 @@ component is counted per device:
 * **masks**: ``M``, 1 bit per prunable weight; **SAU**: ``G`` (1 bit) and ``W`` (nothing per matrix, 4 bytes
   per row or entry otherwise), and the saliency pass's fp32 sums (4 bytes per prunable weight), which exist
   before the optimizer state does: the pass is its own phase, and the stage's peak is the larger phase;
-* **activations** of one micro-batch (`activation_bytes`), times the batches one step keeps alive at once
-  (forget and retain batches for objectives with a retain term);
+* **activations** of one micro-batch (`activation_bytes`) at the section's ``max_length`` (an upper bound: rows
+  are truncated to it and batches padded to their longest row, usually shorter), times the batches one step
+  keeps alive at once (forget and retain batches for objectives with a retain term);
 * **reference**: a frozen copy of the model for objectives that keep one (UNDIAL, RMU, KL retain terms).
 
 Sharding follows what FSDP and DeepSpeed shard: ZeRO-1 the optimizer state, ZeRO-2 also the gradients,
@@ -473,26 +474,39 @@ def memory_report(recipe, tasks, dist: Distributed, device: tuple[int, str], cou
             return ([f"memory: the shape of {recipe.model.name_or_path!r} is not known offline (no config.json, not "
                      "in the Hugging Face cache, not in sau_trainer.pipeline.memory.KNOWN_MODELS): no estimate"], [])
         config, where = found
-        counts = counts_from_config(config, where)
+        try:
+            counts = counts_from_config(config, where)
+        except Exception as err:  # noqa: BLE001 - an architecture the meta-device count cannot read: say so
+            return [f"memory: could not count the parameters of {where} ({type(err).__name__}: {err}): no "
+                    "estimate"], []
     overhead = CUDA_OVERHEAD if "host RAM" not in device_name else 0.0
     groups: dict[tuple, list] = {}
     for t in tasks:
         est = estimate_task(t, recipe, counts, dist, overhead)
         if est is not None:
             groups.setdefault(_signature(t, est), [t, est, 0])[2] += 1
-    head = (f"memory per device (estimated, GiB; {where or counts.source}: {counts.total / 1e9:.2f}e9 parameters, "
-            f"{counts.prunable / 1e9:.2f}e9 prunable; training: {dist.describe()}; pruning and evaluation on the "
+    big = any(est.peak >= GiB for _, est, _ in groups.values())
+    unit, scale = ("GiB", GiB) if big else ("MiB", 1024 ** 2)
+
+    def size(x: float) -> str:
+        return f"{x / scale:.1f}"
+
+    def count(n: int) -> str:
+        return f"{n / 1e9:.2f}e9" if n >= 1e8 else f"{n / 1e6:.2f}e6"
+
+    head = (f"memory per device (estimated, {unit}; {where or counts.source}: {count(counts.total)} parameters, "
+            f"{count(counts.prunable)} prunable; training: {dist.describe()}; pruning and evaluation on the "
             f"main process's device; device: {device_name}, {gib(total)} GiB):")
     cols = ("weights", "gradients", "optimizer", "masks", "sau", "activations", "reference", "overhead")
     short = ("weights", "grads", "optim", "masks", "SAU", "activ", "ref", "other")
     lines = [head, f"  {'stage':8s} {'tasks':>5s} " + " ".join(f"{c:>7s}" for c in short) + f" {'peak':>7s}  first task"]
     warnings = []
     for task, est, n in groups.values():
-        vals = " ".join(f"{gib(est.components.get(c, 0.0)):>7s}" for c in cols)
+        vals = " ".join(f"{size(est.components.get(c, 0.0)):>7s}" for c in cols)
         phase = ""
         if len(est.phases) > 1:
-            phase = "  (" + ", ".join(f"{k} {gib(v)}" for k, v in est.phases.items()) + ")"
-        lines.append(f"  {task.kind:8s} {n:5d} {vals} {gib(est.peak):>7s}  {task.name}{phase}")
+            phase = "  (" + ", ".join(f"{k} {size(v)}" for k, v in est.phases.items()) + ")"
+        lines.append(f"  {task.kind:8s} {n:5d} {vals} {size(est.peak):>7s}  {task.name}{phase}")
         for note in est.notes:
             lines.append(f"  {'':8s} note: {note}")
         if total and est.peak > total:
