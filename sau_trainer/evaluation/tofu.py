@@ -197,15 +197,15 @@ def evaluate_tofu(model: Any, tokenizer: Any, benchmark_splits: Mapping[str, Any
             slot["perturbed"].append(list(range(len(pairs), len(pairs) + len(r["perturbed_answer"]))))
             pairs += [(r["question"], p) for p in r["perturbed_answer"]]
         slots[name] = slot
-    pair_sets = [name for name, slot in slots.items()
-                 for _ in range(len(slot["answer"]) + sum(len(g) for g in slot["perturbed"])
-                                + (len(slot["answer"]) if name in PARAPHRASED_SETS else 0))]
+    split_of = dict(zip(SET_NAMES, evaluation_splits(forget_split), strict=True))  # truncation is logged per split
+    pair_splits = [split_of[name] for name, slot in slots.items()
+                   for _ in range(len(slot["answer"]) + sum(len(g) for g in slot["perturbed"])
+                                  + (len(slot["answer"]) if name in PARAPHRASED_SETS else 0))]
     stats = teacher_forced_stats(model, tokenizer, pairs, batch_size, max_length, show_progress,
-                                 desc=f"TOFU {forget_split} log-likelihoods", labels=pair_sets)
+                                 desc="TOFU log-likelihoods", labels=pair_splits)
     questions = [r["question"] for rows in sets.values() for r in rows]
     generations = greedy_generate(model, tokenizer, questions, batch_size, max_new_tokens, max_length,
-                                  show_progress, desc=f"TOFU {forget_split} generation",
-                                  labels=[name for name, rows in sets.items() for _ in rows])
+                                  show_progress, labels=[split_of[name] for name, rows in sets.items() for _ in rows])
 
     per_example: dict[str, dict[str, list]] = {}
     summary: dict[str, Any] = {}
