@@ -55,6 +55,14 @@ def _local_grad(p: torch.Tensor) -> torch.Tensor | None:
     return None if p.grad is None else local(p.grad.detach())
 
 
+def _full_grad(p: torch.Tensor) -> torch.Tensor | None:
+    """The full gradient of a parameter under DeepSpeed ZeRO (reduced across ranks; gathered under ZeRO-3)."""
+    from deepspeed.utils import safe_get_full_grad
+
+    g = safe_get_full_grad(p)
+    return None if g is None else g.detach()
+
+
 class SaliencyCallback(TrainerCallback):
     """Runs the saliency pass over the forget set at train start (unless G and W were restored).
 
@@ -81,17 +89,22 @@ class SaliencyCallback(TrainerCallback):
             def loss_fn(model, batch):
                 return mean_token_nll(*forward_nll(model, batch)[:2])
         sharded = bool(trainer._shards)  # FSDP2: every rank passes every batch; the backward reduces the gradients
-        return compute_saliency(
+        deepspeed = trainer._deepspeed_engine is not None  # the same, with the engine's backward and full gradients
+        saliency = compute_saliency(
             trainer.model,
-            trainer.saliency_batches(shard=not sharded, max_examples=args.saliency_max_examples),
+            trainer.saliency_batches(shard=not (sharded or deepspeed), max_examples=args.saliency_max_examples),
             loss_fn,
             trainer.saliency_targets(),
             granularity=args.saliency_granularity,
             loss_scale=2.0**16 if args.fp16 else 1.0,
             autocast=trainer.autocast_smart_context_manager,
             show_progress=not args.disable_tqdm and args.process_index == 0,
-            sharded_grads=_local_grad if sharded else None,
+            sharded_grads=_local_grad if sharded else (_full_grad if deepspeed else None),
+            backward=trainer._deepspeed_backward if deepspeed else None,
         )
+        if deepspeed:  # the first training micro-step starts a new gradient (ZeRO accumulates after a backward)
+            trainer._deepspeed_engine.optimizer.zero_grad(set_to_none=True)
+        return saliency
 
     def retain_saliency(self) -> dict[str, torch.Tensor]:
         """Retain-aware saliency's second pass: the same estimate on the retain set's answer NLL, over as many

@@ -96,6 +96,7 @@ def compute_saliency(
     autocast: Callable | None = None,
     show_progress: bool = True,
     sharded_grads: Callable[[nn.Parameter], torch.Tensor | None] | None = None,
+    backward: Callable[[torch.Tensor], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-parameter fp32 saliency for `params` (name -> parameter of `model`) over `batches`.
 
@@ -107,6 +108,8 @@ def compute_saliency(
     backward (already reduced across ranks by the backward). Then every rank passes every batch, the
     saliency of each parameter is its local shard, nothing is all-reduced, and no parameter is frozen (the
     sharded model's flags stay as FSDP saw them); the gradients are read after each backward and dropped.
+    Under DeepSpeed ZeRO `sharded_grads` gives the full gradient (DeepSpeed's accessor) and `backward` runs the
+    engine's backward (which reduces the gradients and replaces them at every call).
     """
     if granularity not in ("batch", "example"):
         raise ValueError(f"saliency_granularity must be 'batch' or 'example', got {granularity!r}")
@@ -114,8 +117,7 @@ def compute_saliency(
     if sharded_grads is not None:
         from .shards import local
 
-        saliency = {name: torch.zeros(local(p).shape, dtype=torch.float32, device=local(p).device)
-                    for name, p in params.items()}
+        saliency = {}  # made at the first gradient: its shape is the gradient's (ZeRO-3 parameters are empty)
     else:
         saliency = {name: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for name, p in params.items()}
     was_training = {m: m.training for m in model.modules()}
@@ -157,16 +159,29 @@ def compute_saliency(
                 for unit in units:
                     with autocast() if autocast is not None else torch.enable_grad():
                         loss = loss_fn(model, unit)
-                    (loss * loss_scale).backward()
+                    if backward is None:
+                        (loss * loss_scale).backward()
+                    else:
+                        backward(loss * loss_scale)
                     count += 1
                     if sharded_grads is not None:
                         with torch.no_grad():
                             for name, p in params.items():
                                 g = sharded_grads(p)
                                 if g is not None:
+                                    if name not in saliency:
+                                        saliency[name] = torch.zeros(g.shape, dtype=torch.float32, device=g.device)
                                     saliency[name].addcmul_(g, g)
                             for p in model.parameters():
                                 p.grad = None
+        if sharded_grads is not None:
+            from .shards import local
+
+            for name, p in params.items():  # never reached by a gradient: zero saliency of the gradient's shape
+                if name not in saliency:
+                    shape = getattr(p, "ds_shape", None) or local(p).shape
+                    saliency[name] = torch.zeros(shape, dtype=torch.float32, device=local(p).device)
+            saliency = {name: saliency[name] for name in params}
         count_t = torch.tensor(float(count), device=next(iter(saliency.values())).device)
         if sharded_grads is None and torch.distributed.is_available() and torch.distributed.is_initialized():
             for s in saliency.values():

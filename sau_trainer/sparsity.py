@@ -83,6 +83,8 @@ class SparsityCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if self.trainer._setup_deepspeed():  # ZeRO-2/3: the mask pass runs inside the engine's step
+            return
         if self.trainer._setup_shards():  # FSDP2: the passes run on local shards of M, G and W
             self.trainer._rezero_weights()
             return
@@ -114,11 +116,7 @@ class SparsityPreserving:
         self, params: Mapping[str, torch.nn.Parameter], layouts: Mapping[str, Layout], masks: SparsityMasks,
         sau_state: SAUState | None = None,
     ) -> None:
-        if self.is_deepspeed_enabled:
-            raise NotImplementedError(
-                "Sparsity preservation masks the gradients between backward and the optimizer step; DeepSpeed steps "
-                "the optimizer inside backward. Use FSDP2 (recipes/accelerate/fsdp2.yaml) or plain data parallel."
-            )
+        self._deepspeed_engine = None  # the DeepSpeed engine once training starts under ZeRO-2/3
         self._shards: dict = {}  # name -> shards.RowShard under FSDP2 (set at train start), else empty
         self._prunable = dict(params)
         self.layouts = dict(layouts)
@@ -193,6 +191,66 @@ class SparsityPreserving:
                 self._local_w[n] = shard.local(w).to(dev)
         self._localized_state = state
 
+    # ---- DeepSpeed ZeRO-2/3 (the optimizer steps inside `accelerator.backward`; `p.grad` is None)
+    def _setup_deepspeed(self) -> bool:
+        """At train start under DeepSpeed: run the mask pass inside the engine's ``step`` (after backward and the
+        gradient reduction, before DeepSpeed's clipping and the optimizer step), through DeepSpeed's gradient
+        accessors. Pruned weights stay exactly zero without a re-zero because the optimizer must be one that
+        leaves zero-gradient zeros in place (torch AdamW, Adam, SGD); others are refused."""
+        if not self.is_deepspeed_enabled:
+            return False
+        if self._sau_update_mode() or self.moving_mask is not None:
+            raise ValueError("sau_redistribution_target='update' and sau_moving_mask are not supported under DeepSpeed "
+                             "yet: use FSDP2 (recipes/accelerate/fsdp2.yaml), DDP or one process.")
+        opt = self.optimizer
+        for _ in range(4):  # accelerate's wrapper -> DeepSpeed's ZeRO optimizer -> the torch optimizer
+            if getattr(opt, "optimizer", None) is None:
+                break
+            opt = opt.optimizer
+        if type(opt) not in ZERO_KEEPING_OPTIMIZERS:
+            raise ValueError(
+                f"Under DeepSpeed the pruned weights are kept zero by a zero-keeping optimizer (torch AdamW, Adam or "
+                f"SGD: optim='adamw_torch'), not by a re-zero on ZeRO's partitions; got {type(opt).__name__}.")
+        engine = self.model_wrapped
+        step = engine.step
+
+        def masked_step(*args, **kwargs):
+            self._mask_gradients_deepspeed()
+            return step(*args, **kwargs)
+
+        engine.step = masked_step
+        self._deepspeed_engine = engine
+        return True
+
+    def _deepspeed_backward(self, loss: torch.Tensor) -> None:
+        """One backward through the engine as one whole optimizer step's gradient (for the saliency pass)."""
+        engine = self._deepspeed_engine
+        engine.optimizer.zero_grad(set_to_none=True)  # ZeRO's own: the next backward replaces, not accumulates
+        engine.set_gradient_accumulation_boundary(True)
+        engine.backward(loss, scale_wrt_gas=False)
+
+    @torch.no_grad()
+    def _mask_gradients_deepspeed(self) -> None:
+        """``grad = where(M, grad, 0)`` or ``where(G, grad * W, 0)`` on the full gradients that DeepSpeed's accessors
+        give (gathered under ZeRO-3; every rank calls them in the same order), written back to its partitions."""
+        from deepspeed.utils import safe_get_full_grad, safe_set_full_grad
+
+        from .sau import apply_sau_
+
+        state = self.sau_state
+        masked = self.masked_parameters() if state is not None else {}
+        use_w = not self._sau_update_mode()
+        for name, p in {**self._prunable, **masked}.items():
+            g = safe_get_full_grad(p)
+            if g is None:
+                continue
+            g = g.clone()
+            if name in masked:
+                apply_sau_(g, state.mask(name, g.device), state.weight(name) if use_w else None)
+            else:
+                apply_sau_(g, self.sparsity_masks.get(name, g.device))
+            safe_set_full_grad(p, g)
+
     @torch.no_grad()
     def _mask_gradients_sharded(self) -> None:
         from .shards import local
@@ -234,6 +292,8 @@ class SparsityPreserving:
         """Once per optimizer step: ``grad = where(M, grad, 0)`` (plain) or ``grad = where(G, grad * W, 0)`` (SAU),
         one fused pass per matrix over the gradient and the bit planes of its mask (`sau_trainer.fused`), with no
         device-to-host synchronisation."""
+        if self._deepspeed_engine is not None:
+            return  # in the engine's step (`_setup_deepspeed`)
         if self._shards:
             return self._mask_gradients_sharded()
         if self.sau_state is None:
@@ -351,7 +411,7 @@ class SparsityPreserving:
             self._snapshots = {}
         if self.moving_mask is not None:  # keeps the count per unit (or N:M) exact; the support may move
             self.moving_mask.project_(self._prunable, self.sparsity_masks)
-        elif self._rezero_needed():
+        elif self._deepspeed_engine is None and self._rezero_needed():
             self._rezero_weights()
 
     # ---- files

@@ -141,7 +141,7 @@ class SAUTrainer(SparsityPreserving, Trainer):
                     p.requires_grad_(False)
         apply_precision_plan(model, self.precision_plan)
         self.add_callback(_ObjectiveCallback(self))
-        if args.update_check_steps and not self.is_fsdp_enabled:  # the probe reads full tensors: not on shards
+        if args.update_check_steps and not (self.is_fsdp_enabled or self.is_deepspeed_enabled):  # the probe reads full tensors: not on shards
             self.update_check = UpdateCheckCallback(
                 self.saliency_targets, self._selected_mask, lambda: self.optimizer, steps=args.update_check_steps,
                 log=self.log, seed=args.seed)
@@ -318,6 +318,22 @@ class SAUTrainer(SparsityPreserving, Trainer):
         if self.objective.needs_reference_model and self.objective_ctx.ref_model is None:
             self._build_reference_model()  # the reference is the starting model, not the checkpoint
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._restore_sau_files(resume_from_checkpoint)
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if resume_from_checkpoint and self.is_deepspeed_enabled:
+            # DeepSpeed resumes through its engine, not `_load_from_checkpoint`: M, G and W are restored here
+            path = resume_from_checkpoint
+            if path is True:
+                from transformers.trainer_utils import get_last_checkpoint
+
+                path = get_last_checkpoint(self.args.output_dir)
+            if path:
+                self._restore_sau_files(path)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _restore_sau_files(self, resume_from_checkpoint: str) -> None:
+        """M, G, W and the objective's saved tensors from a checkpoint directory (no new saliency pass)."""
         if not os.path.isfile(os.path.join(resume_from_checkpoint, STATE_FILE)):
             if self.args.sau:
                 raise ValueError(

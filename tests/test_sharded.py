@@ -1,4 +1,4 @@
-"""SAU under FSDP2 on 2 CPU processes, launched as a user launches it: `accelerate launch --config_file
+"""SAU under FSDP2 (and DeepSpeed ZeRO-3) on 2 CPU processes, launched as a user launches it: `accelerate launch --config_file
 recipes/accelerate/fsdp2_cpu.yaml tests/sharded_worker.py` (an ordinary script with no FSDP arguments).
 
 Against the same script on one process (same model, data, seed, saliency_batch_size): G and W equal within the
@@ -115,6 +115,33 @@ def test_fsdp2_matches_one_process_uneven_shards_accumulation_and_resume(tmp_pat
     assert compare_states(final, tmp_path / "resumed" / "final") == (1.0, 0.0)
     a, b = load_file(final / "model.safetensors"), load_file(tmp_path / "resumed" / "final" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_zero3_matches_one_process_uneven_shards_accumulation_and_resume(tmp_path):
+    pytest.importorskip("deepspeed")
+    env = _env(DS_ACCELERATOR="cpu")
+    opts = ("odd=1", "ga=2", "steps=2", "save_steps=1")
+    single(tmp_path / "one", *opts)
+    launch("zero3_cpu.yaml", tmp_path / "zero3", *opts, env=env)
+    rep = json.loads((tmp_path / "zero3" / "report.json").read_text())
+    assert rep["world"] == 2 and rep["distributed_type"] == "DistributedType.DEEPSPEED"
+    assert rep["saliency_passes"] == 1
+    assert rep["mask_shapes"] == json.loads((tmp_path / "one" / "report.json").read_text())["mask_shapes"]
+    g_equal, w_rel = compare_states(tmp_path / "one" / "final", tmp_path / "zero3" / "final")
+    assert g_equal >= G_EQUAL_AT_LEAST and w_rel <= W_REL_TOL, (g_equal, w_rel)
+    final = tmp_path / "zero3" / "final"
+    assert pruned_nonzero(final) == 0
+    assert rep["surviving_changed"] > 0.5 and rep["losses"][-1] < rep["losses"][0]
+    launch("zero3_cpu.yaml", tmp_path / "resumed", "odd=1", "ga=2", "steps=2",
+           f"resume={tmp_path / 'zero3' / 'checkpoint-1'}", env=env)
+    resumed = json.loads((tmp_path / "resumed" / "report.json").read_text())
+    assert resumed["saliency_passes"] == 0
+    assert compare_states(final, tmp_path / "resumed" / "final") == (1.0, 0.0)
+    a, b = load_file(final / "model.safetensors"), load_file(tmp_path / "resumed" / "final" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+    assert pruned_nonzero(tmp_path / "resumed" / "final") == 0
 
 
 @pytest.mark.distributed
