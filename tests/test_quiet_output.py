@@ -1,0 +1,75 @@
+"""What a run prints when its output goes to a log file: no progress bars, no per-matrix dicts, no warnings
+about settings the package itself chose."""
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def bars_restored():
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    yield
+    (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
+
+
+def test_one_switch_for_every_bar(bars_restored):
+    from transformers.utils import logging as hf_logging
+
+    from sau_trainer.progress import quiet_unless_terminal, show_progress
+
+    hf_logging.enable_progress_bar()
+    assert show_progress(True) and not show_progress(False)
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert quiet_unless_terminal(Terminal()) is False and show_progress(True)
+    assert quiet_unless_terminal(io.StringIO()) is True  # a log file
+    assert not show_progress(True) and not hf_logging.is_progress_bar_enabled()  # ours and transformers' bars
+
+
+def test_the_pipeline_passes_checkpointing_without_a_deprecation_warning():
+    from transformers import TrainingArguments
+
+    from sau_trainer.pipeline.stages import _checkpointing_kwargs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        args = TrainingArguments(output_dir="unused", report_to=[], **_checkpointing_kwargs(True))
+    assert args.gradient_checkpointing is True  # read under the old name by the pipeline and the trainer
+
+
+@pytest.mark.slow  # a subprocess that imports torch and transformers: about 10 s idle, 25 s on a busy CPU
+def test_eval_into_a_log_file_has_no_progress_bars(tmp_path, tokenizer):
+    from sau_trainer.modeling import build_llama
+
+    model_dir = tmp_path / "model"
+    build_llama("tiny", tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    script = shutil.which("sau-trainer")
+    cmd = [script] if script else [sys.executable, "-m", "sau_trainer"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    log = tmp_path / "eval.log"
+    with open(log, "w") as f:  # stdout and stderr into a file, as `... > eval.log 2>&1`
+        proc = subprocess.run([*cmd, "eval", "--model", str(model_dir), "--output-dir", str(tmp_path / "out"),
+                               "--max-new-tokens", "2", "--batch-size", "64"], stdout=f, stderr=subprocess.STDOUT,
+                              env=env, timeout=300)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert "it/s]" not in text and "Loading weights" not in text and "%|" not in text, text[-3000:]
+    assert "Failed to load CPU gemm_4bit_forward" not in text  # bitsandbytes' import-time line
+    assert "Using 1 CPU thread" in text  # the small-model default, said once
+    assert (tmp_path / "out/results.json").is_file()
