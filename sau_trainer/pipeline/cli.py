@@ -71,6 +71,10 @@ def main(args: argparse.Namespace) -> int:
     if bad_output:
         print(f"sau-trainer run: error: {bad_output}", file=sys.stderr)
         return 2
+    if any(getattr(recipe, sec).args.get("disable_tqdm") for sec in ("train_target", "train_retain", "unlearn")):
+        from ..progress import disable_bars
+
+        disable_bars()  # the recipe turned the training bars off: weight loading, pruning, evaluation follow
     try:
         if args.dry_run:
             return _dry_run(recipe, output_dir, args)

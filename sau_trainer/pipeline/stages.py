@@ -211,6 +211,18 @@ def _warmup_kwargs(steps: float) -> dict:
     return {"warmup_steps": steps}
 
 
+def _checkpointing_kwargs(on: bool) -> dict:
+    """The checkpointing flag under its name in the installed transformers: 5.x renamed TrainingArguments'
+    ``gradient_checkpointing`` to ``activation_checkpointing`` and warns (FutureWarning) whenever the old one is
+    given, False included; 4.57 knows only the old one."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    new = "activation_checkpointing" in {f.name for f in fields(TrainingArguments)}
+    return {"activation_checkpointing" if new else "gradient_checkpointing": on}
+
+
 def _trainer_kwargs(sec: TrainerSettings, ctx: Context) -> dict:
     """TrainingArguments keywords from a section (gradient accumulation from the effective batch size)."""
     import torch
@@ -228,7 +240,7 @@ def _trainer_kwargs(sec: TrainerSettings, ctx: Context) -> dict:
         gradient_accumulation_steps=ga, lr_scheduler_type=sec.lr_scheduler_type,
         **_warmup_kwargs(sec.warmup_steps),
         weight_decay=sec.weight_decay, optim=sec.optim, bf16=sec.bf16,
-        gradient_checkpointing=sec.gradient_checkpointing, logging_steps=sec.logging_steps,
+        **_checkpointing_kwargs(sec.gradient_checkpointing), logging_steps=sec.logging_steps,
         save_strategy="no", report_to=[], ddp_timeout=ctx.recipe.distributed_timeout_s,
     )
     if num_processes > 1 and not torch.cuda.is_available():
