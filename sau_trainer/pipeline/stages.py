@@ -108,7 +108,6 @@ class Context:
         return self._tokenizer
 
 
-def load_data(recipe: Recipe) -> dict[str, list[dict]]:
 def split_uses(recipe: Recipe) -> dict[str, str] | None:
     """The TOFU-style splits the recipe's stages read, each with what reads it (None: load every split, as for a
     generated benchmark, a tokenizer trained on every string, or a MUSE/WMDP-style benchmark)."""
@@ -138,6 +137,7 @@ def split_uses(recipe: Recipe) -> dict[str, str] | None:
     return uses
 
 
+def load_data(recipe: Recipe) -> dict[str, list[dict]]:
     """The splits of the recipe's benchmark that its stages read (see `split_uses`; every split when unknown)."""
     from ..data.benchmarks import load_benchmark
 
