@@ -301,6 +301,12 @@ def resolve_source(path: Path, run: str | None) -> tuple[Path, Path | None, Path
                        sparse[0] if sparse else None)
         if run is None or not (path / "stages" / "models" / run).is_dir():
             raise FileNotFoundError(f"no run {run!r} in {path}; sparse runs: {', '.join(sparse) or 'none'}")
+        if (path / "stages" / "models" / run / "weights_removed.json").is_file():  # pipeline.cleanup.MARKER
+            raise FileNotFoundError(
+                f"the weights of run {run!r} were removed after the run (report.keep_models); re-run it with them "
+                f"kept: `sau-trainer run {path / 'recipe.yaml'} --output-dir {path} report.keep_models=all` "
+                f"(recomputes every removed model), or push from the run itself (recomputes that one): push.push_to_hub=true "
+                f"push.run={run} push.hub_model_id=USER/NAME")
         return (path / "stages" / "models" / run, path / "stages" / "eval" / run / "results.json",
                 path / "recipe.yaml", run)
     results = path / "results.json"

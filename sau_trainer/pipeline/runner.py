@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from . import locks
+from . import cleanup, locks
 from .schema import Recipe, RecipeError, recipe_to_yaml
 from .stages import STAGES, Context, Task, plan
 
@@ -51,6 +51,7 @@ class RunSummary:
     error: str | None = None
     reused: list[str] = field(default_factory=list)
     not_selected: list[str] = field(default_factory=list)
+    removed: dict = field(default_factory=dict)  # report.keep_models: {"models", "bytes"} of weights removed
 
 
 def task_hash(task: Task, dep_hashes: dict[str, str]) -> str:
@@ -231,10 +232,16 @@ def run_recipe(recipe: Recipe, output_dir: str | os.PathLike, force: bool = Fals
         os.replace(tmp, out / "recipe.yaml")
     state.wait_for_everyone()
 
+    again: set[str] = set()  # finished, but their weights were removed (report.keep_models) and are needed again
+
     def finished(t: Task) -> bool:
-        return STAGES[t.kind].cached and not force and is_done(ctx.task_dir(t.name), t)
+        return (STAGES[t.kind].cached and not force and is_done(ctx.task_dir(t.name), t)
+                and not (t.name in again and cleanup.weights_removed(ctx.task_dir(t.name))))
 
     todo = {t.name for t in planned if t.name in selected and not finished(t)}
+    again |= cleanup.needed_again(planned, todo, ctx.task_dir, recipe.report.keep_models)
+    todo |= again
+    selected |= again  # under --tasks too: a selected task reads them
     logger.info("%s: %d tasks%s, %d cached, %d to run -> %s (%d process%s, %s)", recipe.name, len(planned),
                 f" ({len(selected)} selected by --tasks {','.join(patterns)})" if patterns else "",
                 len(selected) - len(todo), len(todo), out, ctx.num_processes,
@@ -263,6 +270,9 @@ def run_recipe(recipe: Recipe, output_dir: str | os.PathLike, force: bool = Fals
             if lock is not None:
                 lock.release()
         summary.ran.append(task.name)
+    if ctx.is_main:  # the last step: nothing of this run reads a model any more
+        summary.removed = cleanup.remove_unneeded_weights(
+            planned, ctx.task_dir, lambda t: is_done(ctx.task_dir(t.name), t), recipe.report.keep_models)
     return summary
 
 

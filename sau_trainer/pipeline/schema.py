@@ -161,7 +161,8 @@ class EvaluateSection:
         "reported beside its run (report.json: runs[].robustness). quant-int8, quant-int4 (round-to-nearest, groups "
         "of 128, torch), bnb-8bit, bnb-nf4 (bitsandbytes; skipped with the reason where it cannot run), "
         "prune-<method>-<percent> or prune-<method>-<N>of<M> (e.g. prune-magnitude-50, prune-wanda-2of4), relearn "
-        "(plain finetuning on part of the forget set). Adding one to a finished run computes only the attack.")
+        "(plain finetuning on part of the forget set). Adding one to a finished run computes only the attack (and the "
+        "unlearned models it attacks, if report.keep_models removed their weights).")
     relearn_fraction: float = opt(0.1, "relearn: fraction of the forget set finetuned on (seeded; at least one row).")
     relearn_epochs: float = opt(1.0, "relearn: epochs of plain finetuning.")
     relearn_learning_rate: float | None = opt(None, "relearn: learning rate (None: the attacked run's unlearning "
@@ -182,6 +183,11 @@ class ReportSection:
 
     plot: bool = opt(True, "Write tradeoff.png.")
     utility_fraction: float = opt(0.9, "Matched-utility line: this fraction of the finetuned model's utility.")
+    keep_models: str = opt(
+        "none", "Weights of the unlearned models kept after the run (its last step): all; sparse (the unlearned "
+        "sparse models); none (masks, sparsity.json, results and the model card inputs stay; so do the reference "
+        "models, the pushed model and any model a task still has to read; a later run that needs a removed model "
+        "recomputes it).", choices=("all", "sparse", "none"))
 
 
 @dataclass

@@ -698,7 +698,7 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
                     settings["relearn_heldout"] = row["relearn_heldout"]
         add(Task("evaluate", f"eval/{row['name']}", settings, deps, meta))
 
-    add(Task("report", "report", {"report": asdict(recipe.report)},
+    add(Task("report", "report", {"report": {k: v for k, v in asdict(recipe.report).items() if k != "keep_models"}},
              {t.name: t.name for t in tasks if t.kind == "evaluate"}))
     h = recipe.push
     if h.push_to_hub:

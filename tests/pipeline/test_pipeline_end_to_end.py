@@ -37,6 +37,7 @@ def recipe_for(memorized, retain) -> dict:
                     "lr_scheduler_type": "constant", "then_prune": True, "logging_steps": 1000,
                     "args": {"disable_tqdm": True}},
         "evaluate": {"batch_size": 64, "max_new_tokens": 24},
+        "report": {"keep_models": "all"},  # the resume checks compare every model file before and after
         "push": {"push_to_hub": True, "hub_model_id": "me/e2e-sau"},
     }
 

@@ -96,7 +96,8 @@ def test_a_grid_over_redistribution_target_and_alpha_runs_each_point_with_its_va
                         "num_train_epochs": 1, "per_device_train_batch_size": 10, "lr_scheduler_type": "constant",
                         "sau_redistribution_target": ["grad", "update"], "sau_alpha": [0.1, 1.0],
                         "logging_steps": 1000, "args": {"disable_tqdm": True}},
-            "evaluate": {"batch_size": 64, "max_new_tokens": 8}, "report": {"plot": False}}
+            "evaluate": {"batch_size": 64, "max_new_tokens": 8},
+            "report": {"plot": False, "keep_models": "all"}}  # the unlearned weights are read below
     run_recipe(validate(data), tmp_path, state=OneProcess())
     report = json.loads((tmp_path / "report.json").read_text())
     runs = {r["name"]: r for r in report["runs"]}
