@@ -113,7 +113,13 @@ def spans_ranks(layout: Layout, ndim: int, unit: str) -> bool:
     return ndim < 2 or unit == "matrix"
 
 
-def _all_reduce(t: torch.Tensor, group=None, op=None) -> torch.Tensor:
+def _all_reduce(t: torch.Tensor, group=None, op=None, device=None) -> torch.Tensor:
+    """Sum `t` over the ranks in place; with `device`, through a copy there (NCCL reduces only GPU tensors)."""
+    if device is not None and t.device != torch.device(device):
+        moved = t.to(device)
+        dist.all_reduce(moved, op=op or dist.ReduceOp.SUM, group=group)
+        t.copy_(moved)
+        return t
     dist.all_reduce(t, op=op or dist.ReduceOp.SUM, group=group)
     return t
 
@@ -129,10 +135,12 @@ def threshold_select(
     all-gather of the tie counts.
     """
     world, rank = dist.get_world_size(group), dist.get_rank(group)
+    device = next((s.device for items in groups for s, _ in items), None)  # where the collectives run
     bits = [[s.float().contiguous().view(torch.int32).reshape(-1) for s, _ in items] for items in groups]
     alive = [[a.reshape(-1).bool() for _, a in items] for items in groups]
     n_groups = len(groups)
-    sizes = _all_reduce(torch.tensor([sum(int(a.sum()) for a in al) for al in alive], dtype=torch.int64), group)
+    sizes = _all_reduce(torch.tensor([sum(int(a.sum()) for a in al) for al in alive], dtype=torch.int64), group,
+                        device=device)
     quota = torch.tensor([topk_count(int(n), k) for n in sizes.tolist()], dtype=torch.int64)
     lo = torch.zeros(n_groups, dtype=torch.int64)
     hi = torch.full((n_groups,), _INF_BITS, dtype=torch.int64)
@@ -142,7 +150,7 @@ def threshold_select(
         for g in range(n_groups):
             t = int(thresholds[g])
             out[g] = sum(int(((b > t) if strict else (b >= t)).logical_and_(a).sum()) for b, a in zip(bits[g], alive[g]))
-        return _all_reduce(out, group)
+        return _all_reduce(out, group, device=device)
 
     while bool((lo < hi).any()):  # the same on every rank: lo and hi come from reduced counts
         mid = (lo + hi + 1) // 2
@@ -153,9 +161,10 @@ def threshold_select(
     remaining = quota - counts(lo, strict=True)
     ties_local = torch.tensor([int((b == int(lo[g])).logical_and_(a).sum()) for g in range(n_groups)
                                for b, a in zip(bits[g], alive[g])], dtype=torch.int64)
+    ties_local = ties_local.to(device) if device is not None else ties_local
     gathered = [torch.empty_like(ties_local) for _ in range(world)]
     dist.all_gather(gathered, ties_local, group=group)
-    ties = torch.stack(gathered)  # [world, items]
+    ties = torch.stack(gathered).cpu()  # [world, items]
     out, j = [], 0
     for g in range(n_groups):
         rem, chosen = int(remaining[g]), []
@@ -180,7 +189,8 @@ def threshold_select(
 def check_finite(saliency: Mapping[str, torch.Tensor], group=None) -> None:
     """`sau._check_saliency` over all ranks' shards (collective: every rank raises or none does)."""
     bad = torch.tensor([sum(int((~torch.isfinite(s)).sum()) for s in saliency.values())], dtype=torch.int64)
-    if int(_all_reduce(bad, group)[0]):
+    device = next((s.device for s in saliency.values()), None)
+    if int(_all_reduce(bad, group, device=device)[0]):
         raise ValueError("The saliency contains NaN or inf: the forget loss diverged in the saliency pass.")
 
 
@@ -235,7 +245,7 @@ def build_sharded_sau_state(
         state.shapes[n] = shard.shape
         if w is not None:
             state.weights[n] = _gather_w(w, shard, spans, layout, redistribution).cpu()
-        m_full_alive = int(_all_reduce(torch.tensor([int(m.sum())], dtype=torch.int64), group)[0])
+        m_full_alive = int(_all_reduce(torch.tensor([int(m.sum())], dtype=torch.int64), group, device=s.device)[0])
         state.stats[n] = {
             "selected": int(g_full.sum()),
             "surviving": m_full_alive,

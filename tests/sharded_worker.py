@@ -4,7 +4,7 @@ one process (`python`) and under `accelerate launch --config_file recipes/accele
     python tests/sharded_worker.py OUT [key=value ...]
 
 Keys: steps, ga (gradient accumulation), odd (an intermediate size not divisible by 2: uneven shards), scope,
-redistribution, resume (a checkpoint directory to resume from), save_steps. Writes OUT/final (save_model) and,
+redistribution, target (sau_redistribution_target), dense (sau_dense_params), objective, resume (a checkpoint directory to resume from), save_steps. Writes OUT/final (save_model) and,
 on the main process, OUT/report.json.
 """
 
@@ -56,6 +56,7 @@ def main(out: str, opts: dict[str, str]) -> None:
         lr_scheduler_type="constant", weight_decay=0.1, max_grad_norm=1.0, objective=opts.get("objective", "graddiff"),
         sau_topk=0.3, saliency_batch_size=4, sau_topk_scope=opts.get("scope", "matrix"),
         sau_redistribution=opts.get("redistribution", "matrix"),
+        sau_redistribution_target=opts.get("target", "grad"), sau_dense_params=opts.get("dense", "train"),
     )
     trainer = SAUTrainer(model, args, forget_dataset=forget, retain_dataset=retain, processing_class=tok)
     trainer.train(resume_from_checkpoint=opts.get("resume") or None)

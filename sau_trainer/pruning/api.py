@@ -225,9 +225,18 @@ def _warn_surviving_zeros(model: nn.Module, masks: SparsityMasks) -> None:
 
 
 def measured_sparsity(model: nn.Module) -> float:
-    """Fraction of exact zeros over all prunable matrices of `model`."""
+    """Fraction of exact zeros over all prunable matrices of `model` (FSDP2-sharded: counted on the local shards and
+    summed over the ranks; every rank must call it then)."""
+    import torch
+
+    from ..shards import is_sharded, local
+
     params = prunable_parameters(model)
-    zeros = sum(int((p == 0).sum()) for p in params.values())
+    zeros = sum(int((local(p.detach()) == 0).sum()) for p in params.values())
+    if any(is_sharded(p) for p in params.values()):
+        count = torch.tensor([zeros], dtype=torch.int64, device=local(next(iter(params.values()))).device)
+        torch.distributed.all_reduce(count)
+        zeros = int(count[0])
     return zeros / max(sum(p.numel() for p in params.values()), 1)
 
 
