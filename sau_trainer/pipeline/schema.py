@@ -588,6 +588,7 @@ def grid_name(values: dict) -> str:
 def _check_sau_grid(u: UnlearnSection, errors: list[str]) -> None:
     """Every SAUConfig setting of every grid point, per objective, validated by SAUConfig itself (its own fields;
     TrainingArguments fields are checked by name here and by TrainingArguments when a run starts)."""
+    import torch
     from transformers import TrainingArguments
 
     from ..config import SAUConfig
@@ -613,6 +614,9 @@ def _check_sau_grid(u: UnlearnSection, errors: list[str]) -> None:
             continue
         for _, point in grid_points(settings):
             kwargs = {k: v for k, v in point["args"].items() if k in own}
+            # TrainingArguments re-creates accelerate's process state: make it the runner's (`_partial_state`), or a
+            # CPU-only `accelerate launch` group would become one non-distributed process before the first stage
+            kwargs["use_cpu"] = not torch.cuda.is_available()
             try:
                 SAUConfig(output_dir="unused", objective=obj, sau=True, sau_topk=point["sau_topk"],
                           sau_alpha=point["sau_alpha"], **kwargs)
