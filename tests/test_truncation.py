@@ -85,3 +85,19 @@ def test_evaluation_counts_cut_pairs_and_short_generations_per_split(tokenizer, 
         if short:
             want_gen[split] = (len(short), len(lengths), max(short), sum(short))
     assert want_gen and parsed(caplog, "TOFU generation") == want_gen
+
+
+def test_calibration_never_runs_past_the_positions_and_says_what_it_cut(tokenizer, tiny_splits, caplog):
+    from sau_trainer.pruning import prune_model
+
+    model = build_llama("tiny", tokenizer, max_position_embeddings=POSITIONS)
+    rows = tiny_splits["full"]  # two rows per sample: 40 to 70 tokens, most longer than the positions
+    texts = [f"{a['question']} {a['answer']} {b['question']} {b['answer']}" for a, b in zip(rows[::2], rows[1::2])]
+    with caplog.at_level(logging.INFO):
+        result = prune_model(model, "wanda", 0.5, calibration=texts, tokenizer=tokenizer, num_samples=64,
+                             seq_len=2048, progress=False)
+    assert result.sparsity == pytest.approx(0.5, abs=1e-3)
+    assert any(f"seq_len 2048 is more than the model's {POSITIONS} positions" in r.getMessage()
+               for r in caplog.records)
+    lengths = [len(ids) for ids in tokenizer(texts[:64], add_special_tokens=True)["input_ids"]]
+    assert parsed(caplog, "Calibration samples") == {"texts": expected(lengths, POSITIONS)}

@@ -73,7 +73,7 @@ class TruncationCount:
                  for s, d in self.per_split().items()]
         return f"{self.what} cut to the maximum length {self.limit}: " + "; ".join(parts) + "."
 
-    def log(self, log: logging.Logger | None = None) -> None:
+    def log(self, log: logging.Logger | None = None, level: int = logging.WARNING) -> None:
         text = self.message()
         if text:
-            (log or logger).warning(text)
+            (log or logger).log(level, text)

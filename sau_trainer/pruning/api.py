@@ -125,6 +125,13 @@ def prune_model(
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     if not 0 <= percdamp:
         raise ValueError(f"percdamp must be non-negative, got {percdamp!r}.")
+    from ..data.truncation import model_positions
+
+    positions = model_positions(model)
+    if method != "magnitude" and positions is not None and seq_len > positions:  # never run past the positions
+        logger.info("seq_len %d is more than the model's %d positions: calibration samples are cut to %d tokens.",
+                    seq_len, positions, positions)
+        seq_len = positions
     weights = prunable_weights(model)
     if not weights:
         raise ValueError(

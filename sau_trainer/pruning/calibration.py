@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.truncation import TruncationCount
 from ..progress import show_progress as show_bar
 
 logger = logging.getLogger(__name__)
@@ -141,11 +142,19 @@ def prepare_calibration(
         if tokenizer is None:
             raise ValueError("calibration texts need a tokenizer: pass tokenizer=... (the model's tokenizer).")
         texts = _take_texts(texts, num_samples)
-        rows = []
+        rows, full = [], []
         if texts:
             enc = tokenizer(texts, truncation=True, max_length=seq_len, add_special_tokens=True)
             rows = [torch.as_tensor(ids, dtype=torch.long) for ids in enc["input_ids"]]
-    samples = [r[:seq_len] for r in rows if r.numel() > 0][:num_samples]
+            full = [len(ids) for ids in tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]]
+    else:
+        full = [r.numel() for r in rows]
+    used = [i for i, r in enumerate(rows) if r.numel() > 0][:num_samples]
+    cut = TruncationCount("Calibration samples", seq_len)  # samples longer than seq_len: said, not silent
+    for i in used:
+        cut.add(source or kind or "calibration", full[i] - seq_len)
+    cut.log(logger, logging.INFO)  # cutting calibration text to seq_len is the method's design, not a loss
+    samples = [rows[i][:seq_len] for i in used]
     if not samples:
         raise ValueError(
             f"The calibration data ({kind}) has no usable tokens: every sample is empty, blank or all padding. "
