@@ -10,6 +10,15 @@ from .data.qa import QACollator, RowsDataset, tokenize_rows
 logger = logging.getLogger(__name__)
 
 
+def pin_memory_default() -> bool:
+    """DataLoader ``pin_memory``: pinned host memory only speeds copies to an accelerator; without one, torch
+    warns about it at every training run."""
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)
+    return bool(accelerator.is_available()) if accelerator is not None else torch.cuda.is_available()
+
+
 def finetune(
     model: Any,
     tokenizer: Any,
@@ -42,7 +51,7 @@ def finetune(
     data = RowsDataset(tokenize_rows(rows, tokenizer, max_length, name="training set", model=model), drop=("index",))
     defaults = dict(
         logging_steps=10, save_strategy="no", report_to=[], lr_scheduler_type="constant_with_warmup",
-        warmup_steps=0, weight_decay=0.0, disable_tqdm=None,
+        warmup_steps=0, weight_decay=0.0, disable_tqdm=None, dataloader_pin_memory=pin_memory_default(),
     )
     defaults.update(training_args)
     args = TrainingArguments(

@@ -73,3 +73,15 @@ def test_eval_into_a_log_file_has_no_progress_bars(tmp_path, tokenizer):
     assert "Failed to load CPU gemm_4bit_forward" not in text  # bitsandbytes' import-time line
     assert "Using 1 CPU thread" in text  # the small-model default, said once
     assert (tmp_path / "out/results.json").is_file()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the warning is about machines without one")
+def test_training_without_an_accelerator_does_not_warn_about_pinned_memory(tmp_path, tokenizer, tiny_splits):
+    from sau_trainer.finetuning import finetune
+    from sau_trainer.modeling import build_llama
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        finetune(build_llama("tiny", tokenizer), tokenizer, tiny_splits["forget01"], str(tmp_path), num_train_epochs=1,
+                 save=False, disable_tqdm=True, logging_steps=1000)
+    assert not [w for w in caught if "pin_memory" in str(w.message)]

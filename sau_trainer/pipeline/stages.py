@@ -211,6 +211,12 @@ def _warmup_kwargs(steps: float) -> dict:
     return {"warmup_steps": steps}
 
 
+def _pin_memory() -> bool:
+    from ..finetuning import pin_memory_default
+
+    return pin_memory_default()
+
+
 def _checkpointing_kwargs(on: bool) -> dict:
     """The checkpointing flag under its name in the installed transformers: 5.x renamed TrainingArguments'
     ``gradient_checkpointing`` to ``activation_checkpointing`` and warns (FutureWarning) whenever the old one is
@@ -242,6 +248,7 @@ def _trainer_kwargs(sec: TrainerSettings, ctx: Context) -> dict:
         weight_decay=sec.weight_decay, optim=sec.optim, bf16=sec.bf16,
         **_checkpointing_kwargs(sec.gradient_checkpointing), logging_steps=sec.logging_steps,
         save_strategy="no", report_to=[], ddp_timeout=ctx.recipe.distributed_timeout_s,
+        dataloader_pin_memory=_pin_memory(),  # no pinned memory (and no warning) without an accelerator
     )
     if num_processes > 1 and not torch.cuda.is_available():
         kwargs["use_cpu"] = True  # else TrainingArguments rebuilds a non-distributed state on a CPU-only group
