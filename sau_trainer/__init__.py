@@ -10,6 +10,21 @@ from typing import Any
 if _logging.getLogger("bitsandbytes.backends.cpu.ops").level == _logging.NOTSET:
     _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 
+
+class _DropMessage(_logging.Filter):
+    """Drops one import-time line of a dependency (its logger sets its own level, so a level cannot)."""
+
+    def __init__(self, start: str):
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.start)
+
+
+# DeepSpeed, when installed (transformers imports it), says on every CPU-only start that it fell back to the CPU.
+_logging.getLogger("DeepSpeed").addFilter(_DropMessage("Setting accelerator to CPU"))
+
 __version__ = "0.1.0"
 
 # Public name -> module; imported on first use so `sau-trainer --help` and `import sau_trainer` stay fast.
