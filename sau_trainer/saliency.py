@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .progress import show_progress as show_bar
+
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
 
 
@@ -149,7 +151,7 @@ def compute_saliency(
                 m.eval()
         count, seen = 0, 0
         with torch.random.fork_rng(devices=[p.device for p in params.values() if p.device.type == "cuda"][:1]):
-            for batch in tqdm(batches, desc="saliency", disable=not show_progress, leave=False):
+            for batch in tqdm(batches, desc="saliency", disable=not show_bar(show_progress), leave=False):
                 if max_examples is not None and seen >= max_examples:
                     break
                 if max_examples is not None and seen + batch["input_ids"].shape[0] > max_examples:

@@ -493,7 +493,7 @@ def compute_sau_state(
     from .saliency import compute_saliency
 
     params, layouts, masks = resolve_sparsity_masks(model, sparsity_masks, "compute_sau_state")
-    rows = tokenize_rows(forget_dataset, tokenizer, max_length, name="forget set")
+    rows = tokenize_rows(forget_dataset, tokenizer, max_length, name="forget set", model=model)
     collate = QACollator(tokenizer)
     device = next(iter(params.values())).device
     batches = ({k_: v.to(device) for k_, v in collate(rows[i : i + batch_size]).items()}
