@@ -71,7 +71,9 @@ TOFU_REPORT = ReportSpec(
          "set); any zero makes it zero. Higher is better; the utility floor is a fraction of the finetuned model's."),
         ("forget quality", "how much the unlearned model's answers to the forget questions look like a model that "
          "never saw them: the p-value of a KS test between its per-question truth ratios and the retain model's "
-         "(trained without the forget set). Higher is better (1: indistinguishable); compared as log10."),
+         "(trained without the forget set). Higher is better (1: indistinguishable); compared as log10. It is a "
+         "distance to the retain model, so over-forgetting (answers further from the truth than the retain model's) "
+         "lowers it too."),
         ("FQ (pruned retain)", "forget quality against the retain model pruned the same way (sparse rows only)."),
         ("forget ROUGE", "ROUGE-L recall of the greedy answers to the forget questions against the true answers: "
          "how much of the forgotten answers the model still says. Lower is more forgotten (the retain model's value "

@@ -358,6 +358,11 @@ def _then_prune_section(runs: list[dict], spec: ReportSpec = TOFU_REPORT) -> lis
 
 
 # ----------------------------------------------------------------------------------------- plot
+# (plain, SAU) colours per objective (and grid point); green is the retain model's
+PAIRS = (("tab:blue", "tab:orange"), ("tab:purple", "tab:red"), ("tab:brown", "tab:pink"), ("tab:cyan", "tab:olive"),
+         ("tab:gray", "black"))
+
+
 def _seed_points(rows: list[dict], spec: ReportSpec, metric) -> dict[tuple, dict[float, list[tuple]]]:
     """Per method (of unlearning runs): learning rate -> [(metric value, utility)] over seeds."""
     out: dict[tuple, dict[float, list[tuple]]] = defaultdict(lambda: defaultdict(list))
@@ -399,8 +404,7 @@ def plot_tradeoff(rows: list[dict], path: Path, utility_fraction: float = 0.9, s
     fig, axes = plt.subplots(2, ncols, figsize=(4.8 * ncols + 1.0, 8.6), squeeze=False)
     floor = utility_floor(rows, utility_fraction, spec)
     variants = sorted({(k[3], k[6]) for k in {method_key(r) for r in runs}}, key=str)  # (objective, grid)
-    cmap = plt.get_cmap("tab10")
-    colours = {v: cmap(i % 10) for i, v in enumerate(variants)}
+    colours = {(v, sau): PAIRS[i % len(PAIRS)][int(sau)] for i, v in enumerate(variants) for sau in (False, True)}
     n_seeds = max((len({r["seed"] for r in runs if method_key(r) == k}) for k in {method_key(r) for r in runs}),
                   default=0)
     handles: dict[str, Any] = {}
@@ -411,7 +415,7 @@ def plot_tradeoff(rows: list[dict], path: Path, utility_fraction: float = 0.9, s
             for key, by_lr in sorted(points.items(), key=lambda kv: (str(kv[0][3]), str(kv[0][6]), kv[0][4])):
                 if (key[1], key[2]) != (pruning, sp):
                     continue
-                colour = colours[(key[3], key[6])]
+                colour = colours[((key[3], key[6]), bool(key[4]))]
                 xs, ys, xe, ye, lrs = [], [], [], [], []
                 for lr in sorted(by_lr):
                     x, sx = _mean_sd([p[0] for p in by_lr[lr]])
@@ -453,8 +457,8 @@ def plot_tradeoff(rows: list[dict], path: Path, utility_fraction: float = 0.9, s
             if col == 0:
                 ax.set_ylabel(spec.utility_label)
             name = f"log10 {metric.label}" if metric.log else metric.label
-            ax.set_xlabel(f"{name} ({'higher' if metric.better == 'max' else 'lower'} = more forgotten; "
-                          "more to the right)", fontsize=8)
+            ax.set_xlabel(f"{name} ({'higher is better' if metric.better == 'max' else 'lower = more forgotten'}; "
+                          "better to the right)", fontsize=8)
     seeds = f"mean over {n_seeds} seeds, bars: ±1 s.d." if n_seeds > 1 else "one seed"
     fig.suptitle(f"Forget / utility trade-off: each curve is one method over learning rates (numbers: lr; {seeds})",
                  fontsize=10)
@@ -504,6 +508,12 @@ def then_prune_means(rows: list[dict], spec: ReportSpec = TOFU_REPORT) -> list[d
             for (m, p), g in groups.items()]
 
 
+def _without(rows: list[dict], attacks: set[str]) -> list[dict]:
+    """`rows` with these attacks left out of every row's ``robustness``."""
+    return [{**r, "robustness": {a: v for a, v in r["robustness"].items() if a not in attacks}}
+            if r.get("robustness") else r for r in rows]
+
+
 def plot_robustness_figure(rows: list[dict], path: Path, spec: ReportSpec = TOFU_REPORT) -> bool:
     """robustness.png: the unlearn-then-prune check and the attacks of evaluate.robustness, as bars of the second
     forget metric. Returns False (no file written) when the run has neither."""
@@ -516,7 +526,9 @@ def plot_robustness_figure(rows: list[dict], path: Path, spec: ReportSpec = TOFU
     from .robustness import robustness_table
 
     tp = then_prune_means(rows, spec)
-    attacked = any(not t["skipped"] for t in robustness_table(rows, spec))
+    # the unlearn-then-prune rows are prune attacks of their dense runs too: drawn once, in the first panel
+    then_prune_attacks = {"prune-" + r["name"].rsplit("+", 1)[1] for r in rows if r.get("unlearn_then_prune")}
+    attacked = any(not t["skipped"] for t in robustness_table(_without(rows, then_prune_attacks), spec))
     if not tp and not attacked:
         return False
     fig, axes = plt.subplots(int(bool(tp)) + int(attacked), 1, figsize=(12, 5 * (int(bool(tp)) + int(attacked))),
@@ -531,8 +543,7 @@ def plot_robustness_figure(rows: list[dict], path: Path, spec: ReportSpec = TOFU
             ax.bar(x - 0.27 + 0.27 * j, [math.nan if t[key] is None else t[key] for t in tp], 0.27, color=colour,
                    label=label)
         ax.set_xticks(x)
-        ax.set_xticklabels([f"{t['method']}\n→ {t['pruning']} ({t['runs']} runs)" for t in tp], fontsize=7,
-                           rotation=20, ha="right")
+        ax.set_xticklabels([f"{t['method']}\nthen {t['pruning']} ({t['runs']} runs)" for t in tp], fontsize=7)
         ax.set_ylabel(f"{m1.label} ({'lower' if m1.better == 'min' else 'higher'} = more forgotten)")
         ax.set_title("Unlearn, then prune: does the forgotten data come back? (means over learning rates and seeds)",
                      fontsize=10)
@@ -541,7 +552,7 @@ def plot_robustness_figure(rows: list[dict], path: Path, spec: ReportSpec = TOFU
     if attacked:
         from .robustness import plot_robustness
 
-        plot_robustness(axes[-1][0], rows, spec)
+        plot_robustness(axes[-1][0], _without(rows, then_prune_attacks), spec)
     fig.tight_layout()
     _save(fig, path)
     return True
