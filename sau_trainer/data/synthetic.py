@@ -51,6 +51,11 @@ PRESETS: dict[str, BenchmarkPreset] = {
     # forget01 and forget05 are then one person each, forget10 two people (20 questions).
     "tiny": BenchmarkPreset("tiny", n_people=20, questions_per_person=10, n_general_facts=20,
                             description="tests and CPU demos"),
+    # The demo's: 16 people x 20 questions + 2 x 20 general facts = 360 training pairs; forget10 is two people,
+    # 40 questions (forget quality, a KS p-value over 40 truth ratios against 40, then takes many more values
+    # than over tiny's 20), forget01 and forget05 one person each.
+    "demo": BenchmarkPreset("demo", n_people=16, questions_per_person=20, n_general_facts=20,
+                            description="the end-to-end demo: a forget10 of 40 questions"),
     # TOFU's size: 200 people x 20 questions; forget01/05/10 = 2/10/20 people.
     "tofu": BenchmarkPreset("tofu", n_people=200, questions_per_person=20, n_general_facts=100,
                             description="TOFU-sized: 200 people x 20 questions"),

@@ -18,7 +18,7 @@ DEMO = ROOT / "recipes/demo.yaml"
 @pytest.mark.parametrize("override, message", [
     ("data.benchmark=synthetic-musee", "data.benchmark: 'synthetic-musee' is not one of .*did you mean 'synthetic-muse'"),
     ("data.subset=news", "data: synthetic has no subset 'news' \\(it has no subsets\\)"),
-    ("data.preset=huge", "data: synthetic has no preset 'huge'; choose one of \\['tiny', 'tofu'\\]"),
+    ("data.preset=huge", "data: synthetic has no preset 'huge'; choose one of \\['tiny', 'demo', 'tofu'\\]"),
 ])
 def test_benchmark_options_are_validated_against_the_registry(override, message):
     with pytest.raises(RecipeError, match=message):
@@ -33,13 +33,13 @@ def test_plan_takes_splits_and_unlearning_sets_from_the_benchmark():
     muse = {t.name: t for t in plan(load_recipe(DEMO, ["data.benchmark=synthetic-muse"]))}
     assert muse["models/finetuned"].settings["splits"] == ["raw/forget", "raw/retain1", "raw/retain2"]
     assert muse["models/retain"].settings["splits"] == ["raw/retain1", "raw/retain2"]
-    unlearn = muse["models/dense-npo-sau-lr0.001-s0"].settings
+    unlearn = muse["models/dense-npo-sau-lr0.0002-s0"].settings
     assert (unlearn["forget_split"], unlearn["retain_split"]) == ("raw/forget", "raw/retain1")
     assert muse["eval/finetuned"].settings["protocol"] == "muse"
     tofu = {t.name: t for t in plan(load_recipe(DEMO))}
     assert tofu["models/finetuned"].settings["splits"] == ["full", "real_authors_perturbed", "world_facts_perturbed"]
     assert tofu["models/retain"].settings["splits"] == ["retain90", "real_authors_perturbed", "world_facts_perturbed"]
-    unlearn = tofu["models/dense-npo-sau-lr0.001-s0"].settings
+    unlearn = tofu["models/dense-npo-sau-lr0.0002-s0"].settings
     assert (unlearn["forget_split"], unlearn["retain_split"]) == ("forget10", "retain90")
     assert tofu["eval/finetuned"].settings["protocol"] == "tofu"
     # the data fingerprints differ (each generator is hashed), so no stage is shared by mistake
@@ -86,7 +86,8 @@ def test_synthetic_muse_end_to_end(tmp_path):
     assert len(report["runs"]) == 4
     md = (tmp_path / "report.md").read_text()
     assert "| forget VerbMem ROUGE | forget KnowMem ROUGE | retain KnowMem ROUGE | privleak |" in md
-    assert "lowest forget VerbMem ROUGE" in md and "benchmark: synthetic-muse (preset tiny, seed 0)" in md
+    assert "## Comparisons at the utility floor" in md and "| forget KnowMem ROUGE |" in md
+    assert "benchmark: synthetic-muse (preset tiny, seed 0)" in md
     assert (tmp_path / "tradeoff.png").stat().st_size > 10_000
     # the unlearning rows are 128-token chunks of the joined forget texts
     chunks = json.loads((tmp_path / "stages/models/dense-graddiff-plain-lr0.001-s0/stage.json").read_text())

@@ -120,7 +120,15 @@ def test_a_killed_run_resumes_without_redoing_finished_stages(demo):
 def test_the_report_has_every_row_and_every_sparse_model_has_its_reported_sparsity(demo):
     out = demo["out"]
     report = json.loads((out / "report.json").read_text())
-    assert set(report) == {"runs", "references"}
+    assert set(report) == {"runs", "references", "comparisons"}
+    comparisons = report["comparisons"]  # NPO: SAU against plain on 3 models, the penalty on 2; two metrics each
+    assert [(c["pruning"], c["a"], c["metric"]) for c in comparisons] == [
+        (p, a, m) for p, a in [(None, "sau"), ("magnitude", "sau"), ("magnitude", "sparse-plain"), ("wanda", "sau"),
+                               ("wanda", "sparse-plain")] for m in ("forget_quality_log10", "forget_rouge")]
+    for c in comparisons:  # one seed, one learning rate: no curve crosses the floor, nothing can be concluded
+        assert c["seeds"] == 1 and c["verdict"] == "inconclusive" and c["objective"] == "npo"
+        assert c["utility_floor"] == pytest.approx(0.9 * next(
+            r for r in report["references"] if r["name"] == "finetuned")["metrics"]["model_utility"])
     assert [r["name"] for r in report["references"]] == REFERENCES
     assert sorted(r["name"] for r in report["runs"]) == sorted(RUNS + THEN_PRUNED)
     for row in report["runs"] + report["references"]:
@@ -149,7 +157,9 @@ def test_the_report_has_every_row_and_every_sparse_model_has_its_reported_sparsi
         assert r["metrics"]["forget_rouge"] < refs[start]["metrics"]["forget_rouge"], name
     md = (out / "report.md").read_text()
     assert "## Unlearn, then prune" in md and all(name in md for name in RUNS + REFERENCES)
+    assert md.index("## What this run shows") < md.index("## How to read this report") < md.index("## References")
     assert (out / "tradeoff.png").stat().st_size > 10_000
+    assert (out / "robustness.png").stat().st_size > 10_000  # the unlearn-then-prune check
     assert (out / "recipe.yaml").is_file()
 
 

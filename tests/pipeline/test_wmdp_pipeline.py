@@ -19,7 +19,7 @@ def test_the_demo_plans_on_synthetic_wmdp_and_a_local_wmdp_copy_by_subset(tmp_pa
     tasks = {t.name: t for t in plan(load_recipe(DEMO, ["data.benchmark=synthetic-wmdp"]))}
     assert tasks["models/finetuned"].settings["splits"] == ["cyber-forget-corpus/train", "cyber-retain-corpus/train"]
     assert tasks["models/retain"].settings["splits"] == ["cyber-retain-corpus/train"]
-    unlearn = tasks["models/dense-npo-sau-lr0.001-s0"].settings
+    unlearn = tasks["models/dense-npo-sau-lr0.0002-s0"].settings
     assert (unlearn["forget_split"], unlearn["retain_split"]) == ("cyber-forget-corpus/train",
                                                                   "cyber-retain-corpus/train")
     assert tasks["eval/finetuned"].settings["protocol"] == "wmdp"
@@ -34,7 +34,7 @@ def test_the_demo_plans_on_synthetic_wmdp_and_a_local_wmdp_copy_by_subset(tmp_pa
     bio = {t.name: t for t in plan(load_recipe(DEMO, ["data.benchmark=wmdp", "data.subset=bio",
                                                       f"data.data_dir={tmp_path}"]))}
     assert bio["models/retain"].settings["splits"] == ["bio-retain-corpus/train"]
-    unlearn = bio["models/dense-npo-sau-lr0.001-s0"].settings
+    unlearn = bio["models/dense-npo-sau-lr0.0002-s0"].settings
     assert (unlearn["forget_split"], unlearn["retain_split"]) == ("bio-forget-corpus/train", "bio-retain-corpus/train")
     assert bio["eval/finetuned"].settings["data"]["subset"] == "bio"
 
