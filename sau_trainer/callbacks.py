@@ -129,6 +129,9 @@ class SaliencyCallback(TrainerCallback):
         trainer, args = self.trainer, self.trainer.args
         if trainer._shards:
             return self.build_sharded_state()
+        if trainer._deepspeed_engine is not None and args.saliency_retain_aware:
+            raise ValueError("saliency_retain_aware is not supported under DeepSpeed yet: run it on one process or "
+                             "with DDP.")
         saliency = self.saliency()
         score = None
         if args.saliency_retain_aware:
