@@ -149,7 +149,7 @@ def threshold_select(
         out = torch.zeros(n_groups, dtype=torch.int64)
         for g in range(n_groups):
             t = int(thresholds[g])
-            out[g] = sum(int(((b > t) if strict else (b >= t)).logical_and_(a).sum()) for b, a in zip(bits[g], alive[g]))
+            out[g] = sum(int(((b > t) if strict else (b >= t)).logical_and_(a).sum()) for b, a in zip(bits[g], alive[g], strict=True))
         return _all_reduce(out, group, device=device)
 
     while bool((lo < hi).any()):  # the same on every rank: lo and hi come from reduced counts
@@ -160,7 +160,7 @@ def threshold_select(
         hi = torch.where(active & ~ok, mid - 1, hi)
     remaining = quota - counts(lo, strict=True)
     ties_local = torch.tensor([int((b == int(lo[g])).logical_and_(a).sum()) for g in range(n_groups)
-                               for b, a in zip(bits[g], alive[g])], dtype=torch.int64)
+                               for b, a in zip(bits[g], alive[g], strict=True)], dtype=torch.int64)
     ties_local = ties_local.to(device) if device is not None else ties_local
     gathered = [torch.empty_like(ties_local) for _ in range(world)]
     dist.all_gather(gathered, ties_local, group=group)
@@ -168,7 +168,7 @@ def threshold_select(
     out, j = [], 0
     for g in range(n_groups):
         rem, chosen = int(remaining[g]), []
-        for b, a in zip(bits[g], alive[g]):
+        for b, a in zip(bits[g], alive[g], strict=True):
             take = 0
             for r in range(world):
                 n_r = min(max(rem, 0), int(ties[r, j]))
@@ -183,7 +183,7 @@ def threshold_select(
             chosen.append(sel)
             j += 1
         out.append(chosen)
-    return [[sel.reshape(items[i][0].shape) for i, sel in enumerate(chosen)] for chosen, items in zip(out, groups)]
+    return [[sel.reshape(items[i][0].shape) for i, sel in enumerate(chosen)] for chosen, items in zip(out, groups, strict=True)]
 
 
 def check_finite(saliency: Mapping[str, torch.Tensor], group=None) -> None:
@@ -227,8 +227,8 @@ def build_sharded_sau_state(
             searched.append([n])
     if searched:
         picks = threshold_select([[(saliency[n], surviving[n]) for n in grp] for grp in searched], k, group)
-        for grp, sels in zip(searched, picks):
-            selected.update(zip(grp, sels))
+        for grp, sels in zip(searched, picks, strict=True):
+            selected.update(zip(grp, sels, strict=True))
     state = SAUState(selected={}, shapes={}, settings=dict(settings or {}), packing="planes")
     sums = []
     for n in names:
@@ -255,7 +255,7 @@ def build_sharded_sau_state(
         }
     if names:
         reduced = _all_reduce(torch.stack(sums), group)
-        for n, (i_p, i_g) in zip(names, reduced.tolist()):
+        for n, (i_p, i_g) in zip(names, reduced.tolist(), strict=True):
             state.stats[n]["pruned_over_selected"] = i_p / i_g if i_g > 0 else 0.0
     return state
 

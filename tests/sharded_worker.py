@@ -12,8 +12,6 @@ import json
 import os
 import sys
 
-import torch
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
@@ -22,7 +20,6 @@ from sau_testing import sparse_model  # noqa: E402
 from sau_trainer import SAUConfig, SAUTrainer  # noqa: E402
 from sau_trainer.data.synthetic import generate_benchmark  # noqa: E402
 from sau_trainer.data.tokenizer import train_tokenizer  # noqa: E402
-
 
 SALIENCY_PASSES = [0]
 
