@@ -4,7 +4,8 @@ one process (`python`) and under `accelerate launch --config_file recipes/accele
     python tests/sharded_worker.py OUT [key=value ...]
 
 Keys: steps, ga (gradient accumulation), odd (an intermediate size not divisible by 2: uneven shards), scope,
-redistribution, target (sau_redistribution_target), dense (sau_dense_params), objective, resume (a checkpoint directory to resume from), save_steps. Writes OUT/final (save_model) and,
+redistribution, target (sau_redistribution_target), dense (sau_dense_params), objective, bf16, gc (gradient
+checkpointing), resume (a checkpoint directory to resume from), save_steps. Writes OUT/final (save_model) and,
 on the main process, OUT/report.json.
 """
 
@@ -54,6 +55,7 @@ def main(out: str, opts: dict[str, str]) -> None:
         sau_topk=0.3, saliency_batch_size=4, sau_topk_scope=opts.get("scope", "matrix"),
         sau_redistribution=opts.get("redistribution", "matrix"),
         sau_redistribution_target=opts.get("target", "grad"), sau_dense_params=opts.get("dense", "train"),
+        bf16=opts.get("bf16") == "1", gradient_checkpointing=opts.get("gc") == "1",
     )
     trainer = SAUTrainer(model, args, forget_dataset=forget, retain_dataset=retain, processing_class=tok)
     trainer.train(resume_from_checkpoint=opts.get("resume") or None)
