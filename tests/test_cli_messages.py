@@ -140,3 +140,24 @@ def test_ctrl_c_during_run_says_how_to_resume(tmp_path):
     assert last.startswith("sau-trainer run: interrupted")
     assert "re-run" in last and "resume" in last
     assert f"run {ROOT / 'recipes/demo.yaml'} --output-dir {out}" in last  # the same command, ready to paste
+
+
+def test_small_models_get_one_thread_unless_told(tmp_path, tokenizer):
+    import torch
+
+    from sau_trainer.clitools import SMALL_MODEL_PARAMETERS, estimate_parameters, set_threads
+    from sau_trainer.modeling import build_llama
+
+    model = build_llama("tiny", tokenizer)
+    model.save_pretrained(tmp_path)
+    actual = sum(p.numel() for p in model.parameters())
+    assert abs(estimate_parameters(tmp_path) - actual) / actual < 0.25  # from config.json, no weights read
+    assert actual < SMALL_MODEL_PARAMETERS
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(None, tmp_path) == 1  # the default for a small model
+        assert set_threads(2, tmp_path) == 2  # --threads wins
+        torch.set_num_threads(before)
+        assert set_threads(None, tmp_path / "nowhere") == before  # unknown size: torch's default stays
+    finally:
+        torch.set_num_threads(before)
