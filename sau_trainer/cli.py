@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from importlib import import_module
 
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print(_interrupted(args.command, argv), file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under accelerate launch: said once, by the main process
+            print(_interrupted(args.command, argv), file=sys.stderr)
         return 130  # the shell's status for a process ended by SIGINT
     finally:
         _close_process_group()
