@@ -140,6 +140,12 @@ class SAUTrainer(SparsityPreserving, Trainer):
                 if n not in self._trainable_names:
                     p.requires_grad_(False)
         apply_precision_plan(model, self.precision_plan)
+        if (self.is_fsdp_enabled or self.is_deepspeed_enabled) and self.objective.needs_reference_model:
+            # a sharded model cannot be copied (FSDP2 refuses deepcopy; ZeRO-3 leaves empty tensors): the frozen
+            # reference, the starting model, is copied now, before `prepare` shards it (a full copy per rank)
+            self._build_reference_model()
+            if isinstance(self.objective_ctx.ref_model, torch.nn.Module):
+                self.objective_ctx.ref_model.to(self.args.device)
         self.add_callback(_ObjectiveCallback(self))
         if args.update_check_steps and not (self.is_fsdp_enabled or self.is_deepspeed_enabled):  # the probe reads full tensors: not on shards
             self.update_check = UpdateCheckCallback(
