@@ -75,8 +75,10 @@ def model_problem(model: str, flag: str = "--model") -> str | None:
 
 def load_problem(model: str, err: BaseException, flag: str = "--model") -> str:
     """One line for an error of ``from_pretrained`` (no connection, gated repo, unknown id): its first line."""
-    first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-    return f"{flag} {model}: cannot load it ({first}); give a saved model directory or a Hub id you can reach."
+    text = " ".join(str(err).split()) or type(err).__name__
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{flag} {model}: cannot load it ({text}); give a saved model directory or a Hub id you can reach."
 
 
 def output_dir_problem(path: str | os.PathLike, flag: str = "--output-dir") -> str | None:

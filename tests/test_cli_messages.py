@@ -82,6 +82,14 @@ def test_eval_errors_look_like_the_other_subcommands(tmp_path):
     assert "--model" in line and "no such directory" in line
 
 
+def test_eval_of_a_directory_that_cannot_be_loaded(tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llama"}')  # no weights, no tokenizer
+    line = one_error_line(sau("eval", "--model", broken, "--output-dir", tmp_path / "e"), "eval")
+    assert f"--model {broken}: cannot load it (" in line
+
+
 def test_run_into_an_output_path_that_is_a_file(tmp_path, small_recipe):
     (tmp_path / "f").touch()
     line = one_error_line(sau("run", small_recipe, "--output-dir", tmp_path / "f"), "run")

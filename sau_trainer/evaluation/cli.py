@@ -199,8 +199,13 @@ def _run(args: argparse.Namespace) -> int:
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
     logger.info("Evaluating %s on %s (%s; device %s).", model_dir, args.benchmark,
                 args.forget_split if bench.protocol == "tofu" else args.subset or bench.default_subset or "", device)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+    except (OSError, ValueError) as err:  # no tokenizer saved, a broken config, an unknown architecture
+        from ..clitools import load_problem
+
+        raise CommandError(load_problem(args.model, err)) from err
     evaluation = bench.evaluate(model, tokenizer, splits, forget_split=args.forget_split, batch_size=args.batch_size,
                                 max_new_tokens=args.max_new_tokens, retain_results=args.retain_results,
                                 show_progress=not args.no_progress)
