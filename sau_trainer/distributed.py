@@ -36,6 +36,20 @@ def requested_distributed_type(args: Any) -> str | None:
     return None
 
 
+def check_request(args: Any, requested: str | None) -> None:
+    """Before the accelerator exists: refuse an FSDP version other than 2 (on CPU processes accelerate cannot even
+    build its FSDP1 plugin, and would fail with a message about devices)."""
+    if requested != FSDP:
+        return
+    plugin_args = getattr(args, "fsdp_plugin_args", None) or {}
+    version = str(plugin_args.get("fsdp_version") or os.environ.get("FSDP_VERSION", "1"))
+    if version != "2":
+        raise ValueError(
+            f"FSDP version {version} was asked for; sau-trainer masks per-parameter shards and supports FSDP2 only: "
+            "set `fsdp_version: 2` in the accelerate config's fsdp_config (see recipes/accelerate/fsdp2.yaml)."
+        )
+
+
 def enable_fsdp_on_cpu(trainer: Any, requested: str | None) -> bool:
     """On CPU processes, make the accelerator use the FSDP that was asked for (accelerate fell back to DDP).
 

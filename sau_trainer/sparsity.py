@@ -140,9 +140,10 @@ class SparsityPreserving:
     def create_accelerator_and_postprocess(self) -> None:
         """The Trainer's accelerator, then FSDP on CPU processes where it was asked for and accelerate fell back
         to DDP, and a clear error when the distributed type differs from the one asked for."""
-        from .distributed import check_distributed_type, enable_fsdp_on_cpu, requested_distributed_type
+        from .distributed import check_distributed_type, check_request, enable_fsdp_on_cpu, requested_distributed_type
 
         requested = requested_distributed_type(self.args)
+        check_request(self.args, requested)
         super().create_accelerator_and_postprocess()
         enable_fsdp_on_cpu(self, requested)
         check_distributed_type(self, requested)
