@@ -22,7 +22,6 @@ from .comparisons import metric_value, report_comparisons
 
 ROW_KEYS = ("name", "model", "pruning", "target_sparsity", "measured_sparsity", "objective", "sau",
             "learning_rate", "seed", "metrics")
-FQ_FLOOR = 1e-30  # forget quality 0 on a log axis is drawn here
 
 
 def objective_label(name: Any) -> str:

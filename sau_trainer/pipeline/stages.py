@@ -16,8 +16,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .schema import (Recipe, RecipeError, TrainerSettings, TrainSection, grid_name, grid_points, objective_settings,
-                     section_settings)
+from .schema import (
+    Recipe,
+    RecipeError,
+    TrainerSettings,
+    TrainSection,
+    grid_name,
+    grid_points,
+    objective_settings,
+    section_settings,
+)
 
 logger = logging.getLogger(__name__)
 
