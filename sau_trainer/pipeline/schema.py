@@ -522,6 +522,9 @@ def objective_settings(u_settings: dict, objective_args: dict, objective: str) -
 
 
 # ----------------------------------------------------------------------------------------- SAUConfig grid axes
+# trainer settings of the unlearn section that are SAUConfig (TrainingArguments) fields: a list is a grid axis
+SWEEPABLE_TRAINER_SETTINGS = ("num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+                              "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "max_length")
 def section_settings(u: UnlearnSection) -> dict:
     """The unlearn settings every run of the grid shares (trainer settings, sau_topk, sau_alpha, args)."""
     return {k: v for k, v in dataclasses.asdict(u).items()
@@ -603,9 +606,19 @@ def _check_sau_grid(u: UnlearnSection, errors: list[str]) -> None:
             continue  # an unknown objective is reported once, by name, with the valid ones
         settings, _ = objective_settings(base, u.objective_args, obj)
         axes = grid_axes(settings)
+        hints = typing.get_type_hints(TrainerSettings)
         for name, values in axes:
             where = f"unlearn.{name}" + (f" (objective_args.{obj})" if (u.objective_args.get(obj) or {}).get(name)
                                          is not None else "")
+            if name in SWEEPABLE_TRAINER_SETTINGS:  # typed as the section's own key
+                trial: list[str] = []
+                values[:] = [_coerce(v, hints[name], f"{where}[{i}]", trial) for i, v in enumerate(values)]
+                if isinstance(u.args.get(name), list) and len(u.args[name]) == len(values) and "(" not in where:
+                    u.args[name][:] = values  # the recipe keeps the typed values (3 -> 3.0 epochs): one hash
+                if name == "num_train_epochs" and any(isinstance(v, float) and v <= 0 for v in values):
+                    trial.append(f"{where}: every value must be > 0, got {values!r}")
+                for message in trial:
+                    found.setdefault(message, [])
             if not values:
                 found.setdefault(f"{where}: the list is empty", [])
             elif len({_name_value(v) for v in values}) != len(values):
@@ -630,10 +643,12 @@ def _check_sau_grid(u: UnlearnSection, errors: list[str]) -> None:
 
 def _check_trainer_settings(sec: TrainerSettings, name: str, errors: list[str], valid: list[str]) -> None:
     own = {f.name for f in dataclasses.fields(sec)}
-    for key in sec.args:
+    for key, value in sec.args.items():
+        if name == "unlearn" and key in SWEEPABLE_TRAINER_SETTINGS and isinstance(value, list):
+            continue  # a grid axis over a trainer setting (checked in _check_sau_grid)
         if key in own:
             errors.append(f"{name}.args.{key}: set it as {name}.{key}, not under args")
-        elif key in ("output_dir", "objective", "sau", "sau_topk", "sau_alpha"):
+        elif key in ("output_dir", "objective", "sau", "sau_topk", "sau_alpha", "learning_rate", "seed", "data_seed"):
             errors.append(f"{name}.args.{key}: set by the pipeline or the grid; not allowed under args")
         elif key not in valid:
             errors.append(f"unknown key '{name}.args.{key}'; {_closest(key, valid, f'{name}.args.')}")
@@ -709,13 +724,15 @@ def _lift_sau_config_fields(data: dict, errors: list[str]) -> None:
     """``unlearn.<SAUConfig field>`` that is not a key of the section means ``unlearn.args.<field>``.
 
     So any `SAUConfig` field (``low_precision_weights``, ``compensated_optimizer``, ...) can be set directly in
-    the `unlearn` section or under ``unlearn.args``, with the same effect and the same task hash.
+    the `unlearn` section or under ``unlearn.args``, with the same effect and the same task hash. A trainer
+    setting of the section given as a list (``num_train_epochs: [3, 5]``) is a grid axis: it goes to args too.
     """
     u = data.get("unlearn")
     if not isinstance(u, dict):
         return
     own, sau = UnlearnSection.__dataclass_fields__, set(_sau_config_names())
-    lifted = {k: v for k, v in u.items() if k not in own and k in sau}
+    lifted = {k: v for k, v in u.items() if (k not in own and k in sau) or (k in SWEEPABLE_TRAINER_SETTINGS
+                                                                            and isinstance(v, list))}
     args = u.get("args") or {}
     if not lifted or not isinstance(args, dict):
         return

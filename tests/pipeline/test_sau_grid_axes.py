@@ -40,6 +40,22 @@ def test_every_sau_config_field_given_as_a_list_is_an_axis_named_before_the_lear
                    "models/dense-graddiff-sau-sau_topk=0.5-lr1e-05-s0"]
 
 
+def test_a_trainer_setting_given_as_a_list_is_an_axis_too(tmp_path):
+    from sau_trainer.pipeline.stages import Context, unlearn_config
+
+    r = validate(recipe(num_train_epochs=[2, 3], weight_decay=[0.0, 0.1]))
+    tasks = [t for t in plan(r) if t.kind == "unlearn"]
+    assert [t.name for t in tasks] == [f"models/dense-npo-sau-num_train_epochs={e}-weight_decay={w}-lr1e-05-s0"
+                                       for e in (2, 3) for w in ("0", "0.1")]
+    args = unlearn_config(Context(r, tmp_path, {}), tasks[3].settings, tmp_path / "run")
+    assert (args.num_train_epochs, args.weight_decay) == (3.0, 0.1)
+    assert r.unlearn.args["num_train_epochs"] == [2.0, 3.0]  # typed as the section's key: one hash for 2 and 2.0
+    with pytest.raises(RecipeError, match=r"unlearn.num_train_epochs: every value must be > 0"):
+        validate(recipe(num_train_epochs=[0, 3]))
+    with pytest.raises(RecipeError, match=r"unlearn.args.seed: set it as unlearn.seed"):
+        validate(recipe(args={"seed": 3}))  # the pipeline sets it: it would be given twice
+
+
 def test_the_axes_are_every_sau_config_field_derived_from_the_dataclass():
     from transformers import TrainingArguments
 
