@@ -145,8 +145,15 @@ def metric_name(metric) -> str:
     return f"{metric.key}_log10" if metric.log else metric.key
 
 
+def grid_key(grid: Mapping | None) -> tuple:
+    """A hashable key of a row's extra grid axes' values (a list value, for a field that takes lists, as JSON)."""
+    import json
+
+    return tuple(sorted((k, json.dumps(v) if isinstance(v, list | dict) else v) for k, v in (grid or {}).items()))
+
+
 def _grid_key(row: Mapping) -> tuple:
-    return tuple(sorted((row.get("grid") or {}).items()))
+    return grid_key(row.get("grid"))
 
 
 def report_comparisons(rows: Iterable[Mapping], spec, floor: float | None) -> list[dict]:
@@ -189,5 +196,5 @@ def report_comparisons(rows: Iterable[Mapping], spec, floor: float | None) -> li
     return out
 
 
-__all__ = ["FQ_LOG_FLOOR", "MIN_SEEDS", "VERDICTS", "compare", "metric_name", "metric_value", "report_comparisons",
-           "seed_values", "t_interval", "value_at_floor", "verdict"]
+__all__ = ["FQ_LOG_FLOOR", "MIN_SEEDS", "VERDICTS", "compare", "grid_key", "metric_name", "metric_value",
+           "report_comparisons", "seed_values", "t_interval", "value_at_floor", "verdict"]

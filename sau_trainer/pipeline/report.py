@@ -18,7 +18,7 @@ from typing import Any
 
 from ..data.benchmarks import TOFU_REPORT, ReportSpec, get_benchmark
 from ..evaluation.results import load_results
-from .comparisons import metric_value, report_comparisons
+from .comparisons import grid_key, metric_value, report_comparisons
 
 ROW_KEYS = ("name", "model", "pruning", "target_sparsity", "measured_sparsity", "objective", "sau",
             "learning_rate", "seed", "metrics")
@@ -119,7 +119,7 @@ def write_report(ctx, eval_tasks, pending: list[str] | None = None) -> dict:
 def method_key(row: dict) -> tuple:
     """Rows of one method differ only in learning rate and seed."""
     return (row["model"], row["pruning"], row["target_sparsity"], row["objective"], row["sau"],
-            row.get("unlearn_then_prune", False), tuple(sorted((row.get("grid") or {}).items())))
+            row.get("unlearn_then_prune", False), grid_key(row.get("grid")))
 
 
 def grid_label(grid: dict | None) -> str:
@@ -277,7 +277,7 @@ def _findings_section(comparisons: list[dict], rows: list[dict], spec: ReportSpe
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for c in comparisons:
         groups[(c["pruning"], c["target_sparsity"], c["objective"], c["a"], c["b"],
-                tuple(sorted((c.get("grid") or {}).items())))].append(c)
+                grid_key(c.get("grid")))].append(c)
     for (_, _, obj, a, b, grid), cs in groups.items():
         head = (f"**{SIDE_NAMES.get(a, a)} against {SIDE_NAMES.get(b, b)}**, {objective_label(obj)}"
                 f"{grid_label(dict(grid))}, {_where(cs[0])}" if a == "sau" else
