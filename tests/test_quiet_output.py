@@ -86,3 +86,21 @@ def test_training_without_an_accelerator_does_not_warn_about_pinned_memory(tmp_p
         finetune(build_llama("tiny", tokenizer), tokenizer, tiny_splits["forget01"], str(tmp_path), num_train_epochs=1,
                  save=False, disable_tqdm=True, logging_steps=1000)
     assert not [w for w in caught if "pin_memory" in str(w.message)]
+
+
+def test_sau_prints_a_summary_and_keeps_per_matrix_statistics_in_the_logged_metrics(tmp_path, tokenizer, tiny_splits,
+                                                                                   capsys):
+    from sau_trainer import SAUConfig, SAUTrainer, prune_model
+    from sau_trainer.modeling import build_llama
+
+    model = build_llama("tiny", tokenizer)
+    prune_model(model, "magnitude", 0.5, progress=False)
+    args = SAUConfig(output_dir=str(tmp_path), objective="npo", sau=True, learning_rate=1e-3, max_steps=1,
+                     per_device_train_batch_size=4, disable_tqdm=True, save_strategy="no", report_to=[])
+    trainer = SAUTrainer(model, args, forget_dataset=tiny_splits["forget01"], retain_dataset=tiny_splits["retain99"],
+                         processing_class=tokenizer)
+    trainer.train()
+    printed = capsys.readouterr().out
+    assert "'sau/w_min'" in printed and "sau/selected_fraction/" not in printed
+    logged = next(h for h in trainer.state.log_history if "sau/w_min" in h)
+    assert sum(k.startswith("sau/selected_fraction/") for k in logged) == 14  # 2 layers x 7 matrices
