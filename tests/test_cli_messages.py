@@ -63,12 +63,14 @@ def test_prune_a_model_path_that_does_not_exist(tmp_path):
     assert "--model /nonexistent: no such directory" in line
 
 
+@pytest.mark.slow  # a subprocess each (5-15 s); the fast set keeps one per subcommand
 def test_prune_a_hub_id_that_is_not_cached_while_offline(tmp_path):
     line = one_error_line(sau("prune", "--model", "no-such-owner/no-such-model", "--method", "magnitude",
                               "--output-dir", tmp_path / "x"), "prune")
     assert "not in the Hugging Face cache" in line and "HF_HUB_OFFLINE" in line
 
 
+@pytest.mark.slow  # a subprocess each (5-15 s); the fast set keeps one per subcommand
 def test_prune_names_every_problem_at_once(tmp_path):
     line = one_error_line(sau("prune", "--model", "/nonexistent", "--method", "wanda", "--output-dir",
                               tmp_path / "x"), "prune")
@@ -82,6 +84,7 @@ def test_eval_errors_look_like_the_other_subcommands(tmp_path):
     assert "--model" in line and "no such directory" in line
 
 
+@pytest.mark.slow  # a subprocess each (5-15 s); the fast set keeps one per subcommand
 def test_eval_of_a_directory_that_cannot_be_loaded(tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -91,6 +94,7 @@ def test_eval_of_a_directory_that_cannot_be_loaded(tmp_path):
     assert f"--model {broken}: cannot load it (" in line
 
 
+@pytest.mark.slow  # a subprocess each (5-15 s); the fast set keeps one per subcommand
 def test_run_into_an_output_path_that_is_a_file(tmp_path, small_recipe):
     (tmp_path / "f").touch()
     line = one_error_line(sau("run", small_recipe, "--output-dir", tmp_path / "f"), "run")
