@@ -11,9 +11,9 @@ nothing reads most of them. The policy:
 Never removed: the reference models (finetuned, retain, pruned: every run starts from them), the model a
 push uploads (a later ``sau-trainer push`` reads it again), and any model a task of the plan still has to
 read (an unfinished evaluation, attack or push, whoever runs it: several ``--tasks`` runs may share the
-output directory). Only weight files go (``*.safetensors``, ``*.bin``, ``*.pt``, SAU's state); the masks,
-``sparsity.json``, the config, the tokenizer, ``stage.json`` and the results stay, so the report and the
-model card are unchanged. A marker file lists what was removed. When a later run needs such a model again
+output directory). Only weight files go (``*.safetensors``, ``*.bin``, ``*.pt``); the masks, SAU's state
+(``G``, ``W``), ``sparsity.json``, the config, the tokenizer, ``stage.json`` and the results stay, so the
+report and the model card are unchanged. A marker file lists what was removed. When a later run needs such a model again
 (an attack added to the recipe, a push, ``keep_models`` widened), the runner recomputes it
 (`needed_again`).
 """
@@ -30,7 +30,9 @@ logger = logging.getLogger(__name__)
 KEEP_MODELS = ("all", "sparse", "none")
 MARKER = "weights_removed.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-KEPT_FILES = ("sparsity_masks.safetensors",)  # the masks (masks.MASKS_FILE): small, and the model card shows them
+# Kept: the masks M (masks.MASKS_FILE) and SAU's G and W (sau.STATE_FILE), small and public (SPEC 9), and the
+# training arguments (not weights).
+KEPT_FILES = ("sparsity_masks.safetensors", "sau_state.safetensors", "training_args.bin")
 DERIVED_KINDS = ("unlearn", "attack")  # tasks whose model is an unlearned model or a copy of one
 
 

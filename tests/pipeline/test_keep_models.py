@@ -9,8 +9,8 @@ import pytest
 from sau_trainer.pipeline.cleanup import MARKER, needed_again, remove_unneeded_weights, weights_removed
 from sau_trainer.pipeline.stages import Task
 
-WEIGHTS = ("model.safetensors", "sau_state.safetensors")
-KEPT = ("sparsity_masks.safetensors", "config.json", "stage.json")
+WEIGHTS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+KEPT = ("sparsity_masks.safetensors", "sau_state.safetensors", "training_args.bin", "config.json", "stage.json")
 
 
 def fake_plan(tmp_path: Path):
@@ -38,7 +38,7 @@ def fake_plan(tmp_path: Path):
 
 
 def has_weights(task_dir, name) -> bool:
-    return (task_dir(name) / "model.safetensors").is_file()
+    return (task_dir(name) / WEIGHTS[0]).is_file()
 
 
 @pytest.mark.parametrize("push", [True, False])
