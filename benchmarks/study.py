@@ -15,7 +15,7 @@ from a 95% t interval of the paired difference (``sau_trainer.pipeline.compariso
 of the *starting* model's utility (the pruned model before unlearning), so a pruned model that already lies
 below 90% of the dense model's utility still has a curve to read; ``--floor dense`` uses the dense finetuned
 model's utility as the report does. Forget quality is compared as log10 (higher: closer to the retain model),
-forget ROUGE as is (lower: more forgotten).
+forget ROUGE as is (lower: more forgotten). A difference whose whole interval lies within +-0.001 is "same".
 """
 
 from __future__ import annotations
@@ -59,6 +59,16 @@ PARTS: dict[str, tuple[str, list[str], str]] = {
                 "wanda and sparsegpt 70%: plain and SAU"),
     "2of4": ("base.yaml", ["prune.structure=2:4", "unlearn.model=[sparse]"], "magnitude 2:4: plain and SAU"),
 }
+# A second objective for the settings that looked best with NPO (same design; GradDiff's learning rates, chosen
+# from the demo so that the curves cross the floor).
+GRADDIFF = ["unlearn.objective=[graddiff]", "unlearn.learning_rate=[3.0e-4,6.0e-4,1.0e-3,2.0e-3]"]
+PARTS |= {
+    "graddiff": ("base.yaml", GRADDIFF, "GradDiff: plain and SAU; dense plain"),
+    "graddiff-k0.1": ("variant.yaml", [*GRADDIFF, "unlearn.sau_topk=0.1"], "GradDiff, k = 0.1"),
+    "graddiff-retain-aware": ("variant.yaml", [*GRADDIFF, "unlearn.saliency_retain_aware=true"],
+                              "GradDiff, (a) retain-aware saliency"),
+    "graddiff-mass0.5": ("variant.yaml", [*GRADDIFF, "unlearn.sau_topk_mass=0.5"], "GradDiff, (c) adaptive k 0.5"),
+}
 # The GPU suite (recipes/study/gpu-llama-3.2-1b.yaml): the same parts on a 1B model, and bf16-kahan: the plain grid
 # with bf16 weights and Kahan-compensated AdamW instead of fp32 master weights (the sparsity penalty both ways).
 GPU_RECIPE = "gpu-llama-3.2-1b.yaml"
@@ -66,6 +76,10 @@ GPU_ONLY_PARTS = {"bf16-kahan": (GPU_RECIPE, ["unlearn.sau=[false]", "unlearn.lo
                                               "unlearn.compensated_optimizer=kahan_adamw"],
                                  "plain, bf16 weights with Kahan-compensated AdamW (vs fp32 master weights)")}
 SHARED_STAGES = ("tokenizer", "models/finetuned", "models/retain", "eval/finetuned", "eval/retain")
+# A difference whose whole 95% interval lies within +-SAME_MARGIN is reported as "same", whatever its sign: settings
+# that change almost nothing (k = 1 in grad mode, a mask that never moves) give runs that differ in the fourth decimal
+# with a tiny spread over seeds, and a bare t interval would call that "better" or "worse".
+SAME_MARGIN = 1e-3
 METRICS = (("forget_quality", "max", True, "log10 FQ"), ("forget_rouge", "min", False, "forget ROUGE"))
 
 
@@ -76,6 +90,7 @@ def part(name: str, suite: str = "cpu") -> tuple[str, list[str], str]:
     if name in GPU_ONLY_PARTS:
         return GPU_ONLY_PARTS[name]
     recipe, overrides, what = PARTS[name]
+    overrides = [o for o in overrides if not o.startswith("unlearn.learning_rate=")]  # the GPU recipe's own lrs
     if recipe == "variant.yaml":  # the GPU recipe holds both models and both modes: keep the variant's SAU runs
         overrides = ["unlearn.model=[sparse]", *([] if any(o.startswith("unlearn.sau=") for o in overrides)
                                                  else ["unlearn.sau=[true]"]), *overrides]
@@ -146,16 +161,22 @@ def _fmt(x, digits=3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-FIXED_PLAIN_PARTS = ("base", "sparsity", "pruners", "2of4")  # whose plain runs are the fixed-mask baseline
+FIXED_PLAIN_PARTS = ("base", "sparsity", "pruners", "2of4", "graddiff")  # whose plain runs are the fixed-mask baseline
 
 
 def _compare(a_rows: list[dict], b_rows: list[dict], floor: float) -> dict:
     from sau_trainer.pipeline.comparisons import compare
 
     ids_a, ids_b = {id(r) for r in a_rows}, {id(r) for r in b_rows}
-    return {metric: compare(a_rows + b_rows, lambda r: id(r) in ids_a, lambda r: id(r) in ids_b, metric=metric,
-                            floor=floor, better=better, log=log)
-            for metric, better, log, _ in METRICS}
+    out = {}
+    for metric, better, log, _ in METRICS:
+        res = compare(a_rows + b_rows, lambda r: id(r) in ids_a, lambda r: id(r) in ids_b, metric=metric,
+                      floor=floor, better=better, log=log)
+        ci = res.get("ci95")
+        if ci and res["paired_seeds"] >= 3 and -SAME_MARGIN <= ci[0] and ci[1] <= SAME_MARGIN:
+            res["verdict"] = "same"  # near-deterministic runs: a tiny interval off 0 is no practical difference
+        out[metric] = res
+    return out
 
 
 def comparison_rows(rows: list[dict], start_utility: dict, floor_of: str) -> list[dict]:
@@ -164,9 +185,9 @@ def comparison_rows(rows: list[dict], start_utility: dict, floor_of: str) -> lis
     out = []
     dense_u = start_utility.get((None, 0.0))
     sparse = [r for r in rows if r["model"] == "sparse"]
-    for pruning, sp in sorted({(r["pruning"], r["target_sparsity"]) for r in sparse}, key=str):
+    for obj, pruning, sp in sorted({(r["objective"], r["pruning"], r["target_sparsity"]) for r in sparse}, key=str):
         u0 = start_utility.get((pruning, sp)) if floor_of == "start" else dense_u
-        same = [r for r in sparse if r["pruning"] == pruning and r["target_sparsity"] == sp]
+        same = [r for r in sparse if r["pruning"] == pruning and r["target_sparsity"] == sp and r["objective"] == obj]
         plain = [r for r in same if r["part"] in FIXED_PLAIN_PARTS and not r["sau"]]
         if u0 is None or not plain:
             continue
@@ -178,22 +199,29 @@ def comparison_rows(rows: list[dict], start_utility: dict, floor_of: str) -> lis
                 if a_rows:
                     label = ("SAU" if sau else "plain") + ("" if part in FIXED_PLAIN_PARTS else f" [{part}]")
                     out.append({"start": f"{pruning} {sp:.0%}", "start_utility": u0, "setting": label,
-                                "against": "plain", **_compare(a_rows, plain, 0.9 * u0)})
+                                "objective": obj, "against": "plain", **_compare(a_rows, plain, 0.9 * u0)})
+                    sau_default = [r for r in same if r["part"] in FIXED_PLAIN_PARTS and r["sau"]]
+                    if sau and part not in FIXED_PLAIN_PARTS and sau_default:  # which choices matter
+                        out.append({"start": f"{pruning} {sp:.0%}", "start_utility": u0, "setting": label,
+                                    "objective": obj, "against": "SAU",
+                                    **_compare(a_rows, sau_default, 0.9 * u0)})
     # the sparsity penalty: sparse runs against the dense plain runs of the same part (base, or bf16-kahan)
-    for dense_part in ("base", *GPU_ONLY_PARTS):
+    for dense_part in ("base", "graddiff", *GPU_ONLY_PARTS):
         dense_plain = [r for r in rows if r["model"] == "dense" and not r["sau"] and r["part"] == dense_part]
         if dense_u is None or not dense_plain:
             continue
-        parts = FIXED_PLAIN_PARTS if dense_part == "base" else (dense_part,)
-        tag = "" if dense_part == "base" else f" [{dense_part}]"
-        for pruning, sp in sorted({(r["pruning"], r["target_sparsity"]) for r in sparse}, key=str):
+        obj = dense_plain[0]["objective"]
+        parts = tuple(p for p in FIXED_PLAIN_PARTS if p != "graddiff") if dense_part == "base" else (dense_part,)
+        tag = "" if dense_part in ("base", "graddiff") else f" [{dense_part}]"
+        sparse_obj = [r for r in sparse if r["objective"] == obj]
+        for pruning, sp in sorted({(r["pruning"], r["target_sparsity"]) for r in sparse_obj}, key=str):
             # one floor for both sides: the sparse start's (a pruned model below the dense floor never reaches it)
             u0 = start_utility.get((pruning, sp)) if floor_of == "start" else dense_u
             for sau in (False, True):
-                a_rows = [r for r in sparse if r["pruning"] == pruning and r["target_sparsity"] == sp
+                a_rows = [r for r in sparse_obj if r["pruning"] == pruning and r["target_sparsity"] == sp
                           and r["sau"] == sau and r["part"] in parts]
                 if a_rows and u0 is not None:
-                    out.append({"start": f"{pruning} {sp:.0%}", "start_utility": u0,
+                    out.append({"start": f"{pruning} {sp:.0%}", "start_utility": u0, "objective": obj,
                                 "setting": ("SAU" if sau else "plain") + tag, "against": "dense plain" + tag,
                                 **_compare(a_rows, dense_plain, 0.9 * u0)})
     return out
@@ -231,9 +259,9 @@ def render(root: Path, floor_of: str = "start") -> str:
     lines = capacity + [f"Utility floor: 90% of the {'starting (pruned) model' if floor_of == 'start' else 'dense finetuned model'}"
              "'s model utility; mean over seeds where a curve reaches it; diff = setting - baseline, 95% t interval "
              "over paired seeds.", ""]
-    lines.append("| start (floor utility / 0.9) | setting | vs | log10 FQ: setting / base | diff [95% CI] | verdict "
+    lines.append("| objective | start (floor utility / 0.9) | setting | vs | log10 FQ: setting / base | diff [95% CI] | verdict "
                  "| forget ROUGE: setting / base | diff [95% CI] | verdict | seeds |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for c in comparison_rows(rows, start_utility, floor_of):
         fq, fr = c["forget_quality"], c["forget_rouge"]
 
@@ -243,7 +271,7 @@ def render(root: Path, floor_of: str = "start") -> str:
             return [f"{_fmt(r.get('a_mean'))} / {_fmt(r.get('b_mean'))}",
                     f"{'n/a' if r.get('diff_mean') is None else format(r['diff_mean'], '+.3f')} {ci_s}", r["verdict"]]
 
-        lines.append("| " + " | ".join([f"{c['start']} ({c['start_utility']:.3f})", c["setting"], c["against"],
+        lines.append("| " + " | ".join([c["objective"], f"{c['start']} ({c['start_utility']:.3f})", c["setting"], c["against"],
                                         *cells(fq), *cells(fr), f"{fq['paired_seeds']}/{fq['seeds']}"]) + " |")
     return "\n".join(lines)
 
