@@ -104,3 +104,18 @@ def test_sau_prints_a_summary_and_keeps_per_matrix_statistics_in_the_logged_metr
     assert "'sau/w_min'" in printed and "sau/selected_fraction/" not in printed
     logged = next(h for h in trainer.state.log_history if "sau/w_min" in h)
     assert sum(k.startswith("sau/selected_fraction/") for k in logged) == 14  # 2 layers x 7 matrices
+
+
+def test_a_recipe_with_disable_tqdm_turns_every_bar_off(tmp_path, bars_restored):
+    from transformers.utils import logging as hf_logging
+
+    from sau_trainer.cli import build_parser
+    from sau_trainer.pipeline import cli as run_cli
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nmodel: {shape: tiny}\nprune: {method: [magnitude]}\n"
+                      "unlearn: {model: [sparse], objective: [npo], sau: [true], args: {disable_tqdm: true}}\n")
+    hf_logging.enable_progress_bar()
+    args = build_parser(["run"]).parse_args(["run", str(recipe), "--dry-run", "--output-dir", str(tmp_path / "o")])
+    assert run_cli.main(args) == 0  # the pipeline's own entry point (the console script also checks the terminal)
+    assert not hf_logging.is_progress_bar_enabled()
