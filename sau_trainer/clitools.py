@@ -93,6 +93,24 @@ def output_dir_problem(path: str | os.PathLike, flag: str = "--output-dir") -> s
     return None
 
 
+def device_problem(device: str | None, flag: str = "--device") -> str | None:
+    """A device this machine does not have (``cuda`` without a GPU, a bad name), found before any work."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        return f"{flag} {device}: not a device name ({err}); e.g. cpu, cuda, cuda:1."
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"{flag} {device}: no CUDA device on this machine; leave --device out to use the CPU."
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            return f"{flag} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)."
+    return None
+
+
 def estimate_parameters(model_dir: str | os.PathLike) -> int | None:
     """Parameters of a decoder-only model, from its ``config.json`` (no weights read); None if unknown."""
     try:

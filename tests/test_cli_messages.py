@@ -174,3 +174,17 @@ def test_small_models_get_one_thread_unless_told(tmp_path, tokenizer):
         assert set_threads(None, tmp_path / "nowhere") == before  # unknown size: torch's default stays
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_device_the_machine_lacks_is_named_before_any_work():
+    import torch
+
+    from sau_trainer.clitools import device_problem
+
+    assert device_problem(None) is None and device_problem("cpu") is None
+    assert "not a device name" in device_problem("cuda:x")
+    if not torch.cuda.is_available():
+        assert "no CUDA device on this machine" in device_problem("cuda")
+    else:
+        assert device_problem("cuda") is None
+        assert "CUDA device(s)" in device_problem(f"cuda:{torch.cuda.device_count()}")

@@ -127,7 +127,7 @@ def main(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..clitools import output_dir_problem, set_threads
+    from ..clitools import device_problem, output_dir_problem, set_threads
     from ..data.benchmarks import get_benchmark
     from .results import (
         attach_forget_quality,
@@ -153,6 +153,9 @@ def _run(args: argparse.Namespace) -> int:
                         "model's results.json or its directory.")
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         problems.append(f"--data-dir {args.data_dir}: no such directory.")
+    bad_device = device_problem(args.device)
+    if bad_device:
+        problems.append(bad_device)
     bench = get_benchmark(args.benchmark)
     bench_problems = bench.check_options(args.subset, args.preset)
     if bench_problems:

@@ -61,7 +61,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> None:
     """Every cheap check, before anything loads; all the problems found are named together."""
-    from ..clitools import CommandError, model_problem, output_dir_problem
+    from ..clitools import CommandError, device_problem, model_problem, output_dir_problem
     from .nm import parse_structure, resolve_sparsity
 
     problems = []
@@ -74,6 +74,9 @@ def _check(args: argparse.Namespace) -> None:
     bad_model = model_problem(args.model)
     if bad_model:
         problems.append(bad_model)
+    bad_device = device_problem(args.device)
+    if bad_device:
+        problems.append(bad_device)
     try:
         resolve_sparsity(args.sparsity, parse_structure(args.structure))
     except ValueError as err:
