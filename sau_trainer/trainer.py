@@ -92,7 +92,8 @@ class SAUTrainer(SparsityPreserving, Trainer):
         params, layouts, sparsity_masks = resolve_sparsity_masks(model, sparsity_masks, "SAUTrainer")
         self.objective = OBJECTIVES[args.objective](args)
         self.objective.bind_model(model)
-        forget_rows = tokenize_rows(forget_dataset, processing_class, args.max_length, name="forget set", model=model)
+        forget_rows = tokenize_rows(forget_dataset, processing_class, args.max_length, name="forget set",
+                                    model=model)
         self.objective.setup(forget_dataset, processing_class)
         self.retain_rows = None
         if self.objective.uses_retain:
@@ -101,12 +102,14 @@ class SAUTrainer(SparsityPreserving, Trainer):
                     f"objective={args.objective!r} has a retain term: pass retain_dataset=..., "
                     "or use objective='ga'."
                 )
-            self.retain_rows = tokenize_rows(retain_dataset, processing_class, args.max_length, name="retain set", model=model)
+            self.retain_rows = tokenize_rows(retain_dataset, processing_class, args.max_length, name="retain set",
+                                             model=model)
         elif args.sau and args.saliency_retain_aware:  # the retain saliency pass needs retain rows
             if retain_dataset is None:
                 raise ValueError("saliency_retain_aware=True needs a retain set: pass retain_dataset=... (or turn the "
                                  "option off).")
-            self.retain_rows = tokenize_rows(retain_dataset, processing_class, args.max_length, name="retain set", model=model)
+            self.retain_rows = tokenize_rows(retain_dataset, processing_class, args.max_length, name="retain set",
+                                             model=model)
         # precision: decided (or refused) before the model changes, carried out once the frozen ones are frozen
         self.precision_plan, kwargs = self._check_precision(model, args, params, kwargs, layouts)
         zero_pruned_entries(model, sparsity_masks)  # inputs are valid: now the model may change
