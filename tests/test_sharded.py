@@ -50,7 +50,7 @@ def _run(cmd, env=None, ok=True):
 
 def launch(config: str, out: Path, *opts: str, ok=True, num_processes=None, env=None):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "recipes" / "accelerate" / config), "--main_process_port", str(_free_port())]
+           str(ROOT / "recipes" / "accelerate" / config), "--main_process_port", str(_free_port())]  # or a path
     if num_processes is not None:
         cmd += ["--num_processes", str(num_processes)]
     return _run(cmd + [str(WORKER), str(out), *opts], env=env, ok=ok)
@@ -85,11 +85,22 @@ def pruned_nonzero(directory: Path) -> int:
     return sum(int(weights[n][~masks.get(n)].count_nonzero()) for n in masks.names)
 
 
+OPTS = ("odd=1", "ga=2", "steps=2", "save_steps=1")
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    """The worker on one plain process (the reference of every sharded run here)."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    single(out, *OPTS)
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_fsdp2_matches_one_process_uneven_shards_accumulation_and_resume(tmp_path):
-    opts = ("odd=1", "ga=2", "steps=2", "save_steps=1")
-    single(tmp_path / "one", *opts)
+def test_fsdp2_matches_one_process_uneven_shards_accumulation_and_resume(tmp_path, one_process):
+    opts = OPTS
+    (tmp_path / "one").symlink_to(one_process, target_is_directory=True)
     launch("fsdp2_cpu.yaml", tmp_path / "fsdp", *opts)
     one = json.loads((tmp_path / "one" / "report.json").read_text())
     rep = json.loads((tmp_path / "fsdp" / "report.json").read_text())
@@ -119,11 +130,11 @@ def test_fsdp2_matches_one_process_uneven_shards_accumulation_and_resume(tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_zero3_matches_one_process_uneven_shards_accumulation_and_resume(tmp_path):
+def test_zero3_matches_one_process_uneven_shards_accumulation_and_resume(tmp_path, one_process):
     pytest.importorskip("deepspeed")
     env = _env(DS_ACCELERATOR="cpu")
-    opts = ("odd=1", "ga=2", "steps=2", "save_steps=1")
-    single(tmp_path / "one", *opts)
+    opts = OPTS
+    (tmp_path / "one").symlink_to(one_process, target_is_directory=True)
     launch("zero3_cpu.yaml", tmp_path / "zero3", *opts, env=env)
     rep = json.loads((tmp_path / "zero3" / "report.json").read_text())
     assert rep["world"] == 2 and rep["distributed_type"] == "DistributedType.DEEPSPEED"
@@ -142,6 +153,23 @@ def test_zero3_matches_one_process_uneven_shards_accumulation_and_resume(tmp_pat
     a, b = load_file(final / "model.safetensors"), load_file(tmp_path / "resumed" / "final" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
     assert pruned_nonzero(tmp_path / "resumed" / "final") == 0
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_zero2_matches_one_process(tmp_path, one_process):
+    # zero3_cpu.yaml with zero_stage 2: gradients and optimizer state partitioned, parameters whole
+    pytest.importorskip("deepspeed")
+    config = tmp_path / "zero2_cpu.yaml"
+    config.write_text((ROOT / "recipes" / "accelerate" / "zero3_cpu.yaml").read_text()
+                      .replace("zero_stage: 3", "zero_stage: 2"))
+    launch(str(config), tmp_path / "zero2", *OPTS[:3], env=_env(DS_ACCELERATOR="cpu"))
+    rep = json.loads((tmp_path / "zero2" / "report.json").read_text())
+    assert rep["world"] == 2 and rep["distributed_type"] == "DistributedType.DEEPSPEED"
+    g_equal, w_rel = compare_states(one_process / "final", tmp_path / "zero2" / "final")
+    assert g_equal >= G_EQUAL_AT_LEAST and w_rel <= W_REL_TOL, (g_equal, w_rel)
+    assert pruned_nonzero(tmp_path / "zero2" / "final") == 0
+    assert rep["surviving_changed"] > 0.5 and rep["losses"][-1] < rep["losses"][0]
 
 
 @pytest.mark.distributed
