@@ -36,8 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="tiny", choices=presets, help="Size of a built-in benchmark.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of a built-in benchmark.")
     parser.add_argument("--forget-split", default="forget10", choices=FORGET_SPLITS,
-                        help="The forgotten split, scored as forget quality and forget ROUGE against the other "
-                        "splits (default forget10; TOFU-style benchmarks only: MUSE forgets raw/forget).")
+                        help="The split the model unlearned: its questions are scored as the forget set (forget "
+                        "quality, forget ROUGE; default forget10). TOFU-style benchmarks only (MUSE forgets "
+                        "raw/forget).")
     parser.add_argument("--data-dir", default=None,
                         help="Local copy instead of the Hub: TOFU split files (<split>.json/.jsonl/.parquet), or "
                         "MUSE's layout (<config>/<split>-00000-of-00001.parquet or .json/.jsonl), or for wmdp the folders "
