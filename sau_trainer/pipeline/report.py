@@ -243,8 +243,13 @@ def _metric_label(spec: ReportSpec, name: str) -> str:
     return name
 
 
-def _verdict_words(c: dict) -> str:
+def _verdict_words(c: dict, label: str = "") -> str:
+    """The verdict in words: for a lower-is-more-forgotten metric (ROUGE) "forgets more/less"; for a
+    higher-is-better one (forget quality, a distance to the retain model) "the higher/lower <label>"."""
     a, b = SIDE_NAMES.get(c["a"], c["a"]), SIDE_NAMES.get(c["b"], c["b"])
+    higher = c.get("better_direction") == "max"
+    if c["verdict"] in ("better", "worse") and higher and label:
+        return f"**{a} has the {'higher' if c['verdict'] == 'better' else 'lower'} {label}**"
     if c["verdict"] == "better":
         return f"**{a} forgets more**"
     if c["verdict"] == "worse":
@@ -288,7 +293,7 @@ def _findings_section(comparisons: list[dict], rows: list[dict], spec: ReportSpe
             ci = "" if c["ci95"] is None else f", 95% CI [{_fmt(c['ci95'][0])}, {_fmt(c['ci95'][1])}]"
             diff = "" if c["diff_mean"] is None else f" (difference {_fmt(c['diff_mean'])}{ci})"
             parts.append(f"{_metric_label(spec, c['metric'])} {_fmt(c['a_mean'])} against {_fmt(c['b_mean'])}"
-                         f"{diff}: {_verdict_words(c)}")
+                         f"{diff}: {_verdict_words(c, _metric_label(spec, c['metric']))}")
         lines.append(f"- {head}: " + "; ".join(parts) + ".")
     return lines + [""]
 
