@@ -6,10 +6,12 @@ and each sparsity pass against its memory floor, in one run.
     python benchmarks/overhead.py --shape llama-3.1-8b --bf16 --optim adamw_bnb_8bit \\
         --batch-size 4 --seq-len 512 --gradient-checkpointing          # the SPEC's 8B setting on one GPU
 
-Three trainers share one model and one batch: ``transformers.Trainer`` (vanilla), the same Trainer made
+Three trainers (four with the control) share one model and one batch: ``transformers.Trainer`` (vanilla), the same Trainer made
 `sparsity_preserving` (plain: the mask pass ``M`` after accumulation, the re-zero where the optimizer needs it) and
 the same with an SAU state (``G`` and ``W`` in one pass, k=0.3, alpha=0.1, per-matrix W). They run interleaved,
-``--rounds`` times ``--steps`` steps each in an order that rotates, so a noisy moment hits all three alike; a step is timed from one step's
+``--rounds`` times ``--steps`` steps each in an order that rotates (the control, a second vanilla Trainer doing
+identical work, shows how far two equal steps differ on this machine: a step ratio nearer to 1 than the control's
+is within the noise), so a noisy moment hits all kinds alike; a step is timed from one step's
 start to the next step's start (everything the Trainer does between them counts), the first interval of each burst
 (optimizer state allocation) and the first round (compilation) are not counted, and the table gives medians.
 Each pass is then timed alone over the same gradients (or weights) against the floor
@@ -102,6 +104,9 @@ def main() -> None:
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--passes-only", action="store_true", help="skip the step timings (the passes alone)")
+    p.add_argument("--no-control", dest="control", action="store_false",
+                   help="skip the control: a second vanilla Trainer, timed like the others, whose ratio to the first "
+                        "shows how far two identical steps differ on this machine (the noise in the ratios above it)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -122,7 +127,8 @@ def main() -> None:
 
     out = tempfile.mkdtemp()
     clocks, trainers = {}, {}
-    for kind in ("vanilla", "plain", "SAU"):
+    kinds = ("vanilla", "plain", "SAU") + (("control",) if a.control else ())
+    for kind in kinds:
         args = TrainingArguments(
             output_dir=os.path.join(out, kind), per_device_train_batch_size=a.batch_size, max_steps=a.steps,
             learning_rate=1e-5, lr_scheduler_type="constant", weight_decay=0.0, report_to=[], save_strategy="no",
@@ -133,7 +139,7 @@ def main() -> None:
         args.low_precision_weights = "keep"
         clocks[kind] = StepClock(cuda)
         kw = dict(model=model, args=args, train_dataset=rows, callbacks=[clocks[kind]])
-        if kind == "vanilla":
+        if kind in ("vanilla", "control"):
             trainers[kind] = Trainer(**kw)
         else:
             cls = sparsity_preserving(Trainer)
@@ -156,7 +162,7 @@ def main() -> None:
     rezero = None
     kinds = list(trainers)
     for r in range(0 if a.passes_only else a.rounds):
-        for kind in kinds[r % 3:] + kinds[: r % 3]:  # the order rotates: no kind always runs first
+        for kind in kinds[r % len(kinds):] + kinds[: r % len(kinds)]:  # the order rotates: no kind always runs first
             trainer = trainers[kind]
             clocks[kind].starts = []
             trainer.train()
@@ -215,6 +221,9 @@ def main() -> None:
           f"vanilla {step['vanilla']:.3f}s")
     print(f"{'SAU step / plain step':34} {step['SAU'] / step['plain']:>8.3f} {step['SAU']:>9.3f}s  "
           f"plain {step['plain']:.3f}s")
+    if "control" in step:
+        print(f"{'control (vanilla again) / vanilla':34} {step['control'] / step['vanilla']:>8.3f} "
+              f"{step['control']:>9.3f}s  vanilla {step['vanilla']:.3f}s  (identical work: the noise)")
     for name, (t, fl) in passes.items():
         print(f"{name + ' / floor':34} {t / fl:>8.2f} {t * 1e3:>8.1f}ms  floor {fl * 1e3:.1f}ms")
     print(f"{'M + G bytes per prunable param':34} {mask_bytes / n_prunable:>8.3f}")
