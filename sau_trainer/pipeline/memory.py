@@ -20,7 +20,8 @@ Sharding follows what FSDP and DeepSpeed shard: ZeRO-1 the optimizer state, ZeRO
 ZeRO-3 and FSDP full shard everything that belongs to a parameter (masks and SAU state are sharded like their
 parameters), plus the largest gathered units (two decoder blocks and the root module's parameters, for
 prefetching). Pruning and evaluation run on the main process with the whole model on one device, whatever
-the training setup.
+the training setup, unless ``prune.offload`` (one decoder block on the device at a time) or
+``evaluate.device_map`` (the weights split over the setup's devices) says otherwise.
 
 The activation count is an approximation for Llama-style blocks (the tensors autograd keeps per token: the
 norms' fp32 inputs, q, k, v, the attention output, the MLP's four intermediates; logits in the compute dtype
@@ -359,25 +360,37 @@ def training_estimate(counts: ModelCounts, precision: Precision, dist: Distribut
 
 
 def prune_estimate(counts: ModelCounts, dtype: str, method: str, num_samples: int, seq_len: int,
-                   overhead: float = 0.0) -> Estimate:
-    """Pruning on the main process: the whole model in its dtype on one device, the calibration inputs and
-    outputs of one block (wanda, sparsegpt: fp32), SparseGPT's Hessian and its inverse (fp32, the widest input),
-    and a working copy of the largest matrix."""
+                   overhead: float = 0.0, offload: bool = False) -> Estimate:
+    """Pruning on the main process: the whole model in its dtype on one device (with `offload`, prune.offload:
+    one decoder block, the rest in CPU memory), the calibration inputs and outputs of one block (wanda,
+    sparsegpt: fp32), SparseGPT's Hessian and its inverse (fp32, the widest input), and a working copy of the
+    largest matrix."""
     d = DTYPE_BYTES.get(dtype, 2)
     calib = 0.0 if method == "magnitude" else 2 * num_samples * seq_len * counts.hidden * 4
     hessian = 2 * counts.max_in_features ** 2 * 4 if method == "sparsegpt" else 0.0
     work = counts.largest_matrix * 4
-    return Estimate({"weights": counts.total * d, "activations": calib + hessian + work, "overhead": overhead})
+    weights = counts.largest_layer * d if offload else counts.total * d
+    est = Estimate({"weights": weights, "activations": calib + hessian + work, "overhead": overhead})
+    if offload:
+        est.notes.append("prune.offload: one decoder layer on the device at a time, the model in CPU memory "
+                         f"({gib(counts.total * d)} GiB of host RAM)")
+    return est
 
 
 def evaluate_estimate(counts: ModelCounts, dtype: str, batch: int, seq: int, new_tokens: int,
-                      overhead: float = 0.0) -> Estimate:
+                      overhead: float = 0.0, devices: int = 1) -> Estimate:
     """Evaluation on the main process: the whole model, the logits of one batch (model dtype and fp32) and the
-    KV cache of a generation of `new_tokens` after `seq` tokens."""
+    KV cache of a generation of `new_tokens` after `seq` tokens. `devices` > 1 (evaluate.device_map): the
+    weights split evenly over that many devices; the activations counted whole on each (an upper bound: the
+    logits live on the last device, the cache is split with the layers)."""
     d = DTYPE_BYTES.get(dtype, 2)
     logits = batch * seq * counts.vocab * (d + 4)
     cache = 2 * counts.layers * counts.kv_dim * batch * (seq + new_tokens) * d
-    return Estimate({"weights": counts.total * d, "activations": max(logits, cache), "overhead": overhead})
+    est = Estimate({"weights": counts.total * d / max(devices, 1), "activations": max(logits, cache),
+                    "overhead": overhead})
+    if devices > 1:
+        est.notes.append(f"evaluate.device_map: the weights spread over {devices} devices")
+    return est
 
 
 # ----------------------------------------------------------------------------------------- the device
@@ -450,11 +463,13 @@ def estimate_task(task, recipe, counts: ModelCounts, dist: Distributed, overhead
             est.notes.append("an attack: counted as plain training with the unlearning settings (an upper bound)")
         return est
     if task.kind == "prune":
-        return prune_estimate(counts, m.dtype, s["method"], s["num_samples"], s["seq_len"], overhead)
+        return prune_estimate(counts, m.dtype, s["method"], s["num_samples"], s["seq_len"], overhead,
+                              offload=bool(s.get("offload")))
     if task.kind == "evaluate":
         e = s["evaluate"]
         seq = e.get("max_length") or recipe.unlearn.max_length
-        return evaluate_estimate(counts, m.dtype, e["batch_size"], seq, e["max_new_tokens"], overhead)
+        devices = dist.num_processes if recipe.evaluate.device_map else 1
+        return evaluate_estimate(counts, m.dtype, e["batch_size"], seq, e["max_new_tokens"], overhead, devices)
     return None
 
 

@@ -34,7 +34,7 @@ ROBUSTNESS_KEYS = ("robustness", "relearn_fraction", "relearn_epochs", "relearn_
 
 def evaluation_settings(e) -> dict:
     """``asdict(evaluate)`` without the attack settings (so adding an attack changes no evaluation's hash)."""
-    return {k: v for k, v in asdict(e).items() if k not in ROBUSTNESS_KEYS}
+    return {k: v for k, v in asdict(e).items() if k not in ROBUSTNESS_KEYS and k != "device_map"}
 
 
 def attacks_of(recipe) -> list[Attack]:

@@ -118,6 +118,9 @@ class PruneSection:
     batch_size: int = opt(8, "Calibration batch size.")
     prune_retain: bool = opt(True, "Also prune the retain model the same way: sparse runs then report forget "
                              "quality against it as well (forget_quality_pruned_retain).")
+    offload: bool = opt(False, "Keep the model in CPU memory and move one decoder layer at a time to the device "
+                        "to prune it (as `sau-trainer prune --offload`): a model larger than one device's memory "
+                        "(70B) prunes with one layer and the calibration activations on the device. Same masks.")
 
 
 @dataclass
@@ -156,6 +159,10 @@ class EvaluateSection:
     batch_size: int = opt(16, "Evaluation batch size.")
     max_new_tokens: int = opt(200, "Greedy generation length for ROUGE (the protocol uses 200).")
     max_length: int | None = opt(None, "Cap on prompt+answer tokens (None: the model's limit).")
+    device_map: str | None = opt(
+        None, "Load each evaluated model with from_pretrained(device_map=...) instead of on the main process's "
+        "device, e.g. 'auto': accelerate spreads the layers over the visible GPUs, then the CPU (a model larger than "
+        "one device, 70B). A placement only: the same results, so it enters no cache hash.")
     robustness: list[str] | None = opt(
         None, "Robustness of forgetting: attacks on every unlearned model, each evaluated like the model itself and "
         "reported beside its run (report.json: runs[].robustness). quant-int8, quant-int4 (round-to-nearest, groups "

@@ -270,14 +270,17 @@ def _dtype(name: str):
     return "auto" if name == "auto" else getattr(torch, name)
 
 
-def load_model(ctx: Context, ref: str, device=None):
-    """A causal LM from a task directory or a Hub id / path, in the recipe's dtype."""
+def load_model(ctx: Context, ref: str, device=None, device_map: str | None = None):
+    """A causal LM from a task directory or a Hub id / path, in the recipe's dtype: on `device`, or placed by
+    accelerate with `device_map` (e.g. ``"auto"``: spread over the visible GPUs, then the CPU; `device` unused)."""
     from transformers import AutoModelForCausalLM
 
     m = ctx.recipe.model
     kwargs: dict[str, Any] = {"dtype": _dtype(m.dtype)}
     if m.attn_implementation:
         kwargs["attn_implementation"] = m.attn_implementation
+    if device_map is not None:
+        return AutoModelForCausalLM.from_pretrained(ctx.model_source(ref), device_map=device_map, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(ctx.model_source(ref), **kwargs)
     if device is not None:
         model.to(device)
@@ -346,19 +349,21 @@ def run_train(ctx: Context, task: Task, out: Path) -> dict:
 
 
 def run_prune(ctx: Context, task: Task, out: Path) -> dict:
-    """Prune a saved model (magnitude / wanda / sparsegpt) and save it with sparsity.json and masks."""
+    """Prune a saved model (magnitude / wanda / sparsegpt) and save it with sparsity.json and masks. With
+    ``offload`` the model stays in CPU memory and each decoder layer is pruned on the device, then moved back."""
     from ..pruning import load_texts, prune_model, save_sparse_model
 
     s = task.settings
     tok = ctx.tokenizer()
-    model = load_model(ctx, s["source"], ctx.device)
+    offload = bool(s.get("offload"))
+    model = load_model(ctx, s["source"], None if offload else ctx.device)
     calibration = None
     if s["method"] != "magnitude":
         calibration = (load_texts(s["calibration_path"]) if s["calibration_path"]
                        else _texts(ctx, s["calibration_split"]))
     result = prune_model(model, s["method"], s["sparsity"], s["structure"], calibration=calibration, tokenizer=tok,
                          num_samples=s["num_samples"], seq_len=s["seq_len"], batch_size=s["batch_size"],
-                         progress=ctx.is_main)
+                         device=ctx.device if offload else None, progress=ctx.is_main)
     save_sparse_model(model, tok, out, result)
     return {"measured_sparsity": result.sparsity}
 
@@ -441,7 +446,8 @@ def run_evaluate(ctx: Context, task: Task, out: Path) -> dict:
         return run_attack_evaluate(ctx, task, out)
     src = ctx.model_source(s["source"])
     tok = ctx.tokenizer()
-    model = load_model(ctx, src, ctx.device)
+    device_map = ctx.recipe.evaluate.device_map  # a placement, not in the hash (pipeline.robustness)
+    model = load_model(ctx, src, None if device_map else ctx.device, device_map=device_map)
     sparsity = measured_sparsity(model)
     retain = ctx.task_dir(task.dep("retain_eval")) if "retain_eval" in task.deps else None
     e = s["evaluate"]
@@ -613,7 +619,8 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
         return {**src_settings(ref), "method": method,
                 "sparsity": sp, "structure": p.structure, "calibration_split": p.calibration_split,
                 "calibration_path": p.calibration_path, "num_samples": p.num_samples, "seq_len": p.seq_len,
-                "batch_size": p.batch_size, "dtype": m.dtype, "data": fp}
+                "batch_size": p.batch_size, "dtype": m.dtype, "data": fp,
+                **({"offload": True} if p.offload else {})}  # only when set: existing caches stay valid
 
     for pid, method, sp, _ in prunings:
         add(Task("prune", f"models/finetuned+{pid}", prune_settings(method, sp, refs["target"]),

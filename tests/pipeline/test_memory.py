@@ -72,6 +72,20 @@ def test_what_each_distributed_setup_shards():
     assert offload["optimizer"] == 0 and offload["weights"] == fsdp["weights"]
 
 
+def test_prune_offload_holds_one_block_and_device_map_splits_the_evaluated_weights():
+    whole = memory.prune_estimate(tiny(), "float32", "wanda", num_samples=8, seq_len=16)
+    off = memory.prune_estimate(tiny(), "float32", "wanda", num_samples=8, seq_len=16, offload=True)
+    act = 2 * 8 * 16 * 128 * 4 + 128 * 256 * 4  # calibration inputs/outputs of a block (fp32) + a working matrix
+    assert whole.components == {"weights": TOTAL * 4, "activations": act, "overhead": 0.0}
+    assert off.components == {"weights": 147_712 * 4, "activations": act, "overhead": 0.0}
+    assert off.peak == 590_848 + 262_144 and "prune.offload" in off.notes[0]
+    one = memory.evaluate_estimate(tiny(), "bfloat16", batch=2, seq=16, new_tokens=4)
+    four = memory.evaluate_estimate(tiny(), "bfloat16", batch=2, seq=16, new_tokens=4, devices=4)
+    logits = 2 * 16 * 512 * (2 + 4)  # 98,304, more than the KV cache's 2 * 2 * 64 * 2 * 20 * 2 = 20,480
+    assert one.components == {"weights": TOTAL * 2, "activations": logits, "overhead": 0.0} and not one.notes
+    assert four.components == {"weights": 213_312, "activations": logits, "overhead": 0.0}
+
+
 def test_precision_rules_follow_sau_trainer_precision():
     tp = memory.training_precision
     assert tp("bfloat16", "adamw_torch", True) == Precision(4, 4, 8, 2)  # upcast: fp32 master weights, bf16 compute
@@ -122,7 +136,10 @@ def test_the_70b_recipe_validates_offline_and_fits_8_gpus_under_fsdp2(capsys, mo
                    "--device-memory", "80")
     assert "70.55e9 parameters" in out and "8 processes, FSDP2 full shard" in out
     warned = {line.split()[1] for line in out.splitlines() if line.startswith("WARNING")}
-    assert "train" not in warned and "unlearn" not in warned  # sharded over 8 devices they fit 80 GiB
-    assert {"prune", "evaluate"} <= warned  # the whole model on the main process's device does not
+    assert not warned  # training sharded over 8 devices, pruning from the CPU, evaluation split over 8 GPUs
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("  ")}
+    assert rows["prune"][2] == "1.6" and rows["prune"][-2] == "7.5"  # one decoder block (prune.offload)
+    assert rows["evaluate"][2] == "16.4" and rows["evaluate"][-2] == "20.4"  # 131.4 / 8 (evaluate.device_map)
     out = _dry_run(capsys, recipe, "--device-memory", "80")  # no sharding: nothing trains on one 80 GiB device
-    assert "WARNING: unlearn" in out
+    assert "WARNING: unlearn" in out and "WARNING: prune" not in out
+    assert "WARNING: evaluate" in out  # device_map over the one device of a single process: the whole model
