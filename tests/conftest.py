@@ -63,6 +63,18 @@ def qa_rows(splits_data: dict, splits: tuple[str, ...]) -> list[dict]:
     return [{"question": r["question"], "answer": r["answer"]} for s in splits for r in splits_data[s]]
 
 
+@pytest.fixture(autouse=True)
+def _progress_bar_switch():
+    """Each test starts with transformers' progress-bar switch as the session had it: a command run in-process
+    turns bars off when stderr is not a terminal (`sau_trainer.progress.quiet_unless_terminal`), which must not
+    leak into later tests."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    yield
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+
+
 @pytest.fixture(scope="session")
 def tiny_splits() -> dict:
     from sau_trainer.data.synthetic import generate_benchmark

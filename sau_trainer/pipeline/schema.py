@@ -552,10 +552,11 @@ def _takes_lists(f: dataclasses.Field) -> bool:
 
 def grid_axes(settings: dict) -> list[tuple[str, list]]:
     """The extra grid axes of one objective's unlearn settings: every SAUConfig field given as a list (``sau_topk``
-    and ``sau_alpha`` in the section, any other field under ``args``), in SAUConfig's field order."""
+    and ``sau_alpha`` in the section, any other field under ``args``), in alphabetical order: run names must not
+    depend on the order in which a transformers version declares TrainingArguments' fields."""
     args = settings.get("args") or {}
     axes = []
-    for name, f in _sau_config_fields().items():
+    for name, f in sorted(_sau_config_fields().items()):
         value = settings.get(name) if name in ("sau_topk", "sau_alpha") else args.get(name)
         if isinstance(value, list) and (not _takes_lists(f) or all(isinstance(v, list) for v in value)):
             axes.append((name, value))
