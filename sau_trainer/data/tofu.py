@@ -161,4 +161,4 @@ def holdout_split(forget_split: str = "forget10") -> str:
 
 # The registry of every benchmark (TOFU, the built-in ones, MUSE) lives in `data.benchmarks`; these names stay
 # importable from here.
-from .benchmarks import BENCHMARKS, load_benchmark  # noqa: E402
+from .benchmarks import BENCHMARKS, load_benchmark  # noqa: E402, F401

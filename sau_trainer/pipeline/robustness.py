@@ -19,7 +19,6 @@ import math
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from ..robustness import Attack, parse_attack
 
@@ -343,7 +342,7 @@ def robustness_table(rows: list[dict], spec) -> list[dict]:
                 g["undone"].append((a - b) / (s0 - b))
     table = []
     for (mk, attack), g in groups.items():
-        def mean(key, log=False):
+        def mean(key, log=False, g=g):
             vals = [(_log10(v) if log else v) for v in g.get(key, []) if v is not None]
             return sum(vals) / len(vals) if vals else None
         table.append({"method": labels[(mk, attack)], "attack": attack, "runs": len(g["runs"]),

@@ -388,7 +388,6 @@ def run_unlearn(ctx: Context, task: Task, out: Path) -> dict:
     """One grid point: `SAUTrainer` on the dense or pruned model (data parallel under accelerate)."""
     import torch
 
-    from ..config import SAUConfig
     from ..masks import MASKS_FILE, SparsityMasks
     from ..pruning import SPARSITY_FILE, measured_sparsity
     from ..trainer import SAUTrainer
