@@ -48,6 +48,16 @@ def _stable_desc_order(values: torch.Tensor) -> torch.Tensor:
     return torch.sort(-values, dim=-1, stable=True).indices
 
 
+def _selection_rows(saliency: torch.Tensor, surviving: torch.Tensor, scope: str,
+                    layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+    """The checked saliency and the surviving mask as ``[selection units, entries]``: one row per unit (a matrix,
+    or one expert's) for scope ``matrix``, one per output row for ``row``."""
+    _check_saliency(saliency)
+    units = layout.units(saliency)
+    rows = units.shape[0] if scope == "matrix" else units.shape[0] * units.shape[1]
+    return units.reshape(rows, -1), layout.units(surviving).reshape(rows, -1).bool()
+
+
 def select_topk(
     saliency: torch.Tensor, surviving: torch.Tensor, k: float, scope: str = "matrix", layout: Layout = PLAIN,
     budget: torch.Tensor | None = None,
@@ -60,19 +70,16 @@ def select_topk(
     """
     if scope not in ("matrix", "row"):
         raise ValueError(f"select_topk handles scope 'matrix' or 'row'; use select_topk_global for {scope!r}")
-    _check_saliency(saliency)
-    units = layout.units(saliency)
-    rows = units.shape[0] if scope == "matrix" else units.shape[0] * units.shape[1]
-    s = units.reshape(rows, -1).float()
-    alive = layout.units(surviving).reshape(rows, -1).bool()
+    s, alive = _selection_rows(saliency, surviving, scope, layout)
+    s = s.float()
     values = torch.where(alive, s, torch.full_like(s, -math.inf))
     order = _stable_desc_order(values)
     # Python ints: k's exact fraction can have a 16-digit numerator, which would overflow int64.
-    counted = alive if budget is None else layout.units(budget).reshape(rows, -1).bool()
+    counted = alive if budget is None else layout.units(budget).reshape(s.shape[0], -1).bool()
     quota = torch.tensor([topk_count(int(c), k) for c in counted.sum(dim=1).tolist()], device=s.device).unsqueeze(1)
     take = torch.arange(s.shape[1], device=s.device).unsqueeze(0) < quota
     selected = torch.zeros_like(alive).scatter_(1, order, take)
-    return layout.restore(selected.reshape(units.shape), saliency.shape)
+    return layout.restore(selected.reshape(layout.units(saliency).shape), saliency.shape)
 
 
 def select_topk_global(
@@ -129,11 +136,8 @@ def select_mass(
         raise ValueError(f"select_mass handles scope 'matrix' or 'row', got {scope!r}")
     if not 0 < mass <= 1:
         raise ValueError(f"sau_topk_mass must be in (0, 1], got {mass}")
-    _check_saliency(saliency)
-    units = layout.units(saliency)
-    rows = units.shape[0] if scope == "matrix" else units.shape[0] * units.shape[1]
-    s = units.reshape(rows, -1).double()
-    alive = layout.units(surviving).reshape(rows, -1).bool()
+    s, alive = _selection_rows(saliency, surviving, scope, layout)
+    s = s.double()
     values = torch.where(alive, s, torch.zeros_like(s))
     order = _stable_desc_order(torch.where(alive, s, torch.full_like(s, -math.inf)))
     cum = torch.cumsum(values.gather(1, order), dim=1)
@@ -142,7 +146,7 @@ def select_mass(
     quota = (cum < target).sum(dim=1, keepdim=True) + (target[:, 0:1] > 0).long()
     take = torch.arange(s.shape[1], device=s.device).unsqueeze(0) < quota
     selected = torch.zeros_like(alive).scatter_(1, order, take)
-    return layout.restore(selected.reshape(units.shape), saliency.shape)
+    return layout.restore(selected.reshape(layout.units(saliency).shape), saliency.shape)
 
 
 def retain_aware_score(forget: torch.Tensor, retain: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
