@@ -51,6 +51,9 @@ def check(recipe, errors: list[str]) -> None:
             parse_attack(name)
         except ValueError as err:
             errors.append(f"evaluate.robustness[{i}]: {err}")
+    if names and e.device_map is not None:
+        errors.append(f"evaluate.device_map={e.device_map!r} with evaluate.robustness: attacked models are loaded on "
+                      "one device, not spread; remove one of the two (run the attacks in a recipe without device_map)")
     if not 0 < e.relearn_fraction <= 1:
         errors.append(f"evaluate.relearn_fraction: must be in (0, 1], got {e.relearn_fraction!r}")
     if e.relearn_epochs <= 0:

@@ -113,3 +113,9 @@ def test_wrong_types_are_refused_with_the_key(tiny_dir):
         recipe_of(tiny_dir, prune={"offload": "yes"})
     with pytest.raises(RecipeError, match=r"evaluate\.device_map: expected"):
         recipe_of(tiny_dir, evaluate={"device_map": 3})
+
+
+def test_device_map_with_robustness_attacks_is_refused(tiny_dir):
+    """Attacked copies load on one device: a device_map that would silently not apply to them is an error."""
+    with pytest.raises(RecipeError, match=r"evaluate\.device_map='auto' with evaluate\.robustness"):
+        recipe_of(tiny_dir, evaluate={"device_map": "auto", "robustness": ["quantize:int8"]})
