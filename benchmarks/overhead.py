@@ -6,16 +6,24 @@ and each sparsity pass against its memory floor, in one run.
     python benchmarks/overhead.py --shape llama-3.1-8b --bf16 --optim adamw_bnb_8bit \\
         --batch-size 4 --seq-len 512 --gradient-checkpointing          # the SPEC's 8B setting on one GPU
 
-Three trainers (four with the control) share one model and one batch: ``transformers.Trainer`` (vanilla), the same Trainer made
+Three trainers (four with the control) share one model, one batch and one optimizer kind (``--optim``, default the
+one ``TrainingArguments`` picks: ``adamw_torch_fused``): ``transformers.Trainer`` (vanilla), the same Trainer made
 `sparsity_preserving` (plain: the mask pass ``M`` after accumulation, the re-zero where the optimizer needs it) and
 the same with an SAU state (``G`` and ``W`` in one pass, k=0.3, alpha=0.1, per-matrix W). They run interleaved,
 ``--rounds`` times ``--steps`` steps each in an order that rotates (the control, a second vanilla Trainer doing
 identical work, shows how far two equal steps differ on this machine: a step ratio nearer to 1 than the control's
-is within the noise), so a noisy moment hits all kinds alike; a step is timed from one step's
-start to the next step's start (everything the Trainer does between them counts), the first interval of each burst
-(optimizer state allocation) and the first round (compilation) are not counted, and the table gives medians.
+is within the noise), so a noisy moment hits all kinds alike; each keeps its optimizer (and its state) from burst to burst, as one training
+run would. A step is timed from one step's start to the next step's start (everything the Trainer does between them
+counts); the first interval of each burst and the first round (compilation, optimizer state allocation) are not
+counted. The table gives medians, each step ratio with a 95% bootstrap interval (resampling each kind's steps), and
+where each kind's step goes (up to the optimizer step: forward, backward, the sparsity pass, clipping; the optimizer
+step alone; the rest up to the next step).
 Each pass is then timed alone over the same gradients (or weights) against the floor
 ``torch._foreach_mul_(tensors, 0.999)``, one read and one write of every prunable entry.
+The optimizer step is also timed alone on the same gradients, masked (the sparse model's state: zero moments at
+pruned entries) against unmasked: on CPU, torch's foreach AdamW (``--optim adamw_torch``) computes ``sqrt`` of every
+second moment, and ``sqrt(+0.0)`` is several times slower than ``sqrt`` of a normal number there, so that optimizer's
+step is slower on any sparse model whatever the masks cost (the fused one is not).
 Random weights and tokens: speed does not depend on what the model knows. Ratios first: absolute times on a shared
 machine move with its load (printed with the table).
 """
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -40,6 +49,7 @@ from sau_trainer.masks import SparsityMasks, prunable_parameters  # noqa: E402
 from sau_trainer.modeling import MODEL_SHAPES, build_llama  # noqa: E402
 from sau_trainer import prune_model  # noqa: E402
 from sau_trainer.sau import SAUState, apply_sau_, build_sau_state  # noqa: E402
+from sau_trainer.precision import unwrap_optimizer  # noqa: E402
 from sau_trainer.sparsity import sparsity_preserving  # noqa: E402
 
 # The CPU default of issue 11: 10 blocks of (4 x 768^2 + 3 x 768 x 2048) = 70.8M prunable parameters.
@@ -53,17 +63,44 @@ def _sync(cuda: bool) -> None:
 
 
 class StepClock(TrainerCallback):
-    """Times from one step's start to the next step's start (the whole interval, nothing left out)."""
+    """Times from one step's start to the next step's start (the whole interval, nothing left out), and inside it
+    where ``optimizer.step()`` begins and ends (given to the Trainer's constructor, this callback runs before the
+    ones `sparsity_preserving` adds, so its two marks enclose torch's step alone)."""
 
     def __init__(self, cuda: bool):
-        self.cuda, self.starts = cuda, []
+        self.cuda = cuda
+        self.reset()
+
+    def reset(self) -> None:
+        self.starts, self.pre, self.post = [], [], []
+
+    def _mark(self, into: list) -> None:
+        _sync(self.cuda)
+        into.append(time.perf_counter())
 
     def on_step_begin(self, args, state, control, **kw):
-        _sync(self.cuda)
-        self.starts.append(time.perf_counter())
+        self._mark(self.starts)
+
+    def on_pre_optimizer_step(self, args, state, control, **kw):
+        self._mark(self.pre)
+
+    def on_optimizer_step(self, args, state, control, **kw):
+        self._mark(self.post)
 
     def intervals(self) -> list[float]:
-        return [b - a for a, b in zip(self.starts, self.starts[1:])]
+        return [b - a for a, b in zip(self.starts, self.starts[1:], strict=False)]
+
+    def phases(self) -> list[tuple[float, float, float]]:
+        """Per interval: (start to the optimizer step, the optimizer step, its end to the next start)."""
+        return [(p - a, q - p, b - q) for a, p, q, b in zip(self.starts, self.pre, self.post, self.starts[1:], strict=False)]
+
+
+def ratio_interval(num: list[float], den: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of median(num) / median(den), each kind's steps resampled with replacement."""
+    rng = random.Random(seed)
+    ratios = sorted(statistics.median(rng.choices(num, k=len(num))) / statistics.median(rng.choices(den, k=len(den)))
+                    for _ in range(resamples))
+    return ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
 
 
 def sau_state_for(model, masks: SparsityMasks, k=0.3, alpha=0.1, seed=0) -> SAUState:
@@ -95,10 +132,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--vocab-size", type=int, default=32000)
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the first is warm-up)")
+    p.add_argument("--rounds", type=int, default=8, help="interleaved rounds (the first is warm-up)")
     p.add_argument("--steps", type=int, default=5, help="steps per trainer per round (the first interval is dropped)")
     p.add_argument("--pass-repeat", type=int, default=15)
-    p.add_argument("--optim", default="adamw_torch")
+    p.add_argument("--optim", default=TrainingArguments.__dataclass_fields__["optim"].default,
+                   help="transformers optimizer name (default: TrainingArguments' own default)")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--sparsity", type=float, default=0.5)
@@ -159,19 +197,23 @@ def main() -> None:
     model.zero_grad(set_to_none=True)
 
     steps: dict[str, list[float]] = {k: [] for k in trainers}
+    phases: dict[str, list[tuple[float, float, float]]] = {k: [] for k in trainers}
     rezero = None
     kinds = list(trainers)
     for r in range(0 if a.passes_only else a.rounds):
         for kind in kinds[r % len(kinds):] + kinds[: r % len(kinds)]:  # the order rotates: no kind always runs first
             trainer = trainers[kind]
-            clocks[kind].starts = []
+            clocks[kind].reset()
             trainer.train()
             model.zero_grad(set_to_none=True)
             if r > 0:
                 steps[kind] += clocks[kind].intervals()[1:]
+                phases[kind] += clocks[kind].phases()[1:]
             if kind == "plain":
                 rezero = trainer._rezero_needed()
-            trainer.optimizer = trainer.lr_scheduler = None  # each burst builds its own (dropped first interval)
+            # The next burst goes on with this optimizer and its state (train() wraps it again: unwrap it); a new
+            # constant schedule each time.
+            trainer.optimizer, trainer.lr_scheduler = unwrap_optimizer(trainer.optimizer), None
     step = {k: statistics.median(v) if v else float("nan") for k, v in steps.items()}
 
     # ---- each pass alone, over the same tensors
@@ -182,6 +224,10 @@ def main() -> None:
     weights = [p_.data for p_ in params.values()]
     floor = timeit(lambda: torch._foreach_mul_(grads, 0.999), a.pass_repeat, cuda)
     floor_w = timeit(lambda: torch._foreach_mul_(weights, 1.0), a.pass_repeat, cuda)
+    # What update-mode W with a dense W must move: a copy of the weights, then one pass reading weights and copy.
+    buffers = [w.clone() for w in weights]
+    floor_update = timeit(lambda: (torch._foreach_copy_(buffers, weights), torch._foreach_lerp_(weights, buffers, 1.0)),
+                          a.pass_repeat, cuda)
 
     def old_mask_pass():  # the previous implementation: unpack to bool, masked_fill_
         for n, p_ in params.items():
@@ -199,14 +245,30 @@ def main() -> None:
         for n, p_ in params.items():
             fused.scale_update_(p_.data, snap[n], state.planes(n, device), state.weight(n))
 
-    passes = {
-        "mask pass (plain)": (timeit(plain._mask_gradients, a.pass_repeat, cuda), floor),
-        "SAU pass (G and W)": (timeit(sau._mask_gradients, a.pass_repeat, cuda), floor),
-        "re-zero (weights)": (timeit(lambda: masks.apply_(model, params), a.pass_repeat, cuda), floor_w),
-        "update W, dense (row/param)": (timeit(update_pass, max(3, a.pass_repeat // 3), cuda), floor_w),
-        "previous mask pass": (timeit(old_mask_pass, max(3, a.pass_repeat // 3), cuda), floor),
-        "previous SAU pass": (timeit(old_sau_pass, max(3, a.pass_repeat // 3), cuda), floor),
+    t_update = timeit(update_pass, max(3, a.pass_repeat // 3), cuda)
+    passes = {  # label -> (time, floor)
+        "mask pass (plain) / floor": (timeit(plain._mask_gradients, a.pass_repeat, cuda), floor),
+        "SAU pass (G and W) / floor": (timeit(sau._mask_gradients, a.pass_repeat, cuda), floor),
+        "re-zero (weights) / floor": (timeit(lambda: masks.apply_(model, params), a.pass_repeat, cuda), floor_w),
+        "update W, dense (row/param) / floor": (t_update, floor_w),
+        "  the same / copy + pass floor": (t_update, floor_update),  # what update mode must move, by its nature
+        "previous mask pass / floor": (timeit(old_mask_pass, max(3, a.pass_repeat // 3), cuda), floor),
+        "previous SAU pass / floor": (timeit(old_sau_pass, max(3, a.pass_repeat // 3), cuda), floor),
     }
+    # ---- torch's optimizer step alone on the same gradients: masked (a sparse model's state: zero moments at pruned
+    # entries) against unmasked (the vanilla Trainer's optimizer, whose state saw every gradient)
+    def optimizer_step(trainer, masked: bool) -> float:
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=a.bf16 and cuda):
+            model(**batch).loss.backward()
+        if masked:
+            plain._mask_gradients()
+        return timeit(unwrap_optimizer(trainer.optimizer).step, max(3, a.pass_repeat // 3), cuda)
+
+    opt_dense = optimizer_step(trainers["vanilla"], masked=False)
+    opt_sparse = optimizer_step(plain, masked=True)
+    model.zero_grad(set_to_none=True)
+
     mask_bytes = masks.nbytes() + sum(v.numel() for v in state.selected.values())
     w_bytes = sum(v.numel() * v.element_size() for v in state.weights.values())
 
@@ -216,21 +278,34 @@ def main() -> None:
           f"threads={torch.get_num_threads()} kernels={fused.compile_status()} re-zero={dict([(None, '-'), (True, 'on'), (False, 'skipped')])[rezero]}")
     print(f"{len(steps['plain'])} timed steps per kind over {a.rounds - 1} interleaved rounds; "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print(f"{'':34} {'ratio':>8} {'time':>10}  against")
-    print(f"{'plain step / vanilla step':34} {step['plain'] / step['vanilla']:>8.3f} {step['plain']:>9.3f}s  "
-          f"vanilla {step['vanilla']:.3f}s")
-    print(f"{'SAU step / plain step':34} {step['SAU'] / step['plain']:>8.3f} {step['SAU']:>9.3f}s  "
-          f"plain {step['plain']:.3f}s")
+    print(f"{'':34} {'ratio':>8} {'95% interval':>15} {'time':>10}  against")
+
+    def step_row(label: str, num: str, den: str, note: str = "") -> None:
+        if not (steps[num] and steps[den]):
+            return
+        lo, hi = ratio_interval(steps[num], steps[den])
+        print(f"{label:34} {step[num] / step[den]:>8.3f} {f'[{lo:.3f}, {hi:.3f}]':>15} {step[num]:>9.3f}s  "
+              f"{den} {step[den]:.3f}s{note}")
+
+    step_row("plain step / vanilla step", "plain", "vanilla")
+    step_row("SAU step / plain step", "SAU", "plain")
     if "control" in step:
-        print(f"{'control (vanilla again) / vanilla':34} {step['control'] / step['vanilla']:>8.3f} "
-              f"{step['control']:>9.3f}s  vanilla {step['vanilla']:.3f}s  (identical work: the noise)")
+        step_row("control (vanilla again) / vanilla", "control", "vanilla", "  (identical work: the noise)")
     for name, (t, fl) in passes.items():
-        print(f"{name + ' / floor':34} {t / fl:>8.2f} {t * 1e3:>8.1f}ms  floor {fl * 1e3:.1f}ms")
+        print(f"{name:34} {t / fl:>8.2f} {'':>15} {t * 1e3:>8.1f}ms  floor {fl * 1e3:.1f}ms")
+    print(f"{'optimizer step, masked / unmasked':34} {opt_sparse / opt_dense:>8.2f} {'':>15} {opt_sparse * 1e3:>8.1f}ms  "
+          f"unmasked {opt_dense * 1e3:.1f}ms  ({a.optim}, same gradients)")
     print(f"{'M + G bytes per prunable param':34} {mask_bytes / n_prunable:>8.3f}")
     print(f"{'  + W (per-matrix) bytes per param':34} {(mask_bytes + w_bytes) / n_prunable:>8.3f}")
     print("first calls (compiling included): " + ", ".join(f"{k} {v:.1f}s" for k, v in first.items()))
     if cuda:
         print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 1e9:.1f} GB")
+    print(f"where a step goes (medians)  {'up to opt. step':>16} {'optimizer step':>15} {'rest':>8}"
+          "   (up to: forward, backward, the pass, clipping)")
+    for k, v in phases.items():
+        if v:
+            print(f"  {k:27} " + " ".join(f"{statistics.median(x[i] for x in v):>{w}.3f}s"
+                                         for i, w in ((0, 15), (1, 14), (2, 7))))
     spread = {k: (min(v), max(v)) if v else (float("nan"),) * 2 for k, v in steps.items()}
     print("step min/max: " + ", ".join(f"{k} {lo:.3f}-{hi:.3f}s" for k, (lo, hi) in spread.items()))
 

@@ -114,7 +114,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--examples", type=int, default=16, help="forget examples (the saliency pass covers all)")
     p.add_argument("--vocab-size", type=int, default=32000)
-    p.add_argument("--optim", default="adamw_torch")
+    p.add_argument("--optim", default=SAUConfig.__dataclass_fields__["optim"].default,
+                   help="transformers optimizer name (default: the Trainer's own; on CPU prefer the fused AdamW: "
+                        "foreach AdamW is slower on a sparse model's zero moments, see README Performance)")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--gradient-checkpointing", action="store_true")
     a = p.parse_args()
