@@ -9,6 +9,8 @@ log file, where every bar update would be a line of noise.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def bars_enabled() -> bool:
@@ -41,3 +43,19 @@ def quiet_unless_terminal(stream=None) -> bool:
     if not terminal:
         disable_bars()
     return not terminal
+
+
+@contextmanager
+def bars_off(off: bool = True) -> Iterator[None]:
+    """Within: no progress bars when `off` (e.g. a Trainer's ``disable_tqdm``, which transformers' own shard-writing
+    bar does not read); the switch is as it was afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    turn_off = off and hf_logging.is_progress_bar_enabled()
+    if turn_off:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if turn_off:
+            hf_logging.enable_progress_bar()

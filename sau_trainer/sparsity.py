@@ -21,8 +21,9 @@ import torch
 from transformers import TrainerCallback
 
 from .fused import pack_planes, scale_update_, where_many_
-from .masks import LazyMasks, Layout, SparsityMasks, check_trainable_weights, prunable_weights
+from .masks import Layout, LazyMasks, SparsityMasks, check_trainable_weights, prunable_weights
 from .precision import apply_precision_plan, check_precision, unwrap_optimizer
+from .progress import bars_off
 from .sau import STATE_FILE, SAUState, build_sau_state
 
 logger = logging.getLogger(__name__)
@@ -140,7 +141,12 @@ class SparsityPreserving:
     def create_accelerator_and_postprocess(self) -> None:
         """The Trainer's accelerator, then FSDP on CPU processes where it was asked for and accelerate fell back
         to DDP, and a clear error when the distributed type differs from the one asked for."""
-        from .distributed import check_distributed_type, check_request, enable_fsdp_on_cpu, requested_distributed_type
+        from .distributed import (
+            check_distributed_type,
+            check_request,
+            enable_fsdp_on_cpu,
+            requested_distributed_type,
+        )
 
         requested = requested_distributed_type(self.args)
         check_request(self.args, requested)
@@ -417,15 +423,16 @@ class SparsityPreserving:
 
     # ---- files
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        if self.is_fsdp_enabled and not _internal_call and not self._saves_full_state_dict():
-            # FSDP2 with sharded checkpoints: `save_model(dir)` still writes full weights under one-process names
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        with bars_off(self.args.disable_tqdm):  # transformers' "Writing model shards" bar ignores disable_tqdm
+            if self.is_fsdp_enabled and not _internal_call and not self._saves_full_state_dict():
+                # FSDP2 with sharded checkpoints: `save_model(dir)` still writes full weights under one-process names
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-            state_dict = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True,
-                                                                                   cpu_offload=True))
-            self._save(output_dir or self.args.output_dir, state_dict=state_dict)
-        else:
-            super().save_model(output_dir, _internal_call)
+                state_dict = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True,
+                                                                                       cpu_offload=True))
+                self._save(output_dir or self.args.output_dir, state_dict=state_dict)
+            else:
+                super().save_model(output_dir, _internal_call)
         if self.args.should_save:
             self.save_sparsity_files(output_dir or self.args.output_dir)
 

@@ -119,3 +119,26 @@ def test_a_recipe_with_disable_tqdm_turns_every_bar_off(tmp_path, bars_restored)
     args = build_parser(["run"]).parse_args(["run", str(recipe), "--dry-run", "--output-dir", str(tmp_path / "o")])
     assert run_cli.main(args) == 0  # the pipeline's own entry point (the console script also checks the terminal)
     assert not hf_logging.is_progress_bar_enabled()
+
+
+def test_save_model_with_disable_tqdm_writes_no_bar(tmp_path, tokenizer, tiny_splits, capsys, bars_restored):
+    """transformers' "Writing model shards" bar does not read ``disable_tqdm``; SAUTrainer's save_model does, and
+    leaves the switch as it found it."""
+    from transformers.utils import logging as hf_logging
+
+    from sau_trainer import SAUConfig, SAUTrainer, prune_model
+    from sau_trainer.modeling import build_llama
+
+    hf_logging.enable_progress_bar()
+    model = build_llama("tiny", tokenizer)
+    prune_model(model, "magnitude", 0.5, progress=False)
+    for quiet in (True, False):
+        args = SAUConfig(output_dir=str(tmp_path / str(quiet)), objective="ga", max_steps=1, disable_tqdm=quiet,
+                         per_device_train_batch_size=4, save_strategy="no", report_to=[])
+        trainer = SAUTrainer(model, args, forget_dataset=tiny_splits["forget01"], processing_class=tokenizer)
+        capsys.readouterr()
+        trainer.save_model()
+        written = capsys.readouterr().err
+        assert ("Writing model shards" in written) is not quiet  # the bar is transformers' own otherwise
+        assert hf_logging.is_progress_bar_enabled()
+        assert (tmp_path / str(quiet) / "model.safetensors").exists()
