@@ -44,12 +44,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
-from sau_trainer import fused  # noqa: E402
+from sau_trainer import (
+    fused,  # noqa: E402
+    prune_model,  # noqa: E402
+)
 from sau_trainer.masks import SparsityMasks, prunable_parameters  # noqa: E402
 from sau_trainer.modeling import MODEL_SHAPES, build_llama  # noqa: E402
-from sau_trainer import prune_model  # noqa: E402
-from sau_trainer.sau import SAUState, apply_sau_, build_sau_state  # noqa: E402
 from sau_trainer.precision import unwrap_optimizer  # noqa: E402
+from sau_trainer.sau import SAUState, apply_sau_, build_sau_state  # noqa: E402
 from sau_trainer.sparsity import sparsity_preserving  # noqa: E402
 
 # The CPU default of issue 11: 10 blocks of (4 x 768^2 + 3 x 768 x 2048) = 70.8M prunable parameters.

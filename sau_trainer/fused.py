@@ -108,12 +108,12 @@ def _scale_update_kernel(p: torch.Tensor, old: torch.Tensor, planes: torch.Tenso
 
 
 def _where_list_kernel(ts: list[torch.Tensor], planes: list[torch.Tensor]) -> None:
-    for t, p in zip(ts, planes):
+    for t, p in zip(ts, planes):  # noqa: B905 (traced by dynamo: lengths are equal by construction)
         _where_kernel(t, p)
 
 
 def _where_scaled_list_kernel(ts: list[torch.Tensor], planes: list[torch.Tensor], ws: list[torch.Tensor]) -> None:
-    for t, p, w in zip(ts, planes, ws):
+    for t, p, w in zip(ts, planes, ws):  # noqa: B905 (traced by dynamo: lengths are equal by construction)
         _where_scaled_kernel(t, p, w)
 
 
@@ -201,7 +201,7 @@ def _views(t: torch.Tensor, planes: torch.Tensor, w: torch.Tensor | None):
     if w.dim() > t.dim():
         return None
     wb = tuple((1,) * (t.dim() - w.dim()) + tuple(w.shape))
-    if any(a not in (1, b) for a, b in zip(wb, shape)):
+    if any(a not in (1, b) for a, b in zip(wb, shape, strict=True)):
         return None
     rest = (1,) * (3 - t.dim()) + wb[1:]
     lead = (8, shape[0] // 8) if wb[0] == shape[0] else (1, 1)

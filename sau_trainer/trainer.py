@@ -22,7 +22,6 @@ from .config import SAUConfig
 from .data.qa import QACollator, RowsDataset, tokenize_rows
 from .masks import SparsityMasks
 from .objectives import OBJECTIVES, ObjectiveContext, forward_nll
-from .saliency import require_input_grads_if_reentrant
 from .precision import (
     UpdateCheckCallback,
     apply_precision_plan,
@@ -30,6 +29,7 @@ from .precision import (
     compensated_optimizer_cls_and_kwargs,
     update_mode_rescaled,
 )
+from .saliency import require_input_grads_if_reentrant
 from .sau import STATE_FILE, SAUState
 from .sparsity import SparsityPreserving, resolve_sparsity_masks, zero_pruned_entries
 

@@ -14,7 +14,7 @@ import torch
 from sau_testing import make_trainer, qa
 from torch import nn
 
-from sau_trainer import SparsityMasks, prune_model, prunable_parameters
+from sau_trainer import SparsityMasks, prunable_parameters, prune_model
 from sau_trainer.masks import prunable_weights
 from sau_trainer.pruning.nm import check_nm
 from sau_trainer.sau import topk_count

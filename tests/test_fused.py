@@ -102,7 +102,7 @@ def test_where_many_equals_one_by_one(kernels):
             refs.append(apply_sau_(t.clone(), mask, w))
             items.append((t, pack_planes(mask), w))
     fused.where_many_(items)
-    for (t, _, _), ref in zip(items, refs):
+    for (t, _, _), ref in zip(items, refs, strict=True):
         assert torch.equal(_bits(t), _bits(ref))
 
 
@@ -264,7 +264,7 @@ def test_fused_passes_give_the_old_gradients_and_weights_bit_for_bit(tokenizer, 
     w_old, g_old = _run(tokenizer, tiny_splits, tmp_path, base, True, **kw)
     w_new, g_new = _run(tokenizer, tiny_splits, tmp_path, base, False, **kw)
     assert len(g_new) == len(g_old) == 2
-    for a, b in zip(g_old, g_new):
+    for a, b in zip(g_old, g_new, strict=True):
         _assert_same(a, b)
     _assert_same(w_old, w_new)
 
@@ -280,7 +280,7 @@ def test_fused_passes_compiled_in_the_trainer_bit_for_bit(tokenizer, tiny_splits
               per_device_train_batch_size=2, max_steps=2)
     w_old, g_old = _run(tokenizer, tiny_splits, tmp_path, base, True, **kw)
     w_new, g_new = _run(tokenizer, tiny_splits, tmp_path, base, False, **kw)
-    for a, b in zip(g_old, g_new):
+    for a, b in zip(g_old, g_new, strict=True):
         _assert_same(a, b)
     _assert_same(w_old, w_new)
 

@@ -30,8 +30,8 @@ from sau_trainer.precision import (
     check_precision,
     compensation_of,
     plan_precision,
-    update_mode_rescaled,
     upcast_parameters,
+    update_mode_rescaled,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,8 +6,17 @@ import math
 import pytest
 import torch
 
-from sau_trainer.robustness import (ATTACKS, bnb_status, heldout_splits, parse_attack, quantize_bnb, quantize_model,
-                                    quantize_rtn, relearn_selection, restrict_per_example)
+from sau_trainer.robustness import (
+    ATTACKS,
+    bnb_status,
+    heldout_splits,
+    parse_attack,
+    quantize_bnb,
+    quantize_model,
+    quantize_rtn,
+    relearn_selection,
+    restrict_per_example,
+)
 
 
 # ----------------------------------------------------------------------------------------- quantizers

@@ -92,7 +92,7 @@ def test_calibration_never_runs_past_the_positions_and_says_what_it_cut(tokenize
 
     model = build_llama("tiny", tokenizer, max_position_embeddings=POSITIONS)
     rows = tiny_splits["full"]  # two rows per sample: 40 to 70 tokens, most longer than the positions
-    texts = [f"{a['question']} {a['answer']} {b['question']} {b['answer']}" for a, b in zip(rows[::2], rows[1::2])]
+    texts = [f"{a['question']} {a['answer']} {b['question']} {b['answer']}" for a, b in zip(rows[::2], rows[1::2], strict=False)]
     with caplog.at_level(logging.INFO):
         result = prune_model(model, "wanda", 0.5, calibration=texts, tokenizer=tokenizer, num_samples=64,
                              seq_len=2048, progress=False)

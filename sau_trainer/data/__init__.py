@@ -1,6 +1,7 @@
 """Data: QA tokenisation (the prompt format), tokenizers for small models, the built-in benchmarks, TOFU and
 MUSE loading, and the benchmark registry."""
 
+from .benchmarks import BENCHMARKS, get_benchmark, load_benchmark
 from .qa import (
     IGNORE_INDEX,
     PLAIN_PROMPT,
@@ -12,7 +13,6 @@ from .qa import (
     tokenize_rows,
 )
 from .synthetic import PRESETS, generate_benchmark, write_benchmark
-from .benchmarks import BENCHMARKS, get_benchmark, load_benchmark
 from .synthetic_muse import MUSE_PRESETS, generate_muse_benchmark, write_muse_benchmark
 
 __all__ = [

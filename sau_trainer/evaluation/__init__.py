@@ -3,6 +3,7 @@
 from .metrics import (
     MODEL_UTILITY_COMPONENTS,
     answer_token_stats,
+    exact_memorization,
     extraction_strength,
     forget_quality,
     harmonic_mean,
@@ -10,24 +11,24 @@ from .metrics import (
     mean_nll,
     model_utility,
     normalised_probability,
-    exact_memorization,
     probability,
     rouge_l_f1,
     rouge_l_recall,
     truth_ratio_forget,
     truth_ratio_retain,
 )
+from .mia import membership_inference, privleak, roc_auc
+from .muse import evaluate_muse, knowmem_prompt
 from .results import (
     attach_forget_quality,
     build_results,
     forget_quality_from_results,
     load_results,
+    privleak_from_results,
+    reference_metrics,
     save_results,
     settings_hash,
 )
-from .mia import membership_inference, privleak, roc_auc
-from .muse import evaluate_muse, knowmem_prompt
-from .results import privleak_from_results, reference_metrics
 from .tofu import evaluate_tofu, greedy_generate, teacher_forced_stats
 
 __all__ = [

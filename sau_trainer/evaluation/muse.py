@@ -135,9 +135,8 @@ def evaluate_muse(model: Any, tokenizer: Any, benchmark_splits: Mapping[str, Any
     per_example["mia"] = mia["per_example"]
 
     # Exact memorisation and extraction strength on the verbmem items, teacher-forced.
-    from .mia import sequence_scores
-
     from ..data.truncation import TruncationCount
+    from .mia import sequence_scores
 
     encoded = []
     cut = TruncationCount("MUSE verbmem teacher-forced items", max_length)

@@ -207,7 +207,7 @@ def distributed_from_accelerate_config(path: str | os.PathLike, num_processes: i
         f = doc.get("fsdp_config") or {}
         strategy = str(f.get("fsdp_sharding_strategy", "FULL_SHARD")).upper()
         reshard = f.get("fsdp_reshard_after_forward", strategy not in ("SHARD_GRAD_OP", "2"))
-        if isinstance(reshard, str) and not reshard.lower() in ("true", "false"):
+        if isinstance(reshard, str) and reshard.lower() not in ("true", "false"):
             reshard = reshard.upper() not in ("SHARD_GRAD_OP", "2")
         return Distributed(n, "fsdp", int(f.get("fsdp_version", 1)), _truthy(reshard),
                            offload_params=_truthy(f.get("fsdp_offload_params", False)), source=where)

@@ -244,8 +244,14 @@ def _relearn(ctx, task, model, tok, out: Path) -> dict:
 def run_attack_evaluate(ctx, task, out: Path) -> dict:
     """The benchmark's evaluation of an attacked copy; a relearned copy is judged without its relearned rows
     (unless the recipe says otherwise), and the retain reference is cut to the same forget questions."""
-    from ..evaluation.results import (attach_forget_quality, build_results, has_truth_ratios, load_results,
-                                      reference_metrics, save_results)
+    from ..evaluation.results import (
+        attach_forget_quality,
+        build_results,
+        has_truth_ratios,
+        load_results,
+        reference_metrics,
+        save_results,
+    )
     from ..pruning import measured_sparsity
     from ..robustness import heldout_splits, restrict_per_example
     from .stages import load_model

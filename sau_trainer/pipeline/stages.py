@@ -173,9 +173,8 @@ def load_data(recipe: Recipe) -> dict[str, list[dict]]:
 
 def data_fingerprint(recipe: Recipe, load: Callable[[], dict] | None = None) -> dict:
     """What identifies the data in a hash: the synthetic generator's inputs, or the rows themselves."""
-    from ..evaluation.results import data_fingerprint as rows_digest
-
     from ..data.benchmarks import get_benchmark
+    from ..evaluation.results import data_fingerprint as rows_digest
 
     d = recipe.data
     bench = get_benchmark(d.benchmark)

@@ -4,8 +4,14 @@ import json
 
 import pytest
 
-from sau_trainer.data import BENCHMARKS, generate_muse_benchmark, get_benchmark, load_benchmark, write_muse_benchmark
-from sau_trainer.data import muse
+from sau_trainer.data import (
+    BENCHMARKS,
+    generate_muse_benchmark,
+    get_benchmark,
+    load_benchmark,
+    muse,
+    write_muse_benchmark,
+)
 from sau_trainer.data.muse import DEFAULT_SPLITS, load_muse, validate_muse_split
 
 

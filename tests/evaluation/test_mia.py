@@ -27,8 +27,8 @@ def test_min_k_plus_plus_per_token_against_hand_computation():
         lse = math.log(sum(math.exp(v) for v in row))
         logp = [v - lse for v in row]
         p = [math.exp(v) for v in logp]
-        mu = sum(pi * li for pi, li in zip(p, logp))
-        var = sum(pi * li * li for pi, li in zip(p, logp)) - mu * mu
+        mu = sum(pi * li for pi, li in zip(p, logp, strict=True))
+        var = sum(pi * li * li for pi, li in zip(p, logp, strict=True)) - mu * mu
         z = (logp[target] - mu) / math.sqrt(var)
         assert st["logp"][0, t].item() == pytest.approx(logp[target], abs=1e-6)
         assert st["z"][0, t].item() == pytest.approx(z, abs=1e-5)

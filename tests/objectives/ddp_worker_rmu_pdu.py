@@ -4,7 +4,6 @@ import hashlib
 import json
 import sys
 
-import torch
 import torch.distributed as dist
 from sau_testing import make_trainer, sparse_model
 
