@@ -7,23 +7,29 @@ and each sparsity pass against its memory floor, in one run.
         --batch-size 4 --seq-len 512 --gradient-checkpointing          # the SPEC's 8B setting on one GPU
 
 Three trainers (four with the control) share one model, one batch and one optimizer kind (``--optim``, default the
-one ``TrainingArguments`` picks: ``adamw_torch_fused``): ``transformers.Trainer`` (vanilla), the same Trainer made
-`sparsity_preserving` (plain: the mask pass ``M`` after accumulation, the re-zero where the optimizer needs it) and
-the same with an SAU state (``G`` and ``W`` in one pass, k=0.3, alpha=0.1, per-matrix W). They run interleaved,
-``--rounds`` times ``--steps`` steps each in an order that rotates (the control, a second vanilla Trainer doing
-identical work, shows how far two equal steps differ on this machine: a step ratio nearer to 1 than the control's
-is within the noise), so a noisy moment hits all kinds alike; each keeps its optimizer (and its state) from burst to burst, as one training
-run would. A step is timed from one step's start to the next step's start (everything the Trainer does between them
-counts); the first interval of each burst and the first round (compilation, optimizer state allocation) are not
-counted. The table gives medians, each step ratio with a 95% bootstrap interval (resampling each kind's steps), and
-where each kind's step goes (up to the optimizer step: forward, backward, the sparsity pass, clipping; the optimizer
-step alone; the rest up to the next step).
-Each pass is then timed alone over the same gradients (or weights) against the floor
-``torch._foreach_mul_(tensors, 0.999)``, one read and one write of every prunable entry.
-The optimizer step is also timed alone on the same gradients, masked (the sparse model's state: zero moments at
-pruned entries) against unmasked: on CPU, torch's foreach AdamW (``--optim adamw_torch``) computes ``sqrt`` of every
-second moment, and ``sqrt(+0.0)`` is several times slower than ``sqrt`` of a normal number there, so that optimizer's
-step is slower on any sparse model whatever the masks cost (the fused one is not).
+one ``TrainingArguments`` picks: ``adamw_torch_fused`` with torch >= 2.8): ``transformers.Trainer`` (vanilla), the
+same Trainer made `sparsity_preserving` (plain: the mask pass ``M`` after accumulation, the re-zero where the
+optimizer needs it) and the same with an SAU state (``G`` and ``W`` in one pass, k=0.3, alpha=0.1, per-matrix W).
+The control, a second vanilla Trainer doing identical work, shows how far two equal steps differ on this machine.
+
+They run interleaved: ``--rounds`` rounds, each kind ``--steps`` steps per round, in an order that rotates by one
+kind each round and is reversed every other round (no kind always runs first, none always follows the same one), so
+a noisy moment hits all kinds alike. On CPU each kind keeps its optimizer and its state from burst to burst, as one
+training run does; on CUDA each burst builds its own (four optimizers' state would not fit beside an 8B model). A
+step is timed from one step's start to the next step's start (everything the Trainer does between them counts):
+``--steps`` steps give ``--steps - 1`` intervals per burst, of which the first is not counted, and the first round
+(compilation, optimizer state allocation) is not counted. The table gives medians, each step ratio with a 95%
+bootstrap interval (whole rounds resampled, all kinds' steps of a round together, as they share its noisy moments),
+and where each kind's step goes: up to the optimizer step (forward, backward, the sparsity pass, clipping), the
+optimizer step (torch's step; in ``update`` mode also the snapshot before it), and the rest up to the next step (the
+re-zero where it runs, the scheduler, logging).
+
+Each pass is then timed alone over the same gradients against the floor ``torch._foreach_mul_(grads, 0.999)``, one
+read and one write of every prunable entry (the re-zero over the weights against the same floor over the weights).
+The optimizer step is also timed alone on the same gradients, unmasked (the vanilla Trainer's optimizer) and then
+masked (the plain one's: a sparse model's state, zero moments at pruned entries). On the development CPU torch's
+foreach AdamW (``--optim adamw_torch``) measured 1.7x slower with masked gradients, the fused one not (README,
+Performance).
 Random weights and tokens: speed does not depend on what the model knows. Ratios first: absolute times on a shared
 machine move with its load (printed with the table).
 """
@@ -67,7 +73,7 @@ def _sync(cuda: bool) -> None:
 class StepClock(TrainerCallback):
     """Times from one step's start to the next step's start (the whole interval, nothing left out), and inside it
     where ``optimizer.step()`` begins and ends (given to the Trainer's constructor, this callback runs before the
-    ones `sparsity_preserving` adds, so its two marks enclose torch's step alone)."""
+    ones `sparsity_preserving` adds, so its two marks enclose torch's step, and in ``update`` mode the snapshot before it)."""
 
     def __init__(self, cuda: bool):
         self.cuda = cuda
@@ -97,12 +103,26 @@ class StepClock(TrainerCallback):
         return [(p - a, q - p, b - q) for a, p, q, b in zip(self.starts, self.pre, self.post, self.starts[1:], strict=False)]
 
 
-def ratio_interval(num: list[float], den: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval of median(num) / median(den), each kind's steps resampled with replacement."""
+def ratio_interval(num: list[list[float]], den: list[list[float]], resamples: int = 2000,
+                   seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of median(num) / median(den) from per-round step times (``num[r]``, ``den[r]``: the
+    steps of round ``r``): whole rounds are resampled with replacement, both kinds' steps of a drawn round together,
+    because steps of one round share its noisy moments (resampling single steps would make the interval too narrow)."""
     rng = random.Random(seed)
-    ratios = sorted(statistics.median(rng.choices(num, k=len(num))) / statistics.median(rng.choices(den, k=len(den)))
-                    for _ in range(resamples))
+    rounds = [r for r in range(min(len(num), len(den))) if num[r] and den[r]]
+    ratios = []
+    for _ in range(resamples):
+        drawn = rng.choices(rounds, k=len(rounds))
+        ratios.append(statistics.median(x for r in drawn for x in num[r]) /
+                      statistics.median(x for r in drawn for x in den[r]))
+    ratios.sort()
     return ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
+
+
+def round_order(kinds: list[str], r: int) -> list[str]:
+    """Round ``r``'s order: rotated by ``r``, reversed in odd rounds."""
+    order = kinds[r % len(kinds):] + kinds[: r % len(kinds)]
+    return order[::-1] if r % 2 else order
 
 
 def sau_state_for(model, masks: SparsityMasks, k=0.3, alpha=0.1, seed=0) -> SAUState:
@@ -134,8 +154,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--vocab-size", type=int, default=32000)
-    p.add_argument("--rounds", type=int, default=8, help="interleaved rounds (the first is warm-up)")
-    p.add_argument("--steps", type=int, default=5, help="steps per trainer per round (the first interval is dropped)")
+    p.add_argument("--rounds", type=int, default=9, help="interleaved rounds (the first is warm-up)")
+    p.add_argument("--steps", type=int, default=5,
+                   help="steps per kind per round: steps - 1 start-to-start intervals, the first of them not counted")
     p.add_argument("--pass-repeat", type=int, default=15)
     p.add_argument("--optim", default=TrainingArguments.__dataclass_fields__["optim"].default,
                    help="transformers optimizer name (default: TrainingArguments' own default)")
@@ -198,24 +219,25 @@ def main() -> None:
         first[name] = time.perf_counter() - t0
     model.zero_grad(set_to_none=True)
 
-    steps: dict[str, list[float]] = {k: [] for k in trainers}
+    by_round: dict[str, list[list[float]]] = {k: [] for k in trainers}  # kind -> counted rounds -> step times
     phases: dict[str, list[tuple[float, float, float]]] = {k: [] for k in trainers}
     rezero = None
-    kinds = list(trainers)
     for r in range(0 if a.passes_only else a.rounds):
-        for kind in kinds[r % len(kinds):] + kinds[: r % len(kinds)]:  # the order rotates: no kind always runs first
+        for kind in round_order(list(trainers), r):
             trainer = trainers[kind]
             clocks[kind].reset()
             trainer.train()
             model.zero_grad(set_to_none=True)
             if r > 0:
-                steps[kind] += clocks[kind].intervals()[1:]
+                by_round[kind].append(clocks[kind].intervals()[1:])
                 phases[kind] += clocks[kind].phases()[1:]
             if kind == "plain":
                 rezero = trainer._rezero_needed()
-            # The next burst goes on with this optimizer and its state (train() wraps it again: unwrap it); a new
-            # constant schedule each time.
-            trainer.optimizer, trainer.lr_scheduler = unwrap_optimizer(trainer.optimizer), None
+            # CPU: the next burst goes on with this optimizer and its state (train() wraps it again: unwrap it);
+            # CUDA: freed, the next burst builds its own. A new constant schedule each time.
+            trainer.optimizer = None if cuda else unwrap_optimizer(trainer.optimizer)
+            trainer.lr_scheduler = None
+    steps = {k: [x for burst in v for x in burst] for k, v in by_round.items()}
     step = {k: statistics.median(v) if v else float("nan") for k, v in steps.items()}
 
     # ---- each pass alone, over the same tensors
@@ -226,10 +248,14 @@ def main() -> None:
     weights = [p_.data for p_ in params.values()]
     floor = timeit(lambda: torch._foreach_mul_(grads, 0.999), a.pass_repeat, cuda)
     floor_w = timeit(lambda: torch._foreach_mul_(weights, 1.0), a.pass_repeat, cuda)
-    # What update-mode W with a dense W must move: a copy of the weights, then one pass reading weights and copy.
-    buffers = [w.clone() for w in weights]
-    floor_update = timeit(lambda: (torch._foreach_copy_(buffers, weights), torch._foreach_lerp_(weights, buffers, 1.0)),
-                          a.pass_repeat, cuda)
+
+    def copy_and_pass_floor() -> float:
+        """What update-mode W with a dense W must move: a copy of the weights, then one pass reading weights and copy."""
+        buffers = [w.clone() for w in weights]
+        return timeit(lambda: (torch._foreach_copy_(buffers, weights), torch._foreach_lerp_(weights, buffers, 1.0)),
+                      a.pass_repeat, cuda)
+
+    floor_update = copy_and_pass_floor()
 
     def old_mask_pass():  # the previous implementation: unpack to bool, masked_fill_
         for n, p_ in params.items():
@@ -251,24 +277,29 @@ def main() -> None:
     passes = {  # label -> (time, floor)
         "mask pass (plain) / floor": (timeit(plain._mask_gradients, a.pass_repeat, cuda), floor),
         "SAU pass (G and W) / floor": (timeit(sau._mask_gradients, a.pass_repeat, cuda), floor),
-        "re-zero (weights) / floor": (timeit(lambda: masks.apply_(model, params), a.pass_repeat, cuda), floor_w),
+        "re-zero (weights) / weights floor": (timeit(lambda: masks.apply_(model, params), a.pass_repeat, cuda),
+                                              floor_w),
         "update W, dense (row/param) / floor": (t_update, floor_w),
         "  the same / copy + pass floor": (t_update, floor_update),  # what update mode must move, by its nature
         "previous mask pass / floor": (timeit(old_mask_pass, max(3, a.pass_repeat // 3), cuda), floor),
         "previous SAU pass / floor": (timeit(old_sau_pass, max(3, a.pass_repeat // 3), cuda), floor),
     }
-    # ---- torch's optimizer step alone on the same gradients: masked (a sparse model's state: zero moments at pruned
-    # entries) against unmasked (the vanilla Trainer's optimizer, whose state saw every gradient)
-    def optimizer_step(trainer, masked: bool) -> float:
-        model.zero_grad(set_to_none=True)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=a.bf16 and cuda):
-            model(**batch).loss.backward()
-        if masked:
+    # ---- torch's optimizer step alone on one set of gradients: unmasked with the vanilla Trainer's optimizer (its state
+    # saw every gradient), then the same gradients masked with the plain one's (a sparse model's state: zero moments
+    # at pruned entries). On CPU these are the optimizers the bursts used; otherwise each is built here (its first,
+    # untimed step allocates its state) and freed after.
+    model.zero_grad(set_to_none=True)
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=a.bf16 and cuda):
+        model(**batch).loss.backward()
+    opt_step = {}
+    for kind in ("vanilla", "plain"):
+        if kind == "plain":
             plain._mask_gradients()
-        return timeit(unwrap_optimizer(trainer.optimizer).step, max(3, a.pass_repeat // 3), cuda)
-
-    opt_dense = optimizer_step(trainers["vanilla"], masked=False)
-    opt_sparse = optimizer_step(plain, masked=True)
+        optimizer = unwrap_optimizer(trainers[kind].create_optimizer())
+        opt_step[kind] = timeit(optimizer.step, max(3, a.pass_repeat // 3), cuda)
+        if cuda:
+            trainers[kind].optimizer = None
+        del optimizer
     model.zero_grad(set_to_none=True)
 
     mask_bytes = masks.nbytes() + sum(v.numel() for v in state.selected.values())
@@ -278,14 +309,15 @@ def main() -> None:
     print(f"\nshape={a.shape} ({n_prunable / 1e6:.1f}M prunable) batch={a.batch_size}x{a.seq_len} optim={a.optim} "
           f"bf16={a.bf16 and cuda} checkpointing={a.gradient_checkpointing} device={device} "
           f"threads={torch.get_num_threads()} kernels={fused.compile_status()} re-zero={dict([(None, '-'), (True, 'on'), (False, 'skipped')])[rezero]}")
-    print(f"{len(steps['plain'])} timed steps per kind over {a.rounds - 1} interleaved rounds; "
+    print(f"{len(steps['plain'])} timed steps per kind over {len(by_round['plain'])} counted interleaved rounds "
+          f"({a.steps} steps per burst: {a.steps - 1} intervals, the first not counted); "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"{'':34} {'ratio':>8} {'95% interval':>15} {'time':>10}  against")
 
     def step_row(label: str, num: str, den: str, note: str = "") -> None:
         if not (steps[num] and steps[den]):
             return
-        lo, hi = ratio_interval(steps[num], steps[den])
+        lo, hi = ratio_interval(by_round[num], by_round[den])
         print(f"{label:34} {step[num] / step[den]:>8.3f} {f'[{lo:.3f}, {hi:.3f}]':>15} {step[num]:>9.3f}s  "
               f"{den} {step[den]:.3f}s{note}")
 
@@ -295,8 +327,8 @@ def main() -> None:
         step_row("control (vanilla again) / vanilla", "control", "vanilla", "  (identical work: the noise)")
     for name, (t, fl) in passes.items():
         print(f"{name:34} {t / fl:>8.2f} {'':>15} {t * 1e3:>8.1f}ms  floor {fl * 1e3:.1f}ms")
-    print(f"{'optimizer step, masked / unmasked':34} {opt_sparse / opt_dense:>8.2f} {'':>15} {opt_sparse * 1e3:>8.1f}ms  "
-          f"unmasked {opt_dense * 1e3:.1f}ms  ({a.optim}, same gradients)")
+    print(f"{'optimizer step, masked / unmasked':34} {opt_step['plain'] / opt_step['vanilla']:>8.2f} {'':>15} "
+          f"{opt_step['plain'] * 1e3:>8.1f}ms  unmasked {opt_step['vanilla'] * 1e3:.1f}ms  ({a.optim}, same gradients)")
     print(f"{'M + G bytes per prunable param':34} {mask_bytes / n_prunable:>8.3f}")
     print(f"{'  + W (per-matrix) bytes per param':34} {(mask_bytes + w_bytes) / n_prunable:>8.3f}")
     print("first calls (compiling included): " + ", ".join(f"{k} {v:.1f}s" for k, v in first.items()))
@@ -308,8 +340,8 @@ def main() -> None:
         if v:
             print(f"  {k:27} " + " ".join(f"{statistics.median(x[i] for x in v):>{w}.3f}s"
                                          for i, w in ((0, 15), (1, 14), (2, 7))))
-    spread = {k: (min(v), max(v)) if v else (float("nan"),) * 2 for k, v in steps.items()}
-    print("step min/max: " + ", ".join(f"{k} {lo:.3f}-{hi:.3f}s" for k, (lo, hi) in spread.items()))
+    if any(steps.values()):
+        print("step min/max: " + ", ".join(f"{k} {min(v):.3f}-{max(v):.3f}s" for k, v in steps.items() if v))
 
 
 if __name__ == "__main__":

@@ -124,11 +124,15 @@ def test_a_recipe_with_disable_tqdm_turns_every_bar_off(tmp_path, bars_restored)
 def test_save_model_with_disable_tqdm_writes_no_bar(tmp_path, tokenizer, tiny_splits, capsys, bars_restored):
     """transformers' "Writing model shards" bar does not read ``disable_tqdm``; SAUTrainer's save_model does, and
     leaves the switch as it found it."""
+    import inspect
+
+    import transformers.modeling_utils
     from transformers.utils import logging as hf_logging
 
     from sau_trainer import SAUConfig, SAUTrainer, prune_model
     from sau_trainer.modeling import build_llama
 
+    has_bar = "Writing model shards" in inspect.getsource(transformers.modeling_utils)
     hf_logging.enable_progress_bar()
     model = build_llama("tiny", tokenizer)
     prune_model(model, "magnitude", 0.5, progress=False)
@@ -139,6 +143,9 @@ def test_save_model_with_disable_tqdm_writes_no_bar(tmp_path, tokenizer, tiny_sp
         capsys.readouterr()
         trainer.save_model()
         written = capsys.readouterr().err
-        assert ("Writing model shards" in written) is not quiet  # the bar is transformers' own otherwise
+        if quiet:
+            assert "Writing model shards" not in written
+        elif has_bar:  # transformers' own bar (newer transformers only) is shown when not quiet
+            assert "Writing model shards" in written
         assert hf_logging.is_progress_bar_enabled()
         assert (tmp_path / str(quiet) / "model.safetensors").exists()
