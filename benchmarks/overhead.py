@@ -12,9 +12,9 @@ same Trainer made `sparsity_preserving` (plain: the mask pass ``M`` after accumu
 optimizer needs it) and the same with an SAU state (``G`` and ``W`` in one pass, k=0.3, alpha=0.1, per-matrix W).
 The control, a second vanilla Trainer doing identical work, shows how far two equal steps differ on this machine.
 
-They run interleaved: ``--rounds`` rounds, each kind ``--steps`` steps per round, in an order that rotates by one
-kind each round and is reversed every other round (no kind always runs first, none always follows the same one), so
-a noisy moment hits all kinds alike. On CPU each kind keeps its optimizer and its state from burst to burst, as one
+They run interleaved: ``--rounds`` rounds, each kind ``--steps`` steps per round, in orders from a Williams design
+(over the counted rounds, with the default 9 rounds and 4 kinds: each kind twice in each position and twice right
+after each other kind), so a noisy moment hits all kinds alike. On CPU each kind keeps its optimizer and its state from burst to burst, as one
 training run does; on CUDA each burst builds its own (four optimizers' state would not fit beside an 8B model). A
 step is timed from one step's start to the next step's start (everything the Trainer does between them counts):
 ``--steps`` steps give ``--steps - 1`` intervals per burst, of which the first is not counted, and the first round
@@ -37,6 +37,7 @@ machine move with its load (printed with the table).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
 import statistics
@@ -120,9 +121,20 @@ def ratio_interval(num: list[list[float]], den: list[list[float]], resamples: in
 
 
 def round_order(kinds: list[str], r: int) -> list[str]:
-    """Round ``r``'s order: rotated by ``r``, reversed in odd rounds."""
-    order = kinds[r % len(kinds):] + kinds[: r % len(kinds)]
-    return order[::-1] if r % 2 else order
+    """Round ``r``'s order, from a Williams design (E. J. Williams, 1949): the row ``0, 1, n-1, 2, n-2, ...`` shifted by
+    ``r``. For an even number of kinds every ``n`` consecutive rounds put each kind in each position once and each kind
+    directly after each other kind once; for an odd number, every ``2n`` rounds do so twice (the row and its reverse
+    alternate)."""
+    n = len(kinds)
+    base, lo, hi = [0], 1, n - 1
+    while len(base) < n:
+        base.append(lo)
+        lo += 1
+        if len(base) < n:
+            base.append(hi)
+            hi -= 1
+    order = [kinds[(b + r) % n] for b in base]
+    return order[::-1] if n % 2 and (r // n) % 2 else order
 
 
 def sau_state_for(model, masks: SparsityMasks, k=0.3, alpha=0.1, seed=0) -> SAUState:
@@ -235,8 +247,13 @@ def main() -> None:
                 rezero = trainer._rezero_needed()
             # CPU: the next burst goes on with this optimizer and its state (train() wraps it again: unwrap it);
             # CUDA: freed, the next burst builds its own. A new constant schedule each time.
-            trainer.optimizer = None if cuda else unwrap_optimizer(trainer.optimizer)
-            trainer.lr_scheduler = None
+            if cuda:
+                trainer.accelerator.free_memory()  # accelerate holds what it prepared: drop it, or all four stay
+                trainer.optimizer = trainer.lr_scheduler = None
+                gc.collect()
+                torch.cuda.empty_cache()
+            else:
+                trainer.optimizer, trainer.lr_scheduler = unwrap_optimizer(trainer.optimizer), None
     steps = {k: [x for burst in v for x in burst] for k, v in by_round.items()}
     step = {k: statistics.median(v) if v else float("nan") for k, v in steps.items()}
 
@@ -274,6 +291,7 @@ def main() -> None:
             fused.scale_update_(p_.data, snap[n], state.planes(n, device), state.weight(n))
 
     t_update = timeit(update_pass, max(3, a.pass_repeat // 3), cuda)
+    snap.clear()
     passes = {  # label -> (time, floor)
         "mask pass (plain) / floor": (timeit(plain._mask_gradients, a.pass_repeat, cuda), floor),
         "SAU pass (G and W) / floor": (timeit(sau._mask_gradients, a.pass_repeat, cuda), floor),
@@ -297,9 +315,12 @@ def main() -> None:
             plain._mask_gradients()
         optimizer = unwrap_optimizer(trainers[kind].create_optimizer())
         opt_step[kind] = timeit(optimizer.step, max(3, a.pass_repeat // 3), cuda)
-        if cuda:
-            trainers[kind].optimizer = None
         del optimizer
+        if cuda:
+            trainers[kind].accelerator.free_memory()
+            trainers[kind].optimizer = None
+            gc.collect()
+            torch.cuda.empty_cache()
     model.zero_grad(set_to_none=True)
 
     mask_bytes = masks.nbytes() + sum(v.numel() for v in state.selected.values())
