@@ -138,8 +138,10 @@ def test_every_option_of_every_subcommand_has_help():
 def test_ctrl_c_during_run_says_how_to_resume(tmp_path):
     out = tmp_path / "demo"
     argv = [*command(), "run", str(ROOT / "recipes/demo.yaml"), "--output-dir", str(out)]
+    # The child gets SIGINT's default disposition: a test run started in the background of a non-interactive shell
+    # (as CI scripts may be) passes SIGINT ignored on to its children, and Python then never raises KeyboardInterrupt.
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
-                            cwd=tmp_path)
+                            cwd=tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not (out / "stages").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)  # the first stage (the tokenizer) is finished: the run is under way
