@@ -172,7 +172,7 @@ def main() -> None:
     p.add_argument("--pass-repeat", type=int, default=15)
     p.add_argument("--optim", default=TrainingArguments.__dataclass_fields__["optim"].default,
                    help="transformers optimizer name (default: TrainingArguments' own default)")
-    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--bf16", action="store_true", help="bf16 weights and autocast (needs a CUDA device)")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -181,13 +181,15 @@ def main() -> None:
                    help="skip the control: a second vanilla Trainer, timed like the others, whose ratio to the first "
                         "shows how far two identical steps differ on this machine (the noise in the ratios above it)")
     a = p.parse_args()
+    if a.bf16 and not torch.cuda.is_available():
+        p.error("--bf16 needs a CUDA device (the CPU timings are fp32); leave it out here.")
     if a.threads:
         torch.set_num_threads(a.threads)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
 
     model = build_llama(SHAPES[a.shape], vocab_size=a.vocab_size, max_position_embeddings=max(a.seq_len, 64), seed=0)
-    if a.bf16 and cuda:
+    if a.bf16:
         model = model.to(torch.bfloat16)
     model.to(device)
     prune_model(model, "magnitude", sparsity=a.sparsity)
@@ -205,7 +207,7 @@ def main() -> None:
         args = TrainingArguments(
             output_dir=os.path.join(out, kind), per_device_train_batch_size=a.batch_size, max_steps=a.steps,
             learning_rate=1e-5, lr_scheduler_type="constant", weight_decay=0.0, report_to=[], save_strategy="no",
-            disable_tqdm=True, logging_steps=10_000, optim=a.optim, bf16=a.bf16 and cuda, use_cpu=not cuda,
+            disable_tqdm=True, logging_steps=10_000, optim=a.optim, bf16=a.bf16, use_cpu=not cuda,
             gradient_checkpointing=a.gradient_checkpointing, dataloader_drop_last=True, seed=0)
         # Speed does not depend on whether bf16 updates land: keep the SPEC's setting (bf16 weights, 8-bit AdamW)
         # instead of upcasting the shared model to fp32 master weights (sau_trainer.precision).
@@ -219,7 +221,7 @@ def main() -> None:
             trainers[kind] = cls(**kw, sparsity_masks=masks, sau_state=state if kind == "SAU" else None)
     # ---- first calls: compiling the kernels (a one-time cost per process; inductor's disk cache shortens it)
     batch = {k: torch.stack([row[k] for row in rows]).to(device) for k in rows[0]}
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=a.bf16 and cuda):
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=a.bf16):
         model(**batch).loss.backward()
     first = {}
     for name, fn in (("mask pass", trainers["plain"]._mask_gradients), ("SAU pass", trainers["SAU"]._mask_gradients),
@@ -259,7 +261,7 @@ def main() -> None:
 
     # ---- each pass alone, over the same tensors
     plain, sau = trainers["plain"], trainers["SAU"]
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=a.bf16 and cuda):
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=a.bf16):
         model(**batch).loss.backward()
     grads = [p_.grad for p_ in params.values()]
     weights = [p_.data for p_ in params.values()]
@@ -307,7 +309,7 @@ def main() -> None:
     # at pruned entries). On CPU these are the optimizers the bursts used; otherwise each is built here (its first,
     # untimed step allocates its state) and freed after.
     model.zero_grad(set_to_none=True)
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=a.bf16 and cuda):
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=a.bf16):
         model(**batch).loss.backward()
     opt_step = {}
     for kind in ("vanilla", "plain"):
@@ -328,7 +330,7 @@ def main() -> None:
 
     load = os.getloadavg()
     print(f"\nshape={a.shape} ({n_prunable / 1e6:.1f}M prunable) batch={a.batch_size}x{a.seq_len} optim={a.optim} "
-          f"bf16={a.bf16 and cuda} checkpointing={a.gradient_checkpointing} device={device} "
+          f"bf16={a.bf16} checkpointing={a.gradient_checkpointing} device={device} "
           f"threads={torch.get_num_threads()} kernels={fused.compile_status()} re-zero={dict([(None, '-'), (True, 'on'), (False, 'skipped')])[rezero]}")
     print(f"{len(steps['plain'])} timed steps per kind over {len(by_round['plain'])} counted interleaved rounds "
           f"({a.steps} steps per burst: {a.steps - 1} intervals, the first not counted); "

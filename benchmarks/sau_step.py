@@ -51,7 +51,7 @@ def _peak_bytes(cuda: bool) -> int:
 def run(sau: bool, a, rows) -> dict:
     cuda = torch.cuda.is_available()
     model = build_llama(a.shape, vocab_size=a.vocab_size, max_position_embeddings=max(a.seq_len, 64), seed=0)
-    if a.bf16 and cuda:
+    if a.bf16:
         model = model.to(torch.bfloat16)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -77,7 +77,7 @@ def run(sau: bool, a, rows) -> dict:
         args = SAUConfig(
             output_dir=out, objective="ga", sau=sau, max_steps=a.steps + a.warmup, per_device_train_batch_size=a.batch_size,
             learning_rate=1e-5, report_to=[], save_strategy="no", disable_tqdm=True, logging_steps=10_000,
-            optim=a.optim, bf16=a.bf16 and cuda, gradient_checkpointing=a.gradient_checkpointing,
+            optim=a.optim, bf16=a.bf16, gradient_checkpointing=a.gradient_checkpointing,
             use_cpu=not cuda, weight_decay=0.0,
         )
         trainer = SAUTrainer(model, args, forget_dataset=rows, callbacks=[Clock()])
@@ -117,9 +117,11 @@ def main() -> None:
     p.add_argument("--optim", default=SAUConfig.__dataclass_fields__["optim"].default,
                    help="transformers optimizer name (default: the Trainer's own; on CPU prefer the fused AdamW: "
                         "foreach AdamW is slower on a sparse model's zero moments, see README Performance)")
-    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--bf16", action="store_true", help="bf16 weights and autocast (needs a CUDA device)")
     p.add_argument("--gradient-checkpointing", action="store_true")
     a = p.parse_args()
+    if a.bf16 and not torch.cuda.is_available():
+        p.error("--bf16 needs a CUDA device (the CPU timings are fp32); leave it out here.")
     g = torch.Generator().manual_seed(0)
     rows = [{"input_ids": ids, "labels": ids}
             for ids in torch.randint(5, a.vocab_size, (a.examples, a.seq_len), generator=g).tolist()]
