@@ -49,13 +49,13 @@ def _stable_desc_order(values: torch.Tensor) -> torch.Tensor:
 
 
 def _selection_rows(saliency: torch.Tensor, surviving: torch.Tensor, scope: str,
-                    layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+                    layout: Layout) -> tuple[torch.Tensor, torch.Tensor, torch.Size]:
     """The checked saliency and the surviving mask as ``[selection units, entries]``: one row per unit (a matrix,
-    or one expert's) for scope ``matrix``, one per output row for ``row``."""
+    or one expert's) for scope ``matrix``, one per output row for ``row``; and the units' shape, to restore."""
     _check_saliency(saliency)
     units = layout.units(saliency)
     rows = units.shape[0] if scope == "matrix" else units.shape[0] * units.shape[1]
-    return units.reshape(rows, -1), layout.units(surviving).reshape(rows, -1).bool()
+    return units.reshape(rows, -1), layout.units(surviving).reshape(rows, -1).bool(), units.shape
 
 
 def select_topk(
@@ -70,7 +70,7 @@ def select_topk(
     """
     if scope not in ("matrix", "row"):
         raise ValueError(f"select_topk handles scope 'matrix' or 'row'; use select_topk_global for {scope!r}")
-    s, alive = _selection_rows(saliency, surviving, scope, layout)
+    s, alive, units_shape = _selection_rows(saliency, surviving, scope, layout)
     s = s.float()
     values = torch.where(alive, s, torch.full_like(s, -math.inf))
     order = _stable_desc_order(values)
@@ -79,7 +79,7 @@ def select_topk(
     quota = torch.tensor([topk_count(int(c), k) for c in counted.sum(dim=1).tolist()], device=s.device).unsqueeze(1)
     take = torch.arange(s.shape[1], device=s.device).unsqueeze(0) < quota
     selected = torch.zeros_like(alive).scatter_(1, order, take)
-    return layout.restore(selected.reshape(layout.units(saliency).shape), saliency.shape)
+    return layout.restore(selected.reshape(units_shape), saliency.shape)
 
 
 def select_topk_global(
@@ -136,7 +136,7 @@ def select_mass(
         raise ValueError(f"select_mass handles scope 'matrix' or 'row', got {scope!r}")
     if not 0 < mass <= 1:
         raise ValueError(f"sau_topk_mass must be in (0, 1], got {mass}")
-    s, alive = _selection_rows(saliency, surviving, scope, layout)
+    s, alive, units_shape = _selection_rows(saliency, surviving, scope, layout)
     s = s.double()
     values = torch.where(alive, s, torch.zeros_like(s))
     order = _stable_desc_order(torch.where(alive, s, torch.full_like(s, -math.inf)))
@@ -146,7 +146,7 @@ def select_mass(
     quota = (cum < target).sum(dim=1, keepdim=True) + (target[:, 0:1] > 0).long()
     take = torch.arange(s.shape[1], device=s.device).unsqueeze(0) < quota
     selected = torch.zeros_like(alive).scatter_(1, order, take)
-    return layout.restore(selected.reshape(layout.units(saliency).shape), saliency.shape)
+    return layout.restore(selected.reshape(units_shape), saliency.shape)
 
 
 def retain_aware_score(forget: torch.Tensor, retain: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
