@@ -31,6 +31,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "SAUConfig": "config",
     "SAUTrainer": "trainer",
+    "TrainingDiverged": "divergence",
     "SaliencyCallback": "callbacks",
     "compute_saliency": "saliency",
     "SAUState": "sau",
