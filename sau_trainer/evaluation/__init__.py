@@ -1,11 +1,13 @@
 """Evaluation: pure metric functions, membership inference, the TOFU and MUSE evaluators, the results file."""
 
+from .compat import COMPAT_MODES, DEFINITIONS_VERSION, definitions_label
 from .metrics import (
     MODEL_UTILITY_COMPONENTS,
     answer_token_stats,
     exact_memorization,
     extraction_strength,
     forget_quality,
+    forget_quality_ou,
     harmonic_mean,
     log_truth_ratio,
     mean_nll,
@@ -14,7 +16,10 @@ from .metrics import (
     probability,
     rouge_l_f1,
     rouge_l_recall,
+    rouge_scores,
     truth_ratio_forget,
+    truth_ratio_ou,
+    truth_ratio_prob_mean,
     truth_ratio_retain,
 )
 from .mia import membership_inference, privleak, roc_auc
@@ -32,16 +37,20 @@ from .results import (
 from .tofu import evaluate_tofu, greedy_generate, teacher_forced_stats
 
 __all__ = [
+    "COMPAT_MODES",
+    "DEFINITIONS_VERSION",
     "MODEL_UTILITY_COMPONENTS",
     "answer_token_stats",
     "attach_forget_quality",
     "build_results",
+    "definitions_label",
     "evaluate_muse",
     "evaluate_tofu",
     "exact_memorization",
     "extraction_strength",
     "forget_quality",
     "forget_quality_from_results",
+    "forget_quality_ou",
     "greedy_generate",
     "harmonic_mean",
     "knowmem_prompt",
@@ -58,9 +67,12 @@ __all__ = [
     "roc_auc",
     "rouge_l_f1",
     "rouge_l_recall",
+    "rouge_scores",
     "save_results",
     "settings_hash",
     "teacher_forced_stats",
     "truth_ratio_forget",
+    "truth_ratio_ou",
+    "truth_ratio_prob_mean",
     "truth_ratio_retain",
 ]

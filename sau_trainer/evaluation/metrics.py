@@ -75,10 +75,15 @@ def probability(nll_mean: Floats) -> torch.Tensor:
     return torch.exp(-clean_nll(nll_mean))
 
 
-def normalised_probability(nll_answer: Floats, nll_perturbed: Ragged) -> torch.Tensor:
-    """``p_answer / (p_answer + sum_j p_perturbed_j)`` per example, as a softmax in log space."""
+def normalised_probability(nll_answer: Floats, nll_perturbed: Ragged, eps: float = 0.0) -> torch.Tensor:
+    """``p_answer / (p_answer + sum_j p_perturbed_j)`` per example, as a softmax in log space.
+
+    ``eps > 0`` is open-unlearning's ``p / (p + sum_j p_j + eps)`` on the probabilities themselves (compat)."""
     a = clean_nll(nll_answer)
     pert, mask = _ragged(nll_perturbed)
+    if eps:
+        p = torch.exp(-a)
+        return p / (p + (torch.exp(-pert) * mask).sum(1) + eps)
     logits = torch.cat([-a[:, None], (-pert).masked_fill(~mask, -math.inf)], dim=1)
     return torch.softmax(logits, dim=1)[:, 0]
 
@@ -125,6 +130,59 @@ def forget_quality(log_r_model: Floats, log_r_retain: Floats) -> float:
     return float(ks_2samp(a.numpy(), b.numpy()).pvalue)
 
 
+OU_EPS = 1.0e-10  # open-unlearning's constant in its truth ratio and normalised probability
+
+
+def truth_ratio_ou(nll_reference: Floats, nll_perturbed: Ragged) -> torch.Tensor:
+    """Open-unlearning's per-example truth ratio ``wrong / (correct + 1e-10)`` on probabilities (float64):
+    correct ``= exp(-NLL_mean(reference))``, wrong ``= exp(-mean_j NLL_mean(perturbed_j))``. Once the
+    reference's probability falls below ~1e-9 the constant dominates (compat ``open-unlearning`` only)."""
+    ref = clean_nll(nll_reference)
+    pert, mask = _ragged(nll_perturbed)
+    wrong = torch.exp(-(pert * mask).sum(1) / mask.sum(1))
+    return wrong / (torch.exp(-ref) + OU_EPS)
+
+
+def truth_ratio_forget_ou(ratio: Floats) -> float:
+    """Open-unlearning's forget aggregate ``mean(min(R, 1 / (R + 1e-10)))`` of raw ratios R."""
+    r = torch.as_tensor(ratio, dtype=torch.float64)
+    return float(torch.minimum(r, 1.0 / (r + OU_EPS)).mean()) if r.numel() else 0.0
+
+
+def truth_ratio_retain_ou(ratio: Floats) -> float:
+    """Open-unlearning's retain aggregate ``mean(max(0, 1 - R))`` of raw ratios R."""
+    r = torch.as_tensor(ratio, dtype=torch.float64)
+    return float((1.0 - r).clamp(min=0.0).mean()) if r.numel() else 0.0
+
+
+def truth_ratio_prob_mean(log_r: Floats) -> float:
+    """The ``prob_mean`` truth-ratio aggregator (open-unlearning's "extent of knowledge"):
+    ``mean(correct / (correct + wrong))`` = ``mean(1 / (1 + R))``, in log space (a sigmoid of -log R)."""
+    x = torch.as_tensor(log_r, dtype=torch.float64)
+    return float(torch.sigmoid(-x).mean()) if x.numel() else 0.0
+
+
+def truth_ratio_prob_mean_ou(nll_reference: Floats, nll_perturbed: Ragged) -> float:
+    """``prob_mean`` as open-unlearning computes it: ``mean(correct / (correct + wrong + 1e-10))``."""
+    ref = clean_nll(nll_reference)
+    pert, mask = _ragged(nll_perturbed)
+    correct = torch.exp(-ref)
+    wrong = torch.exp(-(pert * mask).sum(1) / mask.sum(1))
+    return float((correct / (correct + wrong + OU_EPS)).mean()) if ref.numel() else 0.0
+
+
+def forget_quality_ou(ratio_model: Floats, ratio_retain: Floats) -> float:
+    """Open-unlearning's forget quality: the KS p-value between ``1 / (R + 1e-10)`` of the two models (raw R
+    from `truth_ratio_ou`; ties where the constant dominates are kept, as there)."""
+    from scipy.stats import ks_2samp
+
+    a = 1.0 / (torch.as_tensor(ratio_model, dtype=torch.float64) + OU_EPS)
+    b = 1.0 / (torch.as_tensor(ratio_retain, dtype=torch.float64) + OU_EPS)
+    if a.numel() == 0 or b.numel() == 0:
+        raise ValueError("Forget quality needs at least one truth ratio from each model.")
+    return float(ks_2samp(a.numpy(), b.numpy()).pvalue)
+
+
 def harmonic_mean(values: Iterable[float]) -> float:
     """Harmonic mean; 0 if any value is zero, negative or NaN (so one broken component shows)."""
     vals = [float(v) for v in values]
@@ -149,10 +207,11 @@ def model_utility(summary: Mapping[str, float]) -> float:
 def extraction_strength(correct: torch.Tensor, mask: torch.Tensor, ou_quirk: bool = False) -> torch.Tensor:
     """``1 - k/|y|`` per row: k the shortest answer prefix after which the teacher-forced argmax
     predicts every remaining answer token (k = |y| if even the last is wrong). `mask` marks the
-    answer tokens; rows without any get 0.
+    scored positions; rows without any get 0. The evaluators pass the supervised positions without
+    the last one (the EOS of a QA answer), as open-unlearning does (METHODS.md section 2.4).
 
-    ``ou_quirk=True`` is open-unlearning's variant (used for MUSE, METHODS.md section 2.4): k stops at
-    |y| - 1 when no suffix matches, so such a row scores 1/|y| instead of 0."""
+    ``ou_quirk=True`` is open-unlearning's loop (MUSE by default, TOFU with compat ``open-unlearning``):
+    k stops at |y| - 1 when no suffix matches, so such a row scores 1/|y| instead of 0."""
     mask = mask.bool()
     ok = correct.bool() | ~mask  # non-answer positions never break a correct suffix
     suffix_ok = ok.flip(-1).long().cumprod(-1).flip(-1).bool()  # all(ok[t:])
@@ -172,38 +231,38 @@ def exact_memorization(correct: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return torch.where(n > 0, hits / n.clamp(min=1), torch.full_like(n, math.nan))
 
 
-@lru_cache(maxsize=1)
-def _rouge_scorer():
+@lru_cache(maxsize=2)
+def _rouge_scorer(stemmer: bool = True):
     import logging
 
     from rouge_score.rouge_scorer import RougeScorer
 
     logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score logs every scorer it builds
-    return RougeScorer(["rougeL"], use_stemmer=True)
+    return RougeScorer(["rouge1", "rougeL"], use_stemmer=stemmer)
+
+
+def rouge_scores(predictions: Sequence[str], references: Sequence[str], stemmer: bool = True) -> dict[str, list[float]]:
+    """Per prediction against its reference (rouge-score; stemmer on unless `stemmer` is False; '' scores 0):
+    ``rouge1_recall``, ``rouge_l_recall`` and ``rouge_l_f1`` (the F-measure of LCS precision and recall),
+    open-unlearning's three ROUGE types."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
+    scorer = _rouge_scorer(stemmer)
+    out: dict[str, list[float]] = {"rouge1_recall": [], "rouge_l_recall": [], "rouge_l_f1": []}
+    for pred, ref in zip(predictions, references, strict=True):
+        s = scorer.score(ref, pred)
+        out["rouge1_recall"].append(float(s["rouge1"].recall))
+        out["rouge_l_recall"].append(float(s["rougeL"].recall))
+        out["rouge_l_f1"].append(float(s["rougeL"].fmeasure))
+    return out
 
 
 def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
     """ROUGE-L recall of each prediction against its reference (rouge-score, stemmer on); '' scores 0."""
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
-    scorer = _rouge_scorer()
-    return [float(scorer.score(ref, pred)["rougeL"].recall) for pred, ref in zip(predictions, references, strict=True)]
+    return rouge_scores(predictions, references)["rouge_l_recall"]
 
 
-@lru_cache(maxsize=1)
-def _rouge_scorer_muse():
-    import logging
-
-    from rouge_score.rouge_scorer import RougeScorer
-
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    return RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
-
-
-def rouge_l_f1(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
-    """ROUGE-L F1 (the F-measure of LCS precision and recall) of each prediction against its reference:
-    MUSE's score as open-unlearning computes it (rouge-score 0.1.2, stemmer on; '' scores 0)."""
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
-    scorer = _rouge_scorer_muse()
-    return [float(scorer.score(ref, pred)["rougeL"].fmeasure) for pred, ref in zip(predictions, references, strict=True)]
+def rouge_l_f1(predictions: Sequence[str], references: Sequence[str], stemmer: bool = True) -> list[float]:
+    """ROUGE-L F1 of each prediction against its reference: MUSE's score as open-unlearning computes it
+    (rouge-score 0.1.2, stemmer on; '' scores 0); ``stemmer=False`` as MUSE's own code does."""
+    return rouge_scores(predictions, references, stemmer)["rouge_l_f1"]

@@ -8,13 +8,14 @@ the forget data still looks like training data, 0.5 when the two are indistingui
 Attacks (as open-unlearning computes them):
 - ``loss`` (Yeom et al. 2018): the average NLL over all supervised tokens;
 - ``zlib`` (Carlini et al. 2021): that NLL divided by the zlib-compressed length (bytes) of the decoded
-  supervised text;
+  supervised text (of a row's ``zlib_text`` when it has one: MUSE's own code compresses the full text);
 - ``min_k`` (Min-K% Prob, Shi et al. 2023): minus the mean of the ``max(1, floor(k n))`` smallest token
   log-probabilities (k = 0.4);
 - ``min_k_plus_plus`` (Min-K%++, Zhang et al. 2024): the same over per-token z-scores
   ``(log p(x_t) - mu_t) / sigma_t`` of the token against the model's own next-token distribution;
 - ``gradnorm``: the mean over parameter tensors of the L2 norm of the gradient of the mean token NLL
-  (batch size 1);
+  (batch size 1); ``gradnorm_l1`` and ``gradnorm_linf`` the same with the L1 and L-infinity norms (the other
+  norms open-unlearning's attack takes, from the same backward pass);
 - ``reference`` (given a reference model): the target's average NLL minus the reference's.
 min-k, min-k++ and gradnorm use the supervised positions except the last (the EOS of a QA answer,
 the last token of a text), as open-unlearning does.
@@ -44,7 +45,8 @@ from . import metrics
 
 logger = logging.getLogger(__name__)
 
-ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "gradnorm")
+GRADNORM_NORMS = {"gradnorm": 2.0, "gradnorm_l1": 1.0, "gradnorm_linf": math.inf}  # attack name: p of the norm
+ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", *GRADNORM_NORMS)
 DEFAULT_K = 0.4
 MIN_VARIANCE = 1e-6
 PRIVLEAK_EPS = 1e-10
@@ -170,16 +172,26 @@ def _forward_stats(model: Any, rows: Sequence[Mapping[str, Any]], batch_size: in
 
 
 def gradnorm_scores(model: Any, rows: Sequence[Mapping[str, Any]], pad_id: int = 0,
-                    show_progress: bool = False) -> list[float]:
-    """The ``gradnorm`` attack per row: batch size 1, train mode, the gradient of the mean token NLL over
-    the supervised positions except the last; the score is the mean over parameter tensors of the L2 norm
-    of their gradient. The model's gradients are cleared before and after (never call it mid-accumulation),
-    and its mode and ``requires_grad`` flags are restored."""
+                    show_progress: bool = False, p: float = 2.0) -> list[float]:
+    """The ``gradnorm`` attack per row with the L`p` norm (1, 2 or inf): see `gradnorm_all`."""
+    name = next((n for n, q in GRADNORM_NORMS.items() if q == p), None)
+    if name is None:
+        raise ValueError(f"gradnorm: p must be 1, 2 or inf (math.inf), got {p!r}.")
+    return gradnorm_all(model, rows, pad_id, show_progress, norms={name: p})[name]
+
+
+def gradnorm_all(model: Any, rows: Sequence[Mapping[str, Any]], pad_id: int = 0, show_progress: bool = False,
+                 norms: Mapping[str, float] = GRADNORM_NORMS) -> dict[str, list[float]]:
+    """The gradnorm attacks per row, one per entry of `norms` (name: p): batch size 1, train mode, the gradient
+    of the mean token NLL over the supervised positions except the last; the score is the mean over parameter
+    tensors of the L`p` norm of their gradient (one backward pass for every norm). The model's gradients are
+    cleared before and after (never call it mid-accumulation), and its mode and ``requires_grad`` flags are
+    restored."""
     device = _device(model)
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
     was_training = model.training
-    scores = []
+    scores: dict[str, list[float]] = {name: [] for name in norms}
     try:
         for p in params:
             p.requires_grad_(True)
@@ -190,15 +202,17 @@ def gradnorm_scores(model: Any, rows: Sequence[Mapping[str, Any]], pad_id: int =
             labels = batch["labels"].to(device)
             mask = drop_last(shifted_mask(labels))
             if not mask.any():
-                scores.append(0.0)
+                for name in norms:
+                    scores[name].append(0.0)
                 continue
             with torch.enable_grad():
                 logits = model(input_ids=batch["input_ids"].to(device)).logits[:, :-1].float()
                 logp = torch.log_softmax(logits, -1).gather(-1, labels[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
                 loss = -logp[mask].mean()
                 loss.backward()
-            norms = [p.grad.detach().float().norm(2) for p in params if p.grad is not None]
-            scores.append(float(torch.stack(norms).mean()) if norms else 0.0)
+            grads = [p.grad.detach().float() for p in params if p.grad is not None]
+            for name, q in norms.items():
+                scores[name].append(float(torch.stack([g.norm(q) for g in grads]).mean()) if grads else 0.0)
     finally:
         model.zero_grad(set_to_none=True)
         for p, flag in zip(params, flags, strict=True):
@@ -220,7 +234,7 @@ def sequence_scores(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]
     for row, st in zip(rows, stats, strict=True):
         loss = mean_nll_score(st["logp"], st["mask"])
         supervised = [t for t in row["labels"][1:] if t != IGNORE_INDEX]
-        text = tokenizer.decode(supervised, skip_special_tokens=True)
+        text = row["zlib_text"] if "zlib_text" in row else tokenizer.decode(supervised, skip_special_tokens=True)
         out["loss"].append(loss)
         out["zlib"].append(zlib_score(loss, text))
         trunc = st["mask_trunc"]
@@ -231,7 +245,7 @@ def sequence_scores(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]
         out["extraction_strength"].append(
             float(metrics.extraction_strength(st["correct"][None], trunc[None], ou_quirk=True)[0]))
     if gradnorm:
-        out["gradnorm"] = gradnorm_scores(model, rows, pad_id, show_progress)
+        out.update(gradnorm_all(model, rows, pad_id, show_progress))
     if reference_model is not None:
         ref = _forward_stats(reference_model, rows, batch_size, pad_id, "MIA reference", show_progress)
         out["reference"] = [a - mean_nll_score(st["logp"], st["mask"]) for a, st in zip(out["loss"], ref, strict=True)]

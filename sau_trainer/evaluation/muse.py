@@ -12,7 +12,9 @@
   verbmem items (prompt, then a space and the ground truth; only the ground truth is scored).
 
 Differences from the original MUSE code (as in open-unlearning): ROUGE with stemming; the verbmem
-ground truth is not cut to 128 tokens; privleak uses texts cut to 2,048 tokens. A knowmem prompt longer
+ground truth is not cut to 128 tokens; privleak uses texts cut to 2,048 tokens. ``compat="muse"``
+(`sau_trainer.evaluation.compat`) follows MUSE's own code for VerbMem (ROUGE-L F1 without stemming against
+the ground truth's first 128 tokens, BOS counted) and for zlib (the compressed length of the full text). A knowmem prompt longer
 than 512 tokens keeps BOS and its last 511 tokens (its question), where open-unlearning would cut the end.
 """
 
@@ -57,6 +59,16 @@ def encode_generation_prompt(tokenizer: Any, text: str, max_tokens: int | None =
     return bos + ids
 
 
+def verbmem_reference(tokenizer: Any, gt: str, max_tokens: int | None = None) -> str:
+    """The VerbMem ground truth scored against: the continuation, stripped; with `max_tokens` (compat ``muse``)
+    MUSE's own: tokenised with the special tokens (BOS counted), cut to its first `max_tokens` ids, decoded
+    without them."""
+    if max_tokens is None:
+        return gt.strip()
+    ids = tokenizer(gt, add_special_tokens=True)["input_ids"][:max_tokens]
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
 def _rows(splits: Mapping[str, Any], name: str) -> list[dict]:
     if name not in splits:
         raise KeyError(f"The benchmark has no split {name!r}, needed for the MUSE evaluation; it has {sorted(splits)}.")
@@ -74,15 +86,17 @@ def evaluate_muse(model: Any, tokenizer: Any, benchmark_splits: Mapping[str, Any
                   retain_results: Mapping | str | Path | None = None, max_length: int | None = None,
                   show_progress: bool = True, reference_model: Any = None, gradnorm: bool = True,
                   verbmem_max_new_tokens: int = VERBMEM_MAX_NEW_TOKENS,
-                  knowmem_max_new_tokens: int = KNOWMEM_MAX_NEW_TOKENS) -> dict[str, Any]:
+                  knowmem_max_new_tokens: int = KNOWMEM_MAX_NEW_TOKENS, compat: str | None = None) -> dict[str, Any]:
     """The MUSE protocol on `model` (see the module docstring): ``{"summary", "per_example", "protocol"}``.
 
     `benchmark_splits` maps ``"<config>/<split>"`` names to rows and must hold ``verbmem/forget``,
     ``knowmem/{forget,retain}_qa(_icl)``, ``privleak/forget`` and ``privleak/holdout``. `retain_results`
     (the retain model's evaluation, a dict or a results.json path) is the privleak reference; without it
     the reference AUC is 0.5. `reference_model` adds the ``mia_reference`` attack. `max_length` caps every
-    input (default: the model's limit).
+    input (default: the model's limit). `compat`: the metric definitions (None: open-unlearning's; ``"muse"``:
+    MUSE's own code; see the module docstring), recorded in the result.
     """
+    from .compat import resolve
     from .generation import generate_from_ids
     from .mia import membership_inference
     from .results import attach_forget_quality
@@ -90,6 +104,7 @@ def evaluate_muse(model: Any, tokenizer: Any, benchmark_splits: Mapping[str, Any
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    defs = resolve(compat, "muse")
     limit = model_max_length(model, tokenizer)
     max_length = limit if max_length is None else (max_length if limit is None else min(max_length, limit))
 
@@ -104,8 +119,8 @@ def evaluate_muse(model: Any, tokenizer: Any, benchmark_splits: Mapping[str, Any
     prompts = [encode_generation_prompt(tokenizer, r["prompt"], cap(VERBMEM_MAX_TOKENS)) for r in verbmem]
     gens = generate_from_ids(model, tokenizer, prompts, verbmem_max_new_tokens, batch_size, max_length,
                              show_progress=show_progress, desc="MUSE verbmem")
-    truth = [r["gt"].strip() for r in verbmem]
-    rouge = metrics.rouge_l_f1(gens, truth)
+    truth = [verbmem_reference(tokenizer, r["gt"], defs.verbmem_reference_tokens) for r in verbmem]
+    rouge = metrics.rouge_l_f1(gens, truth, stemmer=defs.verbmem_stemmer)
     per_example["verbmem_forget"] = {"prompt": [r["prompt"] for r in verbmem], "generation": gens,
                                      "rouge_l_f1": rouge}
     summary["forget_verbmem_rouge"] = _mean(rouge)
@@ -125,10 +140,13 @@ def evaluate_muse(model: Any, tokenizer: Any, benchmark_splits: Mapping[str, Any
         summary[f"{part}_knowmem_rouge"] = _mean(rouge)
 
     # Membership inference: privleak forget texts (members) against holdout texts (non-members).
-    members = [encode_completion(tokenizer, "", r["text"], cap(PRIVLEAK_MAX_TOKENS) - 1)
-               for r in _rows(benchmark_splits, "privleak/forget")]
-    others = [encode_completion(tokenizer, "", r["text"], cap(PRIVLEAK_MAX_TOKENS) - 1)
-              for r in _rows(benchmark_splits, "privleak/holdout")]
+    def privleak_rows(split: str) -> list[dict]:  # MUSE's own zlib compresses the full text (compat muse)
+        return [{**encode_completion(tokenizer, "", r["text"], cap(PRIVLEAK_MAX_TOKENS) - 1),
+                 **({"zlib_text": r["text"]} if defs.zlib_full_text else {})}
+                for r in _rows(benchmark_splits, split)]
+
+    members = privleak_rows("privleak/forget")
+    others = privleak_rows("privleak/holdout")
     mia = membership_inference(model, tokenizer, members, others, batch_size=batch_size, gradnorm=gradnorm,
                                reference_model=reference_model, show_progress=show_progress)
     summary.update(mia["summary"])
@@ -158,5 +176,5 @@ def evaluate_muse(model: Any, tokenizer: Any, benchmark_splits: Mapping[str, Any
         if not math.isfinite(value):  # pragma: no cover - the metrics are NaN-free by construction
             raise RuntimeError(f"Metric {key} is {value}.")
     evaluation = {"summary": summary, "per_example": per_example, "protocol": "muse", "forget_split": "raw/forget",
-                  "mia_k": mia["k"]}
+                  "mia_k": mia["k"], "compat": compat}
     return attach_forget_quality(evaluation, retain_results)

@@ -74,8 +74,13 @@ def load_results(source: Mapping | str | Path) -> dict[str, Any]:
     return results
 
 
-def forget_quality_from_results(results: Mapping, retain_results: Mapping | str | Path) -> float:
-    """KS p-value between two evaluations' forget-set truth ratios; they must cover the same questions."""
+def forget_quality_from_results(results: Mapping, retain_results: Mapping | str | Path,
+                                compat: str | None = None) -> float:
+    """KS p-value between two evaluations' forget-set truth ratios; they must cover the same questions.
+
+    The definition is that of `compat`, else of the `results`' own ``compat``: compat ``open-unlearning``
+    recomputes both models' ratios from their stored NLLs as open-unlearning does (`metrics.forget_quality_ou`),
+    whatever definitions the retain results were computed with."""
     mine = load_results(results)
     ref = load_results(retain_results)
     for doc, name in ((mine, "these results"), (ref, ref.get("path", "the retain results"))):
@@ -90,6 +95,12 @@ def forget_quality_from_results(results: Mapping, retain_results: Mapping | str 
     if q_mine is not None and q_ref is not None and q_mine != q_ref:
         raise ValueError(f"The retain results ({ref.get('path', 'given')}) were computed on other forget "
                          "questions (another benchmark, preset or seed?).")
+    from .compat import resolve
+
+    if resolve(compat if compat is not None else mine.get("compat")).truth_ratio_eps:
+        ratios = [metrics.truth_ratio_ou(d["per_example"]["forget"]["nll_reference"],
+                                         d["per_example"]["forget"]["nll_perturbed"]) for d in (mine, ref)]
+        return metrics.forget_quality_ou(*ratios)
     return metrics.forget_quality(mine["per_example"]["forget"]["log_truth_ratio"],
                                   ref["per_example"]["forget"]["log_truth_ratio"])
 
@@ -177,13 +188,21 @@ def attach_forget_quality(results: Mapping, retain_results: Mapping | str | Path
 
 
 def build_results(evaluation: Mapping, model: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The full results document: format, version, summary, model, settings, settings_hash, per_example."""
+    """The full results document: format, version, summary, the metric definitions used (``compat``,
+    ``definitions``, ``definitions_version``), model, settings, settings_hash, per_example."""
+    from .compat import DEFINITIONS_VERSION, definitions_label
+
     return {
         "format": RESULTS_FORMAT,
         "version": RESULTS_VERSION,
         "summary": ordered_summary(evaluation["summary"]),
         "forget_split": evaluation.get("forget_split"),
         "protocol": evaluation.get("protocol", "tofu"),
+        "compat": evaluation.get("compat"),
+        "definitions": definitions_label(evaluation.get("compat")),
+        "definitions_version": DEFINITIONS_VERSION,
+        **({"question_key": evaluation["question_key"]} if evaluation.get("question_key", "question") != "question"
+           else {}),
         "forget_quality_reference": evaluation.get("forget_quality_reference"),
         "privleak_retain_auc": evaluation.get("privleak_retain_auc"),
         "model": dict(model),

@@ -24,6 +24,8 @@ from ..data.tofu import evaluation_splits, holdout_split, validate_split
 from ..data.truncation import TruncationCount, model_positions
 from ..progress import show_progress as show_bar
 from . import metrics
+from .compat import resolve as resolve_compat
+from .mia import drop_last
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +63,11 @@ def _batches(order: Sequence[int], batch_size: int):
 @torch.no_grad()
 def teacher_forced_stats(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 16,
                          max_length: int | None = None, show_progress: bool = True,
-                         desc: str = "TOFU log-likelihoods",
-                         labels: Sequence[str] | None = None) -> dict[str, list[float]]:
-    """Per pair (question, answer): mean answer-token NLL (answer + EOS) and extraction strength.
+                         desc: str = "TOFU log-likelihoods", labels: Sequence[str] | None = None,
+                         extraction_quirk: bool = False) -> dict[str, list[float]]:
+    """Per pair (question, answer): mean answer-token NLL (answer + EOS) and extraction strength (on the answer
+    tokens without the EOS position, as open-unlearning; `extraction_quirk`: its 1/|y| floor, see
+    `metrics.extraction_strength`).
 
     Answers are cut to fit `max_length`; a pair whose prompt alone fills it scores NLL `MAX_NLL`. The cut
     pairs are logged in one line, per label of `labels` (one per pair, e.g. its split; default `desc`).
@@ -97,7 +101,8 @@ def teacher_forced_stats(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, 
             raw = stats["nll_sum"].double() / stats["n_tokens"].clamp(min=1)
             n_bad += int((~torch.isfinite(raw)).sum())
             means = metrics.mean_nll(stats["nll_sum"].cpu(), stats["n_tokens"].cpu())
-            strengths = metrics.extraction_strength(stats["correct"].cpu(), stats["mask"].cpu())
+            strengths = metrics.extraction_strength(stats["correct"].cpu(), drop_last(stats["mask"].cpu()),
+                                                    ou_quirk=extraction_quirk)
             for j, i in enumerate(idx):
                 nll[i] = float(means[j])
                 es[i] = float(strengths[j])
@@ -146,6 +151,24 @@ def _tofu_membership(model: Any, tokenizer: Any, forget_rows: list[dict], holdou
     return result
 
 
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _truth_ratios(name: str, log_r: torch.Tensor, nll_reference: list[float], nll_perturbed: list[list[float]],
+                  ou: bool) -> dict[str, float]:
+    """The set's truth ratio (forget: closer to 1 is better; others: the truth preferred) and its ``prob_mean``
+    aggregate, in log space or (`ou`) as open-unlearning computes them on probabilities."""
+    if ou:
+        r = metrics.truth_ratio_ou(nll_reference, nll_perturbed)
+        value = metrics.truth_ratio_forget_ou(r) if name == "forget" else metrics.truth_ratio_retain_ou(r)
+        prob_mean = metrics.truth_ratio_prob_mean_ou(nll_reference, nll_perturbed)
+    else:
+        value = metrics.truth_ratio_forget(log_r) if name == "forget" else metrics.truth_ratio_retain(log_r)
+        prob_mean = metrics.truth_ratio_prob_mean(log_r)
+    return {f"{name}_truth_ratio": value, f"{name}_truth_ratio_prob_mean": prob_mean}
+
+
 def _set_rows(benchmark_splits: Mapping[str, Any], forget_split: str) -> dict[str, list[dict]]:
     out = {}
     for name, split in zip(SET_NAMES, evaluation_splits(forget_split), strict=True):
@@ -161,7 +184,8 @@ def _set_rows(benchmark_splits: Mapping[str, Any], forget_split: str) -> dict[st
 def evaluate_tofu(model: Any, tokenizer: Any, benchmark_splits: Mapping[str, Any], forget_split: str = "forget10",
                   batch_size: int = 16, max_new_tokens: int = 200, retain_results: Mapping | str | Path | None = None,
                   max_length: int | None = None, show_progress: bool = True,
-                  membership_inference: bool = True) -> dict[str, Any]:
+                  membership_inference: bool = True, compat: str | None = None,
+                  question_key: str = "question") -> dict[str, Any]:
     """The TOFU protocol on `model`: ``{"summary": {...}, "per_example": {set: {...}}, "forget_split": ...}``.
 
     `benchmark_splits` maps split names to rows (lists of dicts or `datasets.Dataset`s) and
@@ -173,11 +197,33 @@ def evaluate_tofu(model: Any, tokenizer: Any, benchmark_splits: Mapping[str, Any
     attacks compare the forget questions' answers (members) with the holdout ones (non-members):
     ``mia_loss``, ``mia_zlib``, ``mia_min_k``, ``mia_min_k_plus_plus``, ``mia_gradnorm`` (AUCs),
     ``exact_memorization`` of the forget answers, and ``privleak`` against the retain model's
-    ``mia_min_k`` (0.5 without `retain_results`), as open-unlearning computes them (METHODS.md 2.1-2.3).
+    ``mia_min_k`` (0.5 without `retain_results`), as open-unlearning computes them (METHODS.md 2.1-2.3);
+    ``mia_gradnorm_l1`` and ``mia_gradnorm_linf`` with the other norms.
+
+    Beside the SPEC metrics, as open-unlearning reports them: ``{forget,retain}_paraphrased_rouge`` and
+    ``{forget,retain}_perturbed_rouge`` (ROUGE-L recall of the generation against the paraphrased answer and,
+    averaged, the perturbed ones), ``{set}_rouge1_recall`` and ``{set}_rouge_l_f1`` (against the answer) and
+    ``{set}_truth_ratio_prob_mean`` (the ``prob_mean`` aggregator: mean of correct / (correct + wrong)).
+
+    `compat` picks the metric definitions (`sau_trainer.evaluation.compat`): None, the package's, or
+    ``"open-unlearning"``, which reproduces its truth ratio, normalised probability and extraction strength
+    exactly; the result records it (``compat``, ``definitions``). `question_key` ``"paraphrased_question"``
+    asks the forget and retain questions in their paraphrased form (open-unlearning's ``question_key``; real
+    authors, world facts and the holdout have no paraphrase and keep theirs).
     """
     if batch_size < 1 or max_new_tokens < 0:
         raise ValueError(f"batch_size must be >= 1 and max_new_tokens >= 0 (got {batch_size}, {max_new_tokens}).")
+    defs = resolve_compat(compat, "tofu")
     sets = _set_rows(benchmark_splits, forget_split)
+    if question_key != "question":
+        for name in PARAPHRASED_SETS:
+            missing = [i for i, r in enumerate(sets[name]) if not isinstance(r.get(question_key), str)]
+            if missing:
+                raise ValueError(f"question_key={question_key!r}: {len(missing)} rows of the {name} split (first: row "
+                                 f"{missing[0]}) have no such string column; TOFU's forget and retain "
+                                 "*_perturbed splits have 'question' and 'paraphrased_question'.")
+        sets = {name: [{**r, "question": r[question_key]} for r in rows] if name in PARAPHRASED_SETS else rows
+                for name, rows in sets.items()}
     limit = model_max_length(model, tokenizer)
     max_length = limit if max_length is None else (max_length if limit is None else min(max_length, limit))
 
@@ -202,7 +248,8 @@ def evaluate_tofu(model: Any, tokenizer: Any, benchmark_splits: Mapping[str, Any
                    for _ in range(len(slot["answer"]) + sum(len(g) for g in slot["perturbed"])
                                   + (len(slot["answer"]) if name in PARAPHRASED_SETS else 0))]
     stats = teacher_forced_stats(model, tokenizer, pairs, batch_size, max_length, show_progress,
-                                 desc="TOFU log-likelihoods", labels=pair_splits)
+                                 desc="TOFU log-likelihoods", labels=pair_splits,
+                                 extraction_quirk=defs.extraction_strength_quirk)
     questions = [r["question"] for rows in sets.values() for r in rows]
     generations = greedy_generate(model, tokenizer, questions, batch_size, max_new_tokens, max_length,
                                   show_progress, labels=[split_of[name] for name, rows in sets.items() for _ in rows])
@@ -220,9 +267,10 @@ def evaluate_tofu(model: Any, tokenizer: Any, benchmark_splits: Mapping[str, Any
         if name in PARAPHRASED_SETS:
             prob = metrics.probability(nll_answer)
         else:
-            prob = metrics.normalised_probability(nll_answer, nll_perturbed)
+            prob = metrics.normalised_probability(nll_answer, nll_perturbed,
+                                                  metrics.OU_EPS if defs.normalised_probability_eps else 0.0)
         log_r = metrics.log_truth_ratio(nll_reference, nll_perturbed)
-        rouge = metrics.rouge_l_recall(gens, [r["answer"] for r in rows])
+        rouge = metrics.rouge_scores(gens, [r["answer"] for r in rows])
         per_example[name] = {
             "question": [r["question"] for r in rows],
             "nll_answer": nll_answer,
@@ -230,20 +278,32 @@ def evaluate_tofu(model: Any, tokenizer: Any, benchmark_splits: Mapping[str, Any
             "nll_perturbed": nll_perturbed,
             "probability": prob.tolist(),
             "log_truth_ratio": log_r.tolist(),
-            "rouge_l_recall": rouge,
+            **rouge,
             "extraction_strength": [stats["extraction_strength"][i] for i in slot["answer"]],
             "generation": gens,
         }
         summary[f"{name}_probability"] = float(prob.mean())
-        summary[f"{name}_rouge"] = sum(rouge) / len(rouge)
-        summary[f"{name}_truth_ratio"] = (metrics.truth_ratio_forget(log_r) if name == "forget"
-                                          else metrics.truth_ratio_retain(log_r))
+        summary[f"{name}_rouge"] = _mean(rouge["rouge_l_recall"])
+        summary.update(_truth_ratios(name, log_r, nll_reference, nll_perturbed, defs.truth_ratio_eps))
+        summary[f"{name}_rouge1_recall"] = _mean(rouge["rouge1_recall"])
+        summary[f"{name}_rouge_l_f1"] = _mean(rouge["rouge_l_f1"])
+        if name in PARAPHRASED_SETS:  # open-unlearning's *_Q_A_PARA_ROUGE and *_Q_A_PERT_ROUGE (ROUGE-L recall)
+            para = metrics.rouge_l_recall(gens, [r["paraphrased_answer"] for r in rows])
+            flat = metrics.rouge_l_recall([g for g, r in zip(gens, rows, strict=True) for _ in r["perturbed_answer"]],
+                                          [p for r in rows for p in r["perturbed_answer"]])
+            pert, at = [], 0
+            for r in rows:
+                pert.append(_mean(flat[at:at + len(r["perturbed_answer"])]))
+                at += len(r["perturbed_answer"])
+            per_example[name].update(paraphrased_rouge_l_recall=para, perturbed_rouge_l_recall=pert)
+            summary[f"{name}_paraphrased_rouge"] = _mean(para)
+            summary[f"{name}_perturbed_rouge"] = _mean(pert)
     summary["extraction_strength"] = sum(per_example["forget"]["extraction_strength"]) / len(sets["forget"])
     summary["model_utility"] = metrics.model_utility(summary)
     holdout = holdout_split(forget_split)
     if membership_inference and holdout in benchmark_splits:
         mia = _tofu_membership(model, tokenizer, sets["forget"], benchmark_splits[holdout], holdout, batch_size,
-                               max_length, show_progress)
+                               max_length, show_progress)  # sets["forget"] asks question_key's questions
         summary.update(mia["summary"])
         per_example["mia"] = mia["per_example"]
     elif membership_inference:
@@ -252,7 +312,8 @@ def evaluate_tofu(model: Any, tokenizer: Any, benchmark_splits: Mapping[str, Any
         if not math.isfinite(value):  # pragma: no cover - the metrics are NaN-free by construction
             raise RuntimeError(f"Metric {key} is {value}.")
 
-    evaluation = {"summary": summary, "per_example": per_example, "forget_split": forget_split}
+    evaluation = {"summary": summary, "per_example": per_example, "forget_split": forget_split,
+                  "compat": compat, "question_key": question_key}
     from .results import attach_forget_quality
 
     return attach_forget_quality(evaluation, retain_results)
