@@ -20,6 +20,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "saliency_granularity": ("batch", "example"),
     "idk_pairing": ("epoch", "fixed"),
     "sau_moving_mask": ("off", "matrix", "row"),
+    "rmu_mse_mean": ("example", "open-unlearning"),
+    "retain_kl_positions": ("sequence", "answer", "open-unlearning"),
+    "alternate_source": ("auto", "column", "perturbed", "generate"),
 }
 
 # The settings that make G and W; a checkpoint's SAU state must have been made with the same ones.
@@ -121,6 +124,13 @@ class SAUConfig(TrainingArguments):
                   "(RMU only: hidden states at the hooked block); None: the objective's default (nll; rmu: "
                   "embed_diff)."},
     )
+    retain_kl_positions: str = field(
+        default="sequence",
+        metadata={"help": "retain_loss=kl: the positions its KL(p_ref || p) is averaged over: sequence (every "
+                  "non-padding position of the retain rows, question and answer: TOFU's term over the retain "
+                  "sequence), answer (the supervised next-token positions: the package's former definition) or "
+                  "open-unlearning (all batch x length positions, prompt and padding included, as its code)."},
+    )
     npo_beta: float = field(default=0.1, metadata={"help": "beta of NPO."})
     simnpo_beta: float = field(default=4.5, metadata={"help": "beta of SimNPO."})
     simnpo_delta: float = field(default=0.0, metadata={"help": "delta (reward margin) of SimNPO."})
@@ -137,6 +147,12 @@ class SAUConfig(TrainingArguments):
         metadata={"help": "rmu: regular expression, full-matched against parameter names; the others are frozen "
                   r"('.*': all, OU's TOFU setting; OU's WMDP setting: 'model\.layers\.(5|6|7)\.mlp\.down_proj"
                   r"\.weight')."},
+    )
+    rmu_mse_mean: str = field(
+        default="example",
+        metadata={"help": "rmu: how the masked activation MSE averages rows: example (mean over rows of each row's "
+                  "mean over its positions, as the WMDP paper) or open-unlearning (mean of the rows' sums x mean of "
+                  "1/positions, what its broadcast computes; differs on rows of unequal length)."},
     )
     pdu_epsilon: float | None = field(
         default=None,
@@ -175,10 +191,33 @@ class SAUConfig(TrainingArguments):
     idk_pairing: str = field(
         default="epoch",
         metadata={"help": "idkdpo/idknll: epoch (a seeded draw of one idk answer per forget example and epoch, as "
-                  "open-unlearning draws afresh at every fetch) or fixed (one draw per example for the run)."},
+                  "open-unlearning draws afresh at every fetch) or fixed (one draw per example for the run); "
+                  "altpo: the same for the choice among a question's alternate answers."},
     )
     idkdpo_beta: float = field(
         default=0.1, metadata={"help": "idkdpo: beta of DPO (open-unlearning's config: 0.1; loss scaled by 2/beta)."}
+    )
+    altpo_beta: float = field(
+        default=0.1, metadata={"help": "altpo: beta of its preference loss (open-unlearning's grid: 0.05, 0.1, 0.5)."}
+    )
+    alternate_source: str = field(
+        default="auto",
+        metadata={"help": "altpo: where each forget question's alternate answers come from: column "
+                  "(alternate_column), perturbed (the rows' perturbed_answer, e.g. TOFU's), generate (the starting "
+                  "model answers alternate_prompt) or auto (the first of these that is given or present)."},
+    )
+    alternate_column: str | None = field(
+        default=None,
+        metadata={"help": "altpo: column of the forget rows holding each question's alternate answer (a string) or "
+                  "answers (a list of strings)."},
+    )
+    alternate_prompt: str | None = field(
+        default=None,
+        metadata={"help": "altpo: prompt template with {question} and {answer} that asks the starting model (an "
+                  "instruct model) for a plausible different answer; generated greedily once at train start."},
+    )
+    alternate_max_new_tokens: int = field(
+        default=64, metadata={"help": "altpo: at most this many tokens per generated alternate answer."}
     )
     undial_beta: float = field(
         default=10.0, metadata={"help": "undial: beta subtracted from the teacher's logit of the true token."}
@@ -302,6 +341,15 @@ class SAUConfig(TrainingArguments):
             load_idk_answers(self.idk_path)  # a missing, empty or non-text file is an error now, not mid-run
         if self.idkdpo_beta <= 0:
             raise ValueError(f"idkdpo_beta={self.idkdpo_beta!r} must be > 0 (open-unlearning uses 0.1).")
+        if self.altpo_beta <= 0:
+            raise ValueError(f"altpo_beta={self.altpo_beta!r} must be > 0 (default 0.1).")
+        if isinstance(self.alternate_max_new_tokens, bool) or not isinstance(self.alternate_max_new_tokens, int) \
+                or self.alternate_max_new_tokens < 1:
+            raise ValueError(f"alternate_max_new_tokens={self.alternate_max_new_tokens!r} must be an integer >= 1.")
+        if self.objective == "altpo":
+            from .data.alternates import check_alternate_settings
+
+            check_alternate_settings(self.alternate_source, self.alternate_column, self.alternate_prompt)
         if self.undial_beta < 0:
             raise ValueError(f"undial_beta={self.undial_beta!r} must be >= 0 (open-unlearning uses 10).")
         if isinstance(self.ceu_ignore_first_n, bool) or not isinstance(self.ceu_ignore_first_n, int) \
@@ -321,6 +369,10 @@ class SAUConfig(TrainingArguments):
         if self.saliency_loss == "objective":
             settings |= {k: getattr(self, k) for k in ("idk_path", "idk_pairing", "idkdpo_beta", "undial_beta",
                                                         "undial_label_mask", "ceu_ignore_first_n")}
+            settings |= {k: getattr(self, k) for k in ("rmu_mse_mean", "altpo_beta", "alternate_source",
+                                                        "alternate_column", "alternate_prompt",
+                                                        "alternate_max_new_tokens")
+                         if getattr(self, k) != type(self).__dataclass_fields__[k].default}
         if self.objective == "rmu":  # RMU's trainable parameters are the saliency targets
             settings["rmu_trainable_params"] = self.rmu_trainable_params
         return settings

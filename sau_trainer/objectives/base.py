@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .losses import kl_to_reference, mean_token_nll, sequence_nll
+from .losses import mean_token_nll, retain_kl, sequence_nll
 
 
 @dataclass
@@ -53,6 +53,20 @@ class Objective:
     def needs_reference_model(self) -> bool:
         return self.uses_retain and self.retain_loss == "kl"
 
+    @classmethod
+    def definitions(cls, args: dict) -> dict[str, int]:
+        """Versions of the definitions a run with these settings (SAUConfig fields by name; absent: default)
+        computes, for those that changed since they were first released; empty where none did.
+
+        The pipeline puts them in an unlearning task's settings, so a changed definition changes the task's
+        hash and an output directory recomputes exactly the runs it affects (a settings value that stays at
+        its default is not in the hash). Bump a version here whenever a default computation changes.
+        """
+        out = {}
+        if cls.uses_retain and (args.get("retain_loss") or cls.default_retain_loss) == "kl":
+            out["retain_kl"] = 2  # 2: every non-padding position of the retain sequence (1: the answer's)
+        return out
+
     def setup(self, forget_dataset: Any, tokenizer: Any) -> None:
         """Called by SAUTrainer with the raw forget rows before the model changes: check and keep what is needed."""
 
@@ -83,7 +97,7 @@ class Objective:
             logits = model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"]).logits
             with torch.no_grad():
                 ref_logits = ctx.ref_model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"]).logits
-            return kl_to_reference(logits, ref_logits, retain["labels"])
+            return retain_kl(logits, ref_logits, retain, self.args.retain_kl_positions)
         nll_sum, count, _ = forward_nll(model, retain)
         return mean_token_nll(nll_sum, count)
 

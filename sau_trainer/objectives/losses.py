@@ -59,8 +59,36 @@ def simnpo_loss(nll_mean: torch.Tensor, beta: float, delta: float) -> torch.Tens
 
 
 def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``KL(p_ref || p)`` averaged over supervised next-token positions."""
+    """``KL(p_ref || p)`` averaged over supervised next-token positions (the answer's, EOS included)."""
     logp, _, keep = supervised_log_probs(logits, labels)
+    ref_logp = F.log_softmax(ref_logits[keep], dim=-1, dtype=torch.float32)
+    return F.kl_div(logp, ref_logp, log_target=True, reduction="batchmean")
+
+
+RETAIN_KL_POSITIONS = ("sequence", "answer", "open-unlearning")
+
+
+def retain_kl(logits: torch.Tensor, ref_logits: torch.Tensor, batch: dict, positions: str = "sequence") -> torch.Tensor:
+    """The KL retain term ``KL(p_ref || p)`` (summed over the vocabulary), averaged over the positions of
+    `positions`, in fp32:
+
+    * ``sequence`` (default): every non-padding position of the retain sequence (``attention_mask`` 1: the
+      question's and the answer's tokens, the last one included), TOFU's definition of the term over the
+      retain sequence;
+    * ``answer``: the supervised next-token positions only (the answer and EOS; the package's former
+      definition, `kl_to_reference`);
+    * ``open-unlearning``: every one of the ``b x T`` positions, prompt and padding included (open-unlearning's
+      and TOFU's code: ``kl_div(..., reduction="batchmean")`` over the flattened logits).
+    """
+    if positions == "answer":
+        return kl_to_reference(logits, ref_logits, batch["labels"])
+    if positions == "open-unlearning":
+        keep = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
+    elif positions == "sequence":
+        keep = batch["attention_mask"].bool()
+    else:
+        raise ValueError(f"retain_kl_positions={positions!r} is not allowed; choose one of {list(RETAIN_KL_POSITIONS)}.")
+    logp = F.log_softmax(logits[keep], dim=-1, dtype=torch.float32)  # select, then upcast: [n, V] only
     ref_logp = F.log_softmax(ref_logits[keep], dim=-1, dtype=torch.float32)
     return F.kl_div(logp, ref_logp, log_target=True, reduction="batchmean")
 
@@ -86,9 +114,18 @@ def dpo_loss(win_nll_sum: torch.Tensor, win_ref_nll_sum: torch.Tensor, lose_nll_
     ``rho(y) = log p(y) - log p_ref(y) = -NLL_sum(y) + NLL_sum_ref(y)`` for the preferred (win) and the
     rejected (lose) answer of the same question.
     """
+    return preference_loss(win_nll_sum, win_ref_nll_sum, lose_nll_sum, lose_ref_nll_sum, beta, scale=2.0 / beta)
+
+
+def preference_loss(win_nll_sum: torch.Tensor, win_ref_nll_sum: torch.Tensor, lose_nll_sum: torch.Tensor,
+                    lose_ref_nll_sum: torch.Tensor, beta: float, scale: float = 1.0) -> torch.Tensor:
+    """``-scale * mean log sigmoid(beta * (rho_w - rho_l))``, ``rho(y) = NLL_sum_ref(y) - NLL_sum(y)``.
+
+    With ``scale=1``, AltPO's forget term (Mekala et al. 2024); with ``scale=2/beta``, `dpo_loss`.
+    """
     rho_win = win_ref_nll_sum - win_nll_sum
     rho_lose = lose_ref_nll_sum - lose_nll_sum
-    return -(2.0 / beta) * F.logsigmoid(beta * (rho_win - rho_lose)).mean()
+    return -scale * F.logsigmoid(beta * (rho_win - rho_lose)).mean()
 
 
 def undial_targets(ref_logits: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:

@@ -9,9 +9,11 @@ primal-dual descent-ascent on ``L = gamma * L_forget + lambda * (L_retain - epsi
   as open-unlearning's ``dual_update_upon=step``): ``lambda <- max(0, lambda + eta * (L_retain - epsilon))``
   with the batch's retain loss, after the loss of that batch was formed with the old ``lambda``;
   ``lambda`` starts at ``alpha`` (`retain_weight`, default 1). With ``pdu_dual_update_upon="epoch"`` the
-  same step is taken once at the end of each epoch after the warm-up, with the retain NLL of the
-  end-of-epoch model (open-unlearning averages the retain halves of one pass over its train loader, i.e.
-  ``|forget|`` random retain rows; here the whole retain set, token mean, eval mode).
+  same step is taken once at the end of each epoch from the end of the last warm-up epoch on (warm-up 5:
+  after epochs 5, 6, 7, ... counted from 1, as open-unlearning; the package's first version began one
+  epoch later), with the retain NLL of the end-of-epoch model (open-unlearning averages the retain halves
+  of one pass over its train loader, i.e. ``|forget|`` random retain rows; here the whole retain set, token
+  mean, eval mode).
 
 Quirk reproduced: open-unlearning takes ``M`` as the positions whose *unshifted* label is supervised, while
 the logits at position t predict token t+1, so ``M`` is off by one (it contains the last answer position,
@@ -115,16 +117,26 @@ class PDU(Objective):
             ctx.tensors[DUAL] = dual_update(lam, _mean_over_processes(r_term.detach()), eps, self.args.pdu_dual_lr)
         return loss, logs
 
+    @classmethod
+    def definitions(cls, args):
+        out = super().definitions(args)
+        if (args.get("pdu_dual_update_upon") == "epoch" and args.get("pdu_primal_dual", True)
+                and args.get("pdu_dual_warmup_epochs", 5) > 0):  # without a warm-up both versions step every epoch
+            out["pdu_epoch_dual_step"] = 2  # 2: from the end of epoch `warmup` on (1: from epoch warmup + 1)
+        return out
+
     def on_epoch_end(self, trainer, ctx):
-        """``pdu_dual_update_upon="epoch"``: one dual step with the retain NLL of the end-of-epoch model."""
-        finished = math.ceil(trainer.state.epoch - 1e-9) - 1  # index of the epoch that just ended
+        """``pdu_dual_update_upon="epoch"``: one dual step with the retain NLL of the end-of-epoch model, at the
+        end of every epoch once ``pdu_dual_warmup_epochs`` epochs are complete (warm-up 5: after the 5th, 6th,
+        ... epoch, as open-unlearning steps)."""
+        completed = math.ceil(trainer.state.epoch - 1e-9)  # epochs completed, the one that just ended included
         if not (self.args.pdu_primal_dual and self.args.pdu_dual_update_upon == "epoch"
-                and finished >= self.args.pdu_dual_warmup_epochs):
+                and completed >= self.args.pdu_dual_warmup_epochs):
             return
         lam, eps = ctx.tensors[DUAL], ctx.tensors[EPSILON]
         retain_nll = torch.tensor(self.measure_retain_nll(trainer), device=lam.device)
         ctx.tensors[DUAL] = dual_update(lam, retain_nll, eps, self.args.pdu_dual_lr)
-        logger.info("PDU: end of epoch %d: retain NLL %.6f, lambda %.6f -> %.6f", finished, float(retain_nll),
+        logger.info("PDU: end of epoch %d: retain NLL %.6f, lambda %.6f -> %.6f", completed, float(retain_nll),
                     float(lam), float(ctx.tensors[DUAL]))
 
 

@@ -8,7 +8,11 @@ starting model had them:
 * control vector, drawn once at train start: ``c * u / ||u||`` with ``u ~ U[0, 1)^d`` (``d`` = hidden size;
   from a generator seeded with ``args.seed``), saved with every checkpoint and restored exactly on resume;
 * masked activation MSE over the positions ``M`` whose *unshifted* label is supervised (QA: the answer tokens
-  and EOS): ``D(H, G) = mean_i [ sum_{t in M_i} (1/d) ||H_it - G_it||^2 / |M_i| ]``;
+  and EOS): ``D(H, G) = mean_i [ sum_{t in M_i} (1/d) ||H_it - G_it||^2 / |M_i| ]``, the per-example mean of
+  the WMDP paper. **Departure from open-unlearning:** its code divides the ``[b]`` per-example sums ``S`` by a
+  ``[b, 1]`` count, which broadcasts to ``[b, b]``, so it computes ``mean(S) x mean(1/|M|)`` (about 1% apart
+  on rows of unequal length; equal when all rows have as many masked positions). ``rmu_mse_mean=
+  "open-unlearning"`` reproduces its number;
 * ``L_forget = D(h(f), c * u_hat)``, ``L_retain = D(h(r), h_ref(r))`` (``retain_loss="embed_diff"``, the
   default; ``nll`` and ``kl`` also work), ``L = gamma * L_forget + alpha * L_retain`` (1, 1).
 
@@ -63,12 +67,20 @@ def control_vector(hidden_size: int, coeff: float, generator: torch.Generator | 
     return coeff * u / u.norm()
 
 
-def masked_activation_mse(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``mean_i [ sum_{t in M_i} mean_d (H - G)^2 / |M_i| ]`` in fp32; `target` broadcasts against `hidden`."""
+def masked_activation_mse(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                          mean: str = "example") -> torch.Tensor:
+    """``mean_i [ S_i / |M_i| ]`` with ``S_i = sum_{t in M_i} mean_d (H - G)^2``, in fp32; `target` broadcasts.
+
+    ``mean="open-unlearning"`` gives ``mean_i S_i x mean_i 1/|M_i|`` instead: open-unlearning divides the ``[b]``
+    sums by a ``[b, 1]`` count, which broadcasts to ``[b, b]`` before its mean. The two agree when every row
+    has the same number of masked positions (or b = 1) and differ otherwise.
+    """
     sq = (hidden.float() - target.float()).square().mean(dim=-1)  # [b, T]
     mask = mask.to(sq.dtype)
-    per_example = (sq * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1)
-    return per_example.mean()
+    sums, counts = (sq * mask).sum(dim=1), mask.sum(dim=1).clamp_min(1)
+    if mean == "open-unlearning":
+        return sums.mean() * counts.reciprocal().mean()
+    return (sums / counts).mean()
 
 
 class _Capture:
@@ -168,7 +180,7 @@ class RMU(Objective):
             raise RuntimeError("RMU's control vector is not drawn: SAUTrainer draws it at train start.")
         hidden, logits = self._hidden(model, self._layer, forget)
         target = ctx.tensors[CONTROL].to(hidden.device, hidden.dtype)  # cast to the activation dtype, as OU does
-        loss = masked_activation_mse(hidden, target, forget["labels"] != IGNORE_INDEX)
+        loss = masked_activation_mse(hidden, target, forget["labels"] != IGNORE_INDEX, self.args.rmu_mse_mean)
         return loss, mean_token_nll(*sequence_nll(logits, forget["labels"]))
 
     def retain_term(self, model, retain, ctx):
@@ -177,7 +189,8 @@ class RMU(Objective):
         hidden, _ = self._hidden(model, self._layer, retain)
         with torch.no_grad():
             ref_hidden, _ = self._hidden(ctx.ref_model, self._ref_layer, retain)
-        return masked_activation_mse(hidden, ref_hidden.to(hidden.dtype), retain["labels"] != IGNORE_INDEX)
+        return masked_activation_mse(hidden, ref_hidden.to(hidden.dtype), retain["labels"] != IGNORE_INDEX,
+                                     self.args.rmu_mse_mean)
 
 
 @torch.enable_grad()

@@ -150,7 +150,8 @@ def test_bad_input(tmp_path):
 
 def test_epoch_mode_steps_lambda_once_per_epoch_with_the_end_of_epoch_retain_nll(tokenizer, tiny_splits, tmp_path):
     """forget 8 rows, batch 4: 2 steps per epoch; lambda is constant within an epoch and moves at its end by
-    eta * (retain NLL of the end-of-epoch model over the retain set - epsilon), after a 1-epoch warm-up."""
+    eta * (retain NLL of the end-of-epoch model over the retain set - epsilon), from the end of the 1-epoch warm-up
+    on (after 1 completed epoch, as open-unlearning)."""
     from sau_trainer.objectives.pdu import PDU
 
     seen = {"nll": [], "lam": []}
@@ -166,10 +167,12 @@ def test_epoch_mode_steps_lambda_once_per_epoch_with_the_end_of_epoch_retain_nll
                        pdu_dual_lr=0.1, sau=False)
     trainer.train()
     steps = [h["pdu_lambda"] for h in trainer.state.log_history if "pdu_lambda" in h]
-    assert steps[0] == steps[1] == steps[2] == steps[3] == 1.0  # epoch 0 (warm-up) and epoch 1 use lambda_0
-    want = max(0.0, 1.0 + 0.1 * (seen["nll"][1] - 0.5))  # the end of epoch 1 (the first after the warm-up)
-    assert seen["lam"][:2] == [1.0, 1.0]
-    assert steps[4] == steps[5] == pytest.approx(want, rel=1e-5)
-    assert seen["lam"][2] == pytest.approx(want, rel=1e-6)
-    assert float(trainer.objective_ctx.tensors[DUAL]) == pytest.approx(want + 0.1 * (seen["nll"][2] - 0.5),
+    assert steps[0] == steps[1] == 1.0  # epoch 0 (the warm-up) uses lambda_0
+    want = max(0.0, 1.0 + 0.1 * (seen["nll"][0] - 0.5))  # the end of epoch 0: 1 completed epoch, the warm-up
+    assert seen["lam"][0] == 1.0
+    assert steps[2] == steps[3] == pytest.approx(want, rel=1e-5)
+    assert seen["lam"][1] == pytest.approx(want, rel=1e-6)
+    want2 = max(0.0, want + 0.1 * (seen["nll"][1] - 0.5))
+    assert steps[4] == steps[5] == pytest.approx(want2, rel=1e-5)
+    assert float(trainer.objective_ctx.tensors[DUAL]) == pytest.approx(want2 + 0.1 * (seen["nll"][2] - 0.5),
                                                                           rel=1e-5)
