@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import warnings
 from functools import lru_cache
 
 from .comparisons import FQ_LOG_FLOOR
@@ -45,12 +46,15 @@ def _check_n(n) -> int:
 @lru_cache(maxsize=64)
 def ks_pvalues(n: int) -> tuple[float, ...]:
     """Every p-value ``scipy.stats.ks_2samp`` can give for two samples of `n` values each without ties (D = k/n,
-    k = 1..n), distinct and in decreasing order: at most `n` values, the first 1."""
+    k = 1..n), distinct and in decreasing order: at most `n` values, the first 1 (fewer for large n, where the
+    asymptotic p-values of neighbouring D coincide in floating point)."""
     import numpy as np
     from scipy.stats import ks_2samp
 
     x = np.arange(_check_n(n), dtype=float)
-    values = {float(ks_2samp(x, x + k - 0.5).pvalue) for k in range(1, n + 1)}  # the shift k - 1/2 makes D = k/n
+    with warnings.catch_warnings():  # for large n scipy says it fell back to the asymptotic p-value, as evaluation does
+        warnings.simplefilter("ignore", RuntimeWarning)
+        values = {float(ks_2samp(x, x + k - 0.5).pvalue) for k in range(1, n + 1)}  # shift k - 1/2: D = k/n
     return tuple(sorted(values, reverse=True))
 
 
