@@ -35,6 +35,45 @@ SAU_SETTING_FIELDS = (
 SAU_OPTION_DEFAULTS = {"saliency_retain_aware": False, "saliency_retain_eps": 0.01, "sau_topk_mass": None,
                        "sau_moving_mask": "off"}
 
+# Weights of the objective's terms: a negative one turns the term around (ascent on the retain set).
+NONNEGATIVE_FLOATS = ("forget_weight", "retain_weight")
+
+
+def float_fields(cls: type) -> dict[str, bool]:
+    """name -> whether None is allowed, for every field of dataclass `cls` declared ``float`` or ``float | None``."""
+    import dataclasses
+    import re
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        words = set(re.findall(r"\w+", f.type if isinstance(f.type, str) else repr(f.type)))
+        if "float" in words and words <= {"float", "None", "Optional", "class", "typing"}:
+            out[f.name] = "None" in words or "Optional" in words
+    return out
+
+
+def check_float_fields(config) -> None:
+    """Every float setting of `config` is a finite real number: NaN and inf would pass every range check written
+    as a comparison and train to an all-NaN model; a bool is not a number. `TrainingArguments`' float fields are
+    checked where they hold a float (NaN, inf); its other values are left to its own checks."""
+    import dataclasses
+    import math
+
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    for name, optional in float_fields(type(config)).items():
+        value = getattr(config, name)
+        if (value is None and optional) or (name in inherited and not isinstance(value, float)):
+            continue  # TrainingArguments' own conversions and checks apply to its other values
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value):
+            what = "a finite number" + (" or None" if optional else "")
+            raise ValueError(f"{name}={value!r} must be {what} (default: {defaults[name]!r}).")
+    for name in NONNEGATIVE_FLOATS:
+        value = getattr(config, name)
+        if value is not None and value < 0:
+            raise ValueError(f"{name}={value!r} must be >= 0 (or None for the objective's default).")
+
 
 @dataclass
 class SAUConfig(TrainingArguments):
@@ -249,12 +288,20 @@ class SAUConfig(TrainingArguments):
         metadata={"help": "After this many optimizer steps with lr > 0, log the fraction of a fixed sample of "
                   "selected surviving entries (G; M for plain) that changed, and warn if far below 1. 0: off."},
     )
+    skip_nonfinite_steps: bool = field(
+        default=False,
+        metadata={"help": "An optimizer step whose loss or gradient norm is not finite (NaN or inf) is skipped: its "
+                  "gradients are dropped, the optimizer does not step, a warning counts the skipped steps. False: "
+                  "training stops before that step with sau_trainer.TrainingDiverged (naming the step, the "
+                  "learning rate and the last finite loss). Either way such a step is never applied."},
+    )
     max_length: int = field(default=512, metadata={"help": "Tokenised rows are truncated to this many tokens."})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: SAUTrainer tokenises its own forget/retain rows."}
     )
 
     def __post_init__(self):
+        check_float_fields(self)  # every float setting finite (and not a bool) before anything compares it
         self._validate_sau_fields()
         super().__post_init__()
 

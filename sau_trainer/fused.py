@@ -219,9 +219,9 @@ def where_(t: torch.Tensor, planes: torch.Tensor, w: torch.Tensor | None = None)
         if _run("where" if wv is None else "where_scaled", *((tv, pv) if wv is None else (tv, pv, wv))):
             return t
     keep = unpack_planes(planes, t.shape)
-    t.masked_fill_(~keep, 0.0)
     if w is not None:
         t.mul_(w.to(t.device))
+    t.masked_fill_(~keep, 0.0)  # last: exact +0.0 outside the mask whatever t and w hold (NaN * 0 is NaN)
     return t
 
 

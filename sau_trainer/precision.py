@@ -446,12 +446,14 @@ class UpdateCheckCallback(TrainerCallback):
         optimizer: callable returning the optimizer (read at the first step).
         steps: how many optimizer steps with lr > 0 to wait before the check (0 disables it).
         log: callable taking a dict of metrics (e.g. `Trainer.log`).
+        skipped: callable saying whether the step just taken was skipped (`skip_nonfinite_steps`): not counted.
     """
 
     def __init__(self, params: Callable[[], Mapping[str, torch.Tensor]],
                  selected: Callable[[str], torch.Tensor | None], optimizer: Callable[[], Any], steps: int = 1,
-                 log: Callable[[dict], None] | None = None, seed: int = 0):
-        self.params, self.selected, self.optimizer = params, selected, optimizer
+                 log: Callable[[dict], None] | None = None, seed: int = 0,
+                 skipped: Callable[[], bool] | None = None):
+        self.params, self.selected, self.optimizer, self.skipped = params, selected, optimizer, skipped
         self.steps, self.log, self.seed = steps, log, seed
         self.probe: UpdateProbe | None = None
         self.counted = 0
@@ -464,7 +466,7 @@ class UpdateCheckCallback(TrainerCallback):
                                               optimizer=self.optimizer())
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        if self.done or self.probe is None:
+        if self.done or self.probe is None or (self.skipped is not None and self.skipped()):
             return
         optimizer = unwrap_optimizer(self.optimizer())
         if any(float(g["lr"]) > 0 for g in optimizer.param_groups):

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from .divergence import DivergenceGuard
 from .fused import pack_planes, scale_update_, where_many_
 from .masks import Layout, LazyMasks, SparsityMasks, check_trainable_weights, prunable_weights
 from .precision import apply_precision_plan, check_precision, unwrap_optimizer
@@ -95,10 +96,12 @@ class SparsityCallback(TrainerCallback):
         self.trainer.sparsity_masks.apply_(self.trainer.model, self.trainer._prunable)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.trainer._snapshot_for_update_mode()
+        if self.trainer._step_is_finite():  # else TrainingDiverged, or the step's gradients dropped (skipped)
+            self.trainer._snapshot_for_update_mode()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        self.trainer._after_optimizer_step()
+        if not self.trainer._step_skipped:
+            self.trainer._after_optimizer_step()
 
 
 class SparsityPreserving:
@@ -124,6 +127,8 @@ class SparsityPreserving:
         self.sparsity_masks = masks
         self.sau_state = sau_state
         self._snapshots: dict[str, torch.Tensor] = {}
+        self._divergence = DivergenceGuard(skip=getattr(self.args, "skip_nonfinite_steps", False))
+        self._step_skipped = False
         self.add_callback(SparsityCallback(self))
 
     # ---- what the mechanism acts on (SAUTrainer refines these)
@@ -206,6 +211,10 @@ class SparsityPreserving:
         leaves zero-gradient zeros in place (torch AdamW, Adam, SGD); others are refused."""
         if not self.is_deepspeed_enabled:
             return False
+        if self._divergence.skip:
+            raise ValueError("skip_nonfinite_steps is not supported under DeepSpeed (its engine steps inside the "
+                             "backward): leave it off (a non-finite step then raises TrainingDiverged), or use FSDP2, "
+                             "DDP or one process.")
         if self._sau_update_mode() or self.moving_mask is not None:
             raise ValueError("sau_redistribution_target='update' and sau_moving_mask are not supported under DeepSpeed "
                              "yet: use FSDP2 (recipes/accelerate/fsdp2.yaml), DDP or one process.")
@@ -222,7 +231,11 @@ class SparsityPreserving:
         step = engine.step
 
         def masked_step(*args, **kwargs):
-            self._mask_gradients_deepspeed()
+            # the full gradients are the reduced ones, equal on every rank: so is the decision (the loss summed so
+            # far lacks this micro-batch's, which `training_step` adds after the backward: a non-finite loss shows
+            # in the gradients)
+            self._divergence.note_grad_norm(self._mask_gradients_deepspeed())
+            self._step_is_finite()
             return step(*args, **kwargs)
 
         engine.step = masked_step
@@ -237,9 +250,10 @@ class SparsityPreserving:
         engine.backward(loss, scale_wrt_gas=False)
 
     @torch.no_grad()
-    def _mask_gradients_deepspeed(self) -> None:
+    def _mask_gradients_deepspeed(self) -> torch.Tensor | None:
         """``grad = where(M, grad, 0)`` or ``where(G, grad * W, 0)`` on the full gradients that DeepSpeed's accessors
-        give (gathered under ZeRO-3; every rank calls them in the same order), written back to its partitions."""
+        give (gathered under ZeRO-3; every rank calls them in the same order), written back to its partitions.
+        Returns the norm of those gradients before masking (for `DivergenceGuard`), None if there were none."""
         from deepspeed.utils import safe_get_full_grad, safe_set_full_grad
 
         from .sau import apply_sau_
@@ -247,16 +261,19 @@ class SparsityPreserving:
         state = self.sau_state
         masked = self.masked_parameters() if state is not None else {}
         use_w = not self._sau_update_mode()
+        norms = []
         for name, p in {**self._prunable, **masked}.items():
             g = safe_get_full_grad(p)
             if g is None:
                 continue
             g = g.clone()
+            norms.append(torch.linalg.vector_norm(g.float()))
             if name in masked:
                 apply_sau_(g, state.mask(name, g.device), state.weight(name) if use_w else None)
             else:
                 apply_sau_(g, self.sparsity_masks.get(name, g.device))
             safe_set_full_grad(p, g)
+        return torch.linalg.vector_norm(torch.stack(norms)) if norms else None
 
     @torch.no_grad()
     def _mask_gradients_sharded(self) -> None:
@@ -290,9 +307,28 @@ class SparsityPreserving:
     # ---- the step
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
+        self._divergence.add_loss(loss)  # summed on the device; checked once per optimizer step
         if self.accelerator.sync_gradients:
             self._mask_gradients()
         return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The Trainer's gradient norm of the step (transformers >= 5), kept for `_step_is_finite`."""
+        norm = super()._get_grad_norm(model, grad_norm)
+        self._divergence.note_grad_norm(norm)
+        return norm
+
+    def _step_is_finite(self) -> bool:
+        """Before each optimizer step: True if its loss and gradient norm are finite. Else `TrainingDiverged` is
+        raised (nothing applied), or, with ``skip_nonfinite_steps``, the gradients are dropped and False returned
+        (`sau_trainer.divergence`)."""
+        try:
+            lr = self._get_learning_rate()
+        except Exception:  # no scheduler yet (a Trainer subclass stepping on its own)
+            lr = next((g.get("lr") for g in getattr(self.optimizer, "param_groups", [])), None)
+        ok = self._divergence.check(self.state.global_step + 1, lr, self.model.parameters(), self.args.world_size)
+        self._step_skipped = not ok
+        return ok
 
     @torch.no_grad()
     def _mask_gradients(self) -> None:

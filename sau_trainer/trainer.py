@@ -153,7 +153,7 @@ class SAUTrainer(SparsityPreserving, Trainer):
         if args.update_check_steps and not (self.is_fsdp_enabled or self.is_deepspeed_enabled):  # the probe reads full tensors: not on shards
             self.update_check = UpdateCheckCallback(
                 self.saliency_targets, self._selected_mask, lambda: self.optimizer, steps=args.update_check_steps,
-                log=self.log, seed=args.seed)
+                log=self.log, seed=args.seed, skipped=lambda: self._step_skipped)
             self.add_callback(self.update_check)
         if args.sau:
             self.add_callback(SaliencyCallback(self))
