@@ -143,6 +143,7 @@ def band_mean(points: Iterable[Point], lo: float, hi: float, better: str = "max"
     `lo` when ``lo == hi``. None when the frontier does not cover the band (no point with utility >= `hi`)."""
     if not lo <= hi:
         raise ValueError(f"the band's bottom {lo} is above its top {hi}")
+    points = list(points)  # read twice below
     steps = frontier_steps(points, better)
     if not steps or steps[0][0] < hi:
         return None

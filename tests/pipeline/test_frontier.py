@@ -50,6 +50,7 @@ def test_the_frontier_is_the_best_value_with_utility_at_least_u_and_its_band_mea
     assert band_mean(p, 0.85, 0.95) == pytest.approx(0.3, abs=1e-12)
     # lower is better: 0.1 on the whole band (0.1 beats 0.5 at every u <= 0.97)
     assert band_mean(p, 0.85, 0.95, "min") == pytest.approx(0.1, abs=1e-12)
+    assert band_mean(iter(p), 0.9, 0.9) == 0.5  # any iterable: a width-0 band reads the frontier at its floor
 
 
 def test_a_curve_below_the_band_has_no_value_and_one_above_it_reads_its_best_point():
