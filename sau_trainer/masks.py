@@ -26,6 +26,10 @@ from .fused import from_planes, pack_planes, to_planes, unpack_planes, where_man
 logger = logging.getLogger(__name__)
 
 MASKS_FILE = "sparsity_masks.safetensors"
+# `SparsityMasks.check_weights`: how many entries may disagree with the weights' zeros (of each kind), at least
+# HANDFUL and at most this fraction of the entries beyond it (a surviving weight that is exactly zero by chance).
+HANDFUL = 16
+HANDFUL_FRACTION = 1e-6
 _BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 _BIT_WEIGHTS_ON: dict[torch.device, torch.Tensor] = {}
 
@@ -435,6 +439,36 @@ class SparsityMasks:
         params = prunable_parameters(model)
         return sum(int(params[n][~self.get(n, params[n].device)].count_nonzero()) for n in self._packed)
 
+    @torch.no_grad()
+    def mismatch(self, weights: Mapping[str, torch.Tensor]) -> tuple[int, int, int]:
+        """``(pruned but not zero, surviving but exactly zero, entries compared)`` of these masks against `weights`
+        (name -> tensor, e.g. a saved model's tensors): how far the masks disagree with the weights' zeros."""
+        pruned_nonzero = surviving_zero = total = 0
+        for name in self._packed:
+            w = weights[name]
+            keep = self.get(name, w.device)
+            zero = w == 0
+            pruned_nonzero += int((~keep & ~zero).sum())
+            surviving_zero += int((keep & zero).sum())
+            total += w.numel()
+        return pruned_nonzero, surviving_zero, total
+
+    def check_weights(self, weights: Mapping[str, torch.Tensor], source: str = "") -> None:
+        """Raise when the masks disagree with the zeros of `weights` beyond a handful of entries (`HANDFUL`).
+
+        A pruned model is saved with its pruned entries exactly zero, and a surviving weight is exactly zero only
+        by rare chance, so a mask file that was saved with its weights agrees with them: a mask file from a cache
+        that does not is corrupt (or belongs to other weights), and training with it would prune other entries."""
+        pruned_nonzero, surviving_zero, total = self.mismatch(weights)
+        allowed = max(HANDFUL, int(total * HANDFUL_FRACTION))
+        if pruned_nonzero > allowed or surviving_zero > allowed:
+            raise ValueError(
+                f"{source or self.source}: the sparsity masks disagree with the weights' zeros ({pruned_nonzero} "
+                f"pruned entries are not zero, {surviving_zero} surviving entries are exactly zero, of {total}; at "
+                f"most {allowed} of each is allowed): the mask file is corrupt or belongs to other weights. Prune "
+                "the model again (a recipe recomputes its stage when the file is deleted)."
+            )
+
     # ---- files
     def save(self, path: str | os.PathLike) -> str:
         """Save to a safetensors file (a directory gets ``sparsity_masks.safetensors``); returns the file path."""
@@ -452,19 +486,26 @@ class SparsityMasks:
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> SparsityMasks:
         """Load masks saved by `save` (a file or a directory holding one); validate against `model` if given."""
+        import safetensors
         from safetensors import safe_open
 
+        safetensors_error = getattr(safetensors, "SafetensorError", OSError)
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, MASKS_FILE)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No sparsity mask file at {path}")
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != "sau-trainer/sparsity-masks":
-                raise ValueError(f"{path} is not a sau-trainer sparsity mask file")
-            shapes = {k: tuple(v) for k, v in json.loads(meta["shapes"]).items()}
-            packed = {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
+                packed = {k: f.get_tensor(k) for k in f.keys()}
+        except (OSError, RuntimeError, safetensors_error) as err:  # safetensors' errors do not name the file
+            raise ValueError(f"{path}: cannot read the sparsity mask file ({type(err).__name__}: {err}); it is "
+                             "truncated or corrupt. Save the masks again (a recipe recomputes its stage when the "
+                             "file is deleted).") from err
+        if meta.get("format") != "sau-trainer/sparsity-masks":
+            raise ValueError(f"{path} is not a sau-trainer sparsity mask file")
+        shapes = {k: tuple(v) for k, v in json.loads(meta["shapes"]).items()}
         if model is not None:  # model order (safetensors sorts keys: layers.1, layers.10, layers.2)
             order = [k for k in prunable_parameters(model) if k in packed]
             packed = {k: packed[k] for k in order + [k for k in packed if k not in set(order)]}

@@ -10,7 +10,9 @@ The lock is a file created with ``O_CREAT | O_EXCL`` (atomic on local filesystem
 holding the holder's pid, host and a random token. While the task runs, a thread touches the file every
 `heartbeat_s` seconds. A lock is stale, and is broken, when its holder is a process of this host that no
 longer exists, or when its file has not been touched for `stale_s` seconds (a holder on another host that
-was killed: clocks of the hosts must agree to well within `stale_s`). Breaking is serialised by a second,
+was killed: clocks of the hosts must agree to well within `stale_s`), or when it is still empty (or not
+JSON) `empty_s` seconds after it was last written (a holder killed between creating it and writing it: a live
+holder writes it at once). Breaking is serialised by a second,
 short-lived lock file (``<lock>.break``) so that two waiters never both break the same lock and then
 remove each other's fresh one.
 """
@@ -32,6 +34,7 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_S = float(os.environ.get("SAU_TRAINER_LOCK_HEARTBEAT_S", 30))
 STALE_S = float(os.environ.get("SAU_TRAINER_LOCK_STALE_S", 600))
 POLL_S = float(os.environ.get("SAU_TRAINER_LOCK_POLL_S", 2))
+EMPTY_S = float(os.environ.get("SAU_TRAINER_LOCK_EMPTY_S", 30))
 
 
 def lock_path(task_dir: Path) -> Path:
@@ -87,8 +90,8 @@ def read_lock(path: Path) -> dict | None:
         text = path.read_text()
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except OSError:
-        return {}
+    except OSError:  # there, but unreadable now: judged by its heartbeat like a holder on another host
+        return {"unreadable": True}
     try:
         doc = json.loads(text)
     except ValueError:  # being written right now (created, not yet filled): a live holder
@@ -103,8 +106,13 @@ def _age(path: Path) -> float | None:
         return None
 
 
-def stale_reason(path: Path, holder: dict, stale_s: float = STALE_S) -> str | None:
+def stale_reason(path: Path, holder: dict, stale_s: float = STALE_S, empty_s: float = EMPTY_S) -> str | None:
     """Why the lock at `path` is stale, or None when its holder may still be running."""
+    if not holder:  # empty or half written: its holder writes it right after creating it
+        age = _age(path)
+        if age is not None and age > min(empty_s, stale_s):
+            return f"it has held no holder for {age:.0f} s (its holder died before writing it)"
+        return None
     if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) \
             and not _pid_alive(holder["pid"]):
         return f"its holder, pid {holder['pid']} on this host, is gone"

@@ -94,20 +94,27 @@ def _atomic_write(path: Path, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_report(ctx, eval_tasks, pending: list[str] | None = None) -> dict:
+def write_report(ctx, eval_tasks, pending: list[str] | None = None, diverged: list[dict] | None = None) -> dict:
     """Write the three report files into ``ctx.output_dir``; returns their paths. `pending`: evaluations not
-    finished yet, listed under ``"pending"`` in report.json and at the end of report.md (only when there are)."""
+    finished yet, listed under ``"pending"`` in report.json and at the end of report.md (only when there are);
+    `diverged`: rows of the runs whose model diverged (`pipeline.diverged`), under ``"diverged"``. Without any
+    finished evaluation (a grid job's ``--tasks``) no plot is drawn."""
+    from .diverged import markdown_section
+
     rows = collect_rows(ctx, eval_tasks)
     spec = get_benchmark(ctx.recipe.data.benchmark).report
     comparisons = report_comparisons(rows, spec, utility_floor(rows, ctx.recipe.report.utility_fraction, spec))
     report = build_report(rows, comparisons)
     if pending:
         report["pending"] = list(pending)
+    if diverged:
+        report["diverged"] = list(diverged)
     out = ctx.output_dir
     _atomic_write(out / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
-    _atomic_write(out / "report.md", render_markdown(rows, ctx.recipe, comparisons) + _pending_section(pending))
+    _atomic_write(out / "report.md", render_markdown(rows, ctx.recipe, comparisons) + markdown_section(diverged or [])
+                  + _pending_section(pending))
     files = {"json": str(out / "report.json"), "markdown": str(out / "report.md")}
-    if ctx.recipe.report.plot:
+    if ctx.recipe.report.plot and rows:
         plot_tradeoff(rows, out / "tradeoff.png", ctx.recipe.report.utility_fraction, spec)
         files["plot"] = str(out / "tradeoff.png")
         if plot_robustness_figure(rows, out / "robustness.png", spec):
@@ -466,8 +473,9 @@ def plot_tradeoff(rows: list[dict], path: Path, utility_fraction: float = 0.9, s
     seeds = f"mean over {n_seeds} seeds, bars: ±1 s.d." if n_seeds > 1 else "one seed"
     fig.suptitle(f"Forget / utility trade-off: each curve is one method over learning rates (numbers: lr; {seeds})",
                  fontsize=10)
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)), fontsize=8,
-               frameon=False, bbox_to_anchor=(0.5, 0.0))
+    if handles:  # nothing drawn (rows without the metrics): no legend, which matplotlib refuses empty
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)),
+                   fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
     fig.tight_layout(rect=(0, 0.04 + 0.025 * math.ceil(len(handles) / 4), 1, 0.97))
     _save(fig, path)
 

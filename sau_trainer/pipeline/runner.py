@@ -9,10 +9,14 @@ unlearning) run on all of them, the others on the main process while the rest wa
 Several runs may share one output directory (a grid spread over jobs, ``--tasks GLOB``): each task is run
 under a lock (`locks.py`) by one process; the others wait for it and reuse its output. Each task's
 ``stage.json`` counts its ``executions`` in this output directory.
+
+A finished task is used only when its files are the ones it wrote (`checksums.py`: ``stage.json`` lists every
+file with its sha256); a task whose model is not finite is recorded as diverged, not finished (`diverged.py`).
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import json
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from . import cleanup, locks
+from . import checksums, cleanup, diverged, locks
 from .schema import Recipe, RecipeError, recipe_to_yaml
 from .stages import STAGES, Context, Task, plan
 
@@ -37,6 +41,14 @@ PIPELINE_VERSION = 1
 
 class StageFailed(RuntimeError):
     """A stage raised; finished stages are kept and a re-run resumes after them."""
+
+
+class RunsDiverged(StageFailed):
+    """Raised at the end of a run in which tasks diverged (`diverged.py`): every other task ran."""
+
+    def __init__(self, message: str, summary: RunSummary):
+        super().__init__(message)
+        self.summary = summary
 
 
 @dataclass
@@ -52,6 +64,9 @@ class RunSummary:
     reused: list[str] = field(default_factory=list)
     not_selected: list[str] = field(default_factory=list)
     removed: dict = field(default_factory=dict)  # report.keep_models: {"models", "bytes"} of weights removed
+    diverged: list[str] = field(default_factory=list)  # tasks that diverged in this run
+    diverged_before: list[str] = field(default_factory=list)  # recorded as diverged by an earlier run (not retried)
+    blocked: dict = field(default_factory=dict)  # task -> the diverged task it reads (not run)
 
 
 def task_hash(task: Task, dep_hashes: dict[str, str]) -> str:
@@ -83,9 +98,39 @@ def read_stage(path: Path) -> dict | None:
     return doc if doc.get("format") == STAGE_FORMAT else None
 
 
+_REPORTED: set[tuple[str, str]] = set()
+
+
 def is_done(path: Path, task: Task) -> bool:
+    """Finished with the task's hash, and its files are the ones it wrote (`checksums.verify_stage`; a stage
+    whose files differ is unfinished, logged once per process with the file it names)."""
     doc = read_stage(path)
-    return doc is not None and doc.get("hash") == task.hash
+    if doc is None or doc.get("hash") != task.hash or doc.get("status", "finished") != "finished":
+        return False
+    problem = checksums.verify_stage(path, doc)
+    if problem is not None:
+        if (str(path), problem) not in _REPORTED:
+            _REPORTED.add((str(path), problem))
+            logger.warning("%s: not used: %s; recomputing it", task.name, problem)
+        return False
+    return True
+
+
+def stage_status(path: Path, task: Task) -> tuple[str, str] | None:
+    """``(status, reason)`` recorded for the task with its current hash (``finished``: as `is_done` sees it,
+    ``diverged``: `diverged.py`), or None."""
+    doc = read_stage(path)
+    if doc is None or doc.get("hash") != task.hash:
+        return None
+    status = doc.get("status", "finished")
+    if status == "finished":
+        return ("finished", "") if is_done(path, task) else None
+    return status, str(doc.get("reason", ""))
+
+
+def is_diverged(path: Path, task: Task) -> bool:
+    status = stage_status(path, task)
+    return status is not None and status[0] == diverged.STATUS
 
 
 def parse_patterns(patterns: str | list[str] | tuple[str, ...] | None) -> list[str]:
@@ -163,13 +208,21 @@ def _publish(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
-def _write_stage_json(out: Path, task: Task, info: dict, elapsed: float, executions: int = 1) -> None:
+def _write_stage_json(out: Path, task: Task, info: dict, elapsed: float, executions: int = 1,
+                      reason: str | None = None) -> None:
+    """stage.json (last, atomically): with `reason`, the task is recorded as diverged, else as finished. Either
+    way it lists the checksums of every file in `out` (`checksums.py`; not part of the hash)."""
     from .. import __version__
 
     doc = {"format": STAGE_FORMAT, "version": PIPELINE_VERSION, "sau_trainer": __version__, "kind": task.kind,
            "name": task.name, "hash": task.hash, "settings": task.settings, "deps": task.deps,
            "elapsed_s": round(elapsed, 3), "executions": executions, "info": info}
-    (out / STAGE_FILE).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    if reason is not None:
+        doc.update(status=diverged.STATUS, reason=reason)
+    doc["files"] = checksums.file_checksums(out)
+    tmp = out / f".{STAGE_FILE}.tmp"
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    os.replace(tmp, out / STAGE_FILE)
 
 
 def _partial_state(recipe: Recipe):
@@ -181,13 +234,13 @@ def _partial_state(recipe: Recipe):
     return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=recipe.distributed_timeout_s))
 
 
-def _sync_ok(state, ok: bool, error: str | None) -> tuple[bool, str | None]:
-    """Main process tells every process whether its stage succeeded (so nobody waits forever)."""
+def _sync_ok(state, ok: bool, error: str | None, reason: str | None = None) -> tuple[bool, str | None, str | None]:
+    """Main process tells every process whether its stage succeeded, or diverged (so nobody waits forever)."""
     if state is None or state.num_processes == 1:
-        return ok, error
+        return ok, error, reason
     from accelerate.utils import broadcast_object_list
 
-    box = [(ok, error)]
+    box = [(ok, error, reason)]
     broadcast_object_list(box, from_process=0)
     return box[0]
 
@@ -226,10 +279,15 @@ def run_recipe(recipe: Recipe, output_dir: str | os.PathLike, force: bool = Fals
     selected = select_tasks(planned, patterns) if patterns else {t.name for t in planned}
     summary = RunSummary(out)
     if ctx.is_main:
-        (out / "stages").mkdir(parents=True, exist_ok=True)
-        tmp = out / f"recipe.yaml.{os.getpid()}.tmp"
-        tmp.write_text(recipe_to_yaml(recipe))
-        os.replace(tmp, out / "recipe.yaml")
+        try:
+            (out / "stages").mkdir(parents=True, exist_ok=True)
+            tmp = out / f"recipe.yaml.{os.getpid()}.tmp"
+            tmp.write_text(recipe_to_yaml(recipe))
+            os.replace(tmp, out / "recipe.yaml")
+        except OSError as err:  # /proc/x, a read-only or full disk: before any work, one line
+            raise RecipeError(f"output directory {out}: cannot write into it ({err.strerror or err}"
+                              f"{f': {err.filename}' if err.filename else ''}); give a writable directory "
+                              "(--output-dir or the recipe's output_dir).") from err
     state.wait_for_everyone()
 
     again: set[str] = set()  # finished, but their weights were removed (report.keep_models) and are needed again
@@ -238,7 +296,10 @@ def run_recipe(recipe: Recipe, output_dir: str | os.PathLike, force: bool = Fals
         return (STAGES[t.kind].cached and not force and is_done(ctx.task_dir(t.name), t)
                 and not (t.name in again and cleanup.weights_removed(ctx.task_dir(t.name))))
 
-    todo = {t.name for t in planned if t.name in selected and not finished(t)}
+    def recorded_diverged(t: Task) -> bool:
+        return STAGES[t.kind].cached and not force and is_diverged(ctx.task_dir(t.name), t)
+
+    todo = {t.name for t in planned if t.name in selected and not finished(t) and not recorded_diverged(t)}
     again |= cleanup.needed_again(planned, todo, ctx.task_dir, recipe.report.keep_models)
     todo |= again
     selected |= again  # under --tasks too: a selected task reads them
@@ -246,43 +307,75 @@ def run_recipe(recipe: Recipe, output_dir: str | os.PathLike, force: bool = Fals
                 f" ({len(selected)} selected by --tasks {','.join(patterns)})" if patterns else "",
                 len(selected) - len(todo), len(todo), out, ctx.num_processes,
                 "es" if ctx.num_processes > 1 else "", getattr(state, "distributed_type", "single"))
+    bad: dict[str, str] = {}  # diverged tasks and the tasks that read them -> the diverged task
     for i, task in enumerate(planned, 1):
         stage = STAGES[task.kind]
         final = ctx.task_dir(task.name)
         if task.name not in selected:
             summary.not_selected.append(task.name)
             continue
+        blocker = next((bad[d] for d in task.deps.values() if d in bad), None) if task.kind != "report" else None
+        if blocker is not None:  # reads a diverged model: cannot run (the report says so)
+            bad[task.name] = blocker
+            summary.blocked[task.name] = blocker
+            logger.info("[%d/%d] %s: not run, %s diverged", i, len(planned), task.name, blocker)
+            continue
         if task.name not in todo:
+            if recorded_diverged(task):
+                bad[task.name] = task.name
+                summary.diverged_before.append(task.name)
+                logger.warning("[%d/%d] %s: diverged in an earlier run (not retried; delete %s or lower its "
+                               "learning rate to retry it)", i, len(planned), task.name, final)
+                continue
             summary.skipped.append(task.name)
             logger.debug("[%d/%d] %s: cached (%s)", i, len(planned), task.name, task.hash)
             continue
         lock = None
         if ctx.is_main:  # one lock per task across every run sharing the output directory
-            lock = locks.acquire(locks.lock_path(final), lambda t=task: finished(t), name=task.name)
+            lock = locks.acquire(locks.lock_path(final), lambda t=task: finished(t) or recorded_diverged(t),
+                                 name=task.name)
         if not _sync_decision(state, lock is not None or not ctx.is_main):
+            if recorded_diverged(task):
+                bad[task.name] = task.name
+                summary.diverged_before.append(task.name)
+                logger.warning("[%d/%d] %s: diverged in another run", i, len(planned), task.name)
+                continue
             summary.skipped.append(task.name)
             summary.reused.append(task.name)
             logger.info("[%d/%d] %s: finished by another run, reused", i, len(planned), task.name)
             continue
         try:
-            _run_task(ctx, state, stage, task, final, f"[{i}/{len(planned)}]", summary)
+            reason = _run_task(ctx, state, stage, task, final, f"[{i}/{len(planned)}]", summary)
         finally:
             if lock is not None:
                 lock.release()
         summary.ran.append(task.name)
+        if reason is not None:
+            bad[task.name] = task.name
+            summary.diverged.append(task.name)
     if ctx.is_main:  # the last step: nothing of this run reads a model any more
         summary.removed = cleanup.remove_unneeded_weights(
             planned, ctx.task_dir, lambda t: is_done(ctx.task_dir(t.name), t), recipe.report.keep_models)
+    if summary.diverged_before and not summary.diverged:
+        logger.warning("%d task(s) diverged in an earlier run and were not retried: %s (see report.md)",
+                       len(summary.diverged_before), ", ".join(summary.diverged_before))
+    if summary.diverged:
+        n = len(summary.diverged)
+        raise RunsDiverged(
+            f"{n} task(s) diverged (weights not finite): {', '.join(summary.diverged)}; every other task ran and "
+            f"{out / 'report.md'} lists them under 'Diverged runs'. Lower their learning rate (a new run) or keep "
+            "them as a result: a re-run does not retry them and exits 0.", summary)
     return summary
 
 
-def _run_task(ctx: Context, state, stage, task: Task, final: Path, where: str, summary: RunSummary) -> None:
-    """Run one task (this process holds its lock, or follows the main process that does) and publish its output."""
+def _run_task(ctx: Context, state, stage, task: Task, final: Path, where: str, summary: RunSummary) -> str | None:
+    """Run one task (this process holds its lock, or follows the main process that does) and publish its output.
+    Returns None when it finished, the reason when it diverged (recorded as such, `diverged.py`)."""
     out = ctx.output_dir
     logger.info("%s %s %s ...", where, task.kind, task.name)
     start = time.perf_counter()
     runs_here = stage.distributed or ctx.is_main
-    ok, error, info = True, None, {}
+    ok, error, info, reason = True, None, {}, None
     tmp = _tmp_dir(final)
     executions = 0
     if ctx.is_main:
@@ -297,26 +390,54 @@ def _run_task(ctx: Context, state, stage, task: Task, final: Path, where: str, s
         try:
             info = stage.fn(ctx, task, tmp) or {}
         except Exception as err:  # noqa: BLE001 - reported below, finished work is kept
-            if not ctx.is_main:
+            if diverged.is_divergence(err) and stage.cached:  # raised by the trainer on every process alike
+                reason = diverged.reason_of(err)
+            elif not ctx.is_main:
                 raise  # a data-parallel stage failed here: the launcher stops the other processes
-            ok, error = False, f"{type(err).__name__}: {err}"
-            logger.exception("stage %s failed", task.name)
-            if stage.distributed and state.num_processes > 1:
-                raise StageFailed(f"stage {task.name} failed: {error}") from err  # others may be mid-step
+            else:
+                ok, error = False, f"{type(err).__name__}: {err}"
+                if getattr(err, "clean", False):  # a user's mistake said in one line (modeling.CheckpointError)
+                    logger.error("stage %s failed: %s", task.name, error)
+                else:
+                    logger.exception("stage %s failed", task.name)
+                if stage.distributed and state.num_processes > 1:
+                    raise StageFailed(f"stage {task.name} failed: {error}") from err  # others may be mid-step
     if stage.distributed and state.num_processes > 1:
         state.wait_for_everyone()
     if ctx.is_main and ok:
         elapsed = time.perf_counter() - start
-        if stage.cached:
-            _write_stage_json(tmp, task, info, elapsed, executions)
-            _publish(tmp, final)
+        try:
+            if stage.cached:
+                if reason is None:
+                    reason = diverged.nonfinite_weights(tmp)
+                if reason is not None:
+                    diverged.drop_weights(tmp)
+                    info = {**info, "diverged": reason}
+                _write_stage_json(tmp, task, info, elapsed, executions, reason)
+                _publish(tmp, final)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError as err:
+            ok, error = False, _disk_error(err, task)
         else:
-            shutil.rmtree(tmp, ignore_errors=True)
-        logger.info("%s %s done in %.1f s", where, task.name, elapsed)
-    ok, error = _sync_ok(state, ok, error)
+            if reason is not None:
+                logger.error("%s %s diverged: %s (recorded as diverged; the other tasks go on)", where, task.name,
+                             reason)
+            else:
+                logger.info("%s %s done in %.1f s", where, task.name, elapsed)
+    ok, error, reason = _sync_ok(state, ok, error, reason)
     if not ok:
         summary.failed, summary.error = task.name, error
         if ctx.is_main and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
         raise StageFailed(f"stage {task.name} failed: {error}. Finished stages are kept in {out / 'stages'}; "
-                          "run the same command again to resume after them.")
+                          "run the same command again to resume after them.") from None
+    return reason
+
+
+def _disk_error(err: OSError, task: Task) -> str:
+    """One line for a failure to write a task's record or to publish it (a full disk, a quota, a read-only
+    filesystem); the task's output is dropped and redone by the next run."""
+    what = f"{err.strerror or err}" + (f": {err.filename}" if err.filename else "")
+    hint = " (the disk is full: free some space)" if err.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return f"OSError: could not write the output of {task.name} ({what}){hint}"

@@ -397,6 +397,10 @@ def run_unlearn(ctx: Context, task: Task, out: Path) -> dict:
     model = load_model(ctx, src)
     sparse = os.path.isfile(os.path.join(src, MASKS_FILE))
     masks = SparsityMasks.load(src, model) if sparse else SparsityMasks.dense(model)
+    if sparse:  # from the cache: masks that disagree with the weights' zeros are an error, never "fixed"
+        from ..masks import prunable_parameters
+
+        masks.check_weights(prunable_parameters(model), os.path.join(src, MASKS_FILE))
     args = unlearn_config(ctx, s, out)
     if args.gradient_checkpointing:
         model.config.use_cache = False
@@ -494,14 +498,19 @@ def run_attack(ctx: Context, task: Task, out: Path) -> dict:
 
 def run_report(ctx: Context, task: Task, out: Path) -> dict:
     """report.json, report.md and tradeoff.png at the top of the output directory: the finished evaluations,
-    and the names of those not finished yet (a run with ``--tasks``, or other runs still at work)."""
+    the names of those not finished yet (a run with ``--tasks``, or other runs still at work) and those whose
+    model diverged (`diverged.py`)."""
+    from . import diverged
     from .report import write_report
-    from .runner import is_done
+    from .runner import is_done, stage_status
 
     evals = [t for t in ctx.tasks.values() if t.kind == "evaluate"]
     done = [t for t in evals if is_done(ctx.task_dir(t.name), t)]
-    pending = [t.name for t in evals if t not in done]
-    return write_report(ctx, done, pending=pending)
+    failed = diverged.report_rows([t for t in evals if t not in done], ctx.tasks,
+                                  lambda t: stage_status(ctx.task_dir(t.name), t))
+    names = {r["name"] for r in failed}
+    pending = [t.name for t in evals if t not in done and t.meta.get("name", t.name) not in names]
+    return write_report(ctx, done, pending=pending, diverged=failed)
 
 
 @dataclass(frozen=True)
