@@ -49,12 +49,16 @@ class TruncationCount:
     unit: str = "tokens cut"
     totals: dict[str, int] = field(default_factory=dict)
     lost: dict[str, list[int]] = field(default_factory=dict)
+    lengths: dict[str, list[int]] = field(default_factory=dict)  # lengths before the cut, when given
 
-    def add(self, split: str, lost_tokens: int) -> None:
-        """One row of `split`; `lost_tokens` > 0 when it was cut."""
+    def add(self, split: str, lost_tokens: int, length: int | None = None) -> None:
+        """One row of `split`; `lost_tokens` > 0 when it was cut (`length`: its length before the cut, said in
+        the log line)."""
         self.totals[split] = self.totals.get(split, 0) + 1
         if lost_tokens > 0:
             self.lost.setdefault(split, []).append(int(lost_tokens))
+            if length is not None:
+                self.lengths.setdefault(split, []).append(int(length))
 
     @property
     def n_cut(self) -> int:
@@ -69,7 +73,9 @@ class TruncationCount:
         """One line, or None when nothing was cut."""
         if not self.lost:
             return None
-        parts = [f"{s}: {d['cut']} of {d['of']} (up to {d['max_lost']} {self.unit}, {d['total_lost']} in all)"
+        parts = [f"{s}: {d['cut']} of {d['of']} (up to {d['max_lost']} {self.unit}, {d['total_lost']} in all"
+                 + (f"; {min(self.lengths[s])}-{max(self.lengths[s])} tokens before the cut" if self.lengths.get(s)
+                    else "") + ")"
                  for s, d in self.per_split().items()]
         return f"{self.what} cut to the maximum length {self.limit}: " + "; ".join(parts) + "."
 
