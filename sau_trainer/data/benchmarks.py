@@ -202,7 +202,9 @@ class Benchmark:
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, model: Any, tokenizer: Any, splits_data: Mapping[str, Any], *, forget_split: str = "forget10",
                  batch_size: int = 16, max_new_tokens: int = 200, max_length: int | None = None,
-                 retain_results: Any = None, show_progress: bool = True) -> dict[str, Any]:
+                 retain_results: Any = None, show_progress: bool = True, compat: str | None = None,
+                 question_key: str = "question") -> dict[str, Any]:
+        """The protocol's evaluation; `compat`: the metric definitions (`sau_trainer.evaluation.compat`)."""
         raise NotImplementedError
 
 
@@ -257,12 +259,12 @@ class TofuStyleBenchmark(Benchmark):
         return [t for t in texts if t]
 
     def evaluate(self, model, tokenizer, splits_data, *, forget_split="forget10", batch_size=16, max_new_tokens=200,
-                 max_length=None, retain_results=None, show_progress=True):
+                 max_length=None, retain_results=None, show_progress=True, compat=None, question_key="question"):
         from ..evaluation.tofu import evaluate_tofu
 
         return evaluate_tofu(model, tokenizer, splits_data, forget_split=forget_split, batch_size=batch_size,
                              max_new_tokens=max_new_tokens, max_length=max_length, retain_results=retain_results,
-                             show_progress=show_progress)
+                             show_progress=show_progress, compat=compat, question_key=question_key)
 
 
 # ----------------------------------------------------------------------------------------- MUSE protocol
@@ -335,11 +337,12 @@ class MuseStyleBenchmark(Benchmark):
         return [r["text"] for s in names for r in _split(splits_data, s)]
 
     def evaluate(self, model, tokenizer, splits_data, *, forget_split="forget10", batch_size=16, max_new_tokens=200,
-                 max_length=None, retain_results=None, show_progress=True):
+                 max_length=None, retain_results=None, show_progress=True, compat=None, question_key="question"):
         from ..evaluation.muse import evaluate_muse
 
+        _no_question_key(question_key, "MUSE")
         return evaluate_muse(model, tokenizer, splits_data, batch_size=batch_size, max_length=max_length,
-                             retain_results=retain_results, show_progress=show_progress)
+                             retain_results=retain_results, show_progress=show_progress, compat=compat)
 
 
 # ----------------------------------------------------------------------------------------- WMDP protocol
@@ -440,11 +443,20 @@ class WmdpStyleBenchmark(Benchmark):
         return out
 
     def evaluate(self, model, tokenizer, splits_data, *, forget_split="forget10", batch_size=16, max_new_tokens=200,
-                 max_length=None, retain_results=None, show_progress=True):
+                 max_length=None, retain_results=None, show_progress=True, compat=None, question_key="question"):
+        from ..evaluation.compat import resolve
         from ..evaluation.wmdp import evaluate_wmdp
+
+        resolve(compat, "wmdp")  # no compat mode defines WMDP metrics: a clear error for any
+        _no_question_key(question_key, "WMDP")
 
         return evaluate_wmdp(model, tokenizer, splits_data, batch_size=batch_size, max_length=max_length,
                              retain_results=retain_results, show_progress=show_progress)
+
+
+def _no_question_key(question_key: str, protocol: str) -> None:
+    if question_key != "question":
+        raise ValueError(f"question_key={question_key!r} is for the TOFU protocol; {protocol} asks its own prompts.")
 
 
 def _split(splits_data: Mapping[str, list[dict]], name: str) -> list[dict]:

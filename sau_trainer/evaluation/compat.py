@@ -80,9 +80,23 @@ def definitions_label(compat: str | None) -> str:
     return PACKAGE_LABEL if compat is None else resolve(compat).name or PACKAGE_LABEL
 
 
-def check_recipe(compat: str | None, protocol: str, errors: list[str]) -> None:
-    """Recipe check of ``evaluate.compat`` (called by the schema): one line per problem."""
+QUESTION_KEYS = ("question", "paraphrased_question")  # TOFU's forget and retain *_perturbed columns
+
+
+def check_recipe(evaluate, benchmark: str, errors: list[str]) -> None:
+    """Recipe checks of ``evaluate.compat`` and ``evaluate.question_key`` (called by the schema), one line each."""
     try:
-        resolve(compat, protocol)
+        from ..data.benchmarks import get_benchmark
+
+        protocol = get_benchmark(benchmark).protocol
+    except (KeyError, ValueError):  # an unknown benchmark has its own error
+        protocol = None
+    try:
+        resolve(evaluate.compat, protocol)
     except ValueError as err:
         errors.append(f"evaluate.compat: {err}")
+    if evaluate.question_key not in QUESTION_KEYS:
+        errors.append(f"evaluate.question_key: {evaluate.question_key!r} is not one of {', '.join(QUESTION_KEYS)}")
+    elif evaluate.question_key != "question" and protocol not in (None, "tofu"):
+        errors.append(f"evaluate.question_key: {evaluate.question_key!r} is for the TOFU protocol; the benchmark "
+                      f"{benchmark!r} is {protocol.upper()}: remove it")

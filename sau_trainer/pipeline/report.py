@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.benchmarks import TOFU_REPORT, ReportSpec, get_benchmark
+from ..evaluation.compat import definitions_label
 from ..evaluation.results import load_results
 from .comparisons import grid_key, metric_value, report_comparisons
 
@@ -209,6 +210,7 @@ def render_markdown(rows: list[dict], recipe, comparisons: list[dict] | None = N
         lines += _findings_section(comparisons, rows, spec, fraction, floor)
     lines += _definitions_section(spec, fraction)
     lines += ["## Setup", "", f"- model: {model}", f"- benchmark: {bench}{split}",
+              f"- definitions: {definitions_label(recipe.evaluate.compat)} (evaluate.compat)",
               "- rows: `model` is what was unlearned (dense: the finetuned model; sparse: a pruned one) or the "
               "reference (finetuned, retain); `pruning` is the pruning of the evaluated weights (a dense run "
               "with a pruning was unlearned first, then pruned)",

@@ -159,6 +159,12 @@ class EvaluateSection:
     batch_size: int = opt(16, "Evaluation batch size.")
     max_new_tokens: int = opt(200, "Greedy generation length for ROUGE (the protocol uses 200).")
     max_length: int | None = opt(None, "Cap on prompt+answer tokens (None: the model's limit).")
+    compat: str | None = opt(
+        None, "Metric definitions: none (the package's), 'open-unlearning' (reproduces its numbers: truth ratio "
+        "wrong / (correct + 1e-10), ...) or 'muse' (MUSE protocol: MUSE's own VerbMem and zlib). "
+        "sau_trainer.evaluation.compat lists what each changes; results.json and report.md say which was used.")
+    question_key: str = opt("question", "TOFU protocol: 'paraphrased_question' asks the forget and retain "
+                            "questions in their paraphrased form (open-unlearning's question_key).")
     device_map: str | None = opt(
         None, "Load each evaluated model with from_pretrained(device_map=...) instead of on the main process's "
         "device, e.g. 'auto': accelerate spreads the layers over the visible GPUs, then the CPU (a model larger than "
@@ -474,6 +480,9 @@ def _check(recipe: Recipe, errors: list[str]) -> None:
     check_robustness(recipe, errors)
     if recipe.evaluate.batch_size < 1 or recipe.evaluate.max_new_tokens < 0:
         errors.append("evaluate: batch_size must be >= 1 and max_new_tokens >= 0")
+    from ..evaluation.compat import check_recipe as check_compat
+
+    check_compat(recipe.evaluate, recipe.data.benchmark, errors)
     h = recipe.push
     if h.push_to_hub and not h.hub_model_id:
         errors.append("push.hub_model_id: required with push.push_to_hub: true (e.g. user/model-name)")

@@ -455,7 +455,8 @@ def run_evaluate(ctx: Context, task: Task, out: Path) -> dict:
     e = s["evaluate"]
     evaluation = ctx.bench.evaluate(model, tok, ctx.benchmark, forget_split=s["forget_split"],
                                     batch_size=e["batch_size"], max_new_tokens=e["max_new_tokens"],
-                                    max_length=e["max_length"], retain_results=retain, show_progress=ctx.is_main)
+                                    max_length=e["max_length"], retain_results=retain, show_progress=ctx.is_main,
+                                    compat=e.get("compat"), question_key=e.get("question_key", "question"))
     if s.get("is_retain"):
         evaluation = attach_forget_quality(evaluation, evaluation)  # the reference against itself: FQ 1, privleak 0
     results = build_results(evaluation, {"name": task.meta.get("name"), "path": src,
@@ -680,10 +681,11 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
             unlearn_settings_for=lambda run: point_settings[run["name"]])
 
     # evaluation: the retain references first (forget quality is measured against them)
+    from ..evaluation.compat import DEFINITIONS_VERSION
     from .robustness import evaluation_settings
 
     e_settings = {"evaluate": evaluation_settings(e), "forget_split": forget_split, "data": fp, "loading": loading,
-                  "protocol": bench.protocol, "membership_inference": 1}
+                  "protocol": bench.protocol, "membership_inference": 1, "definitions": DEFINITIONS_VERSION}
     refs_rows = []
     tseed = recipe.train_target.seed
     if refs["retain"]:
