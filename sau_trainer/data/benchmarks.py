@@ -243,7 +243,10 @@ class TofuStyleBenchmark(Benchmark):
         return forget_split, retain_split or f"retain{100 - int(forget_split[-2:]):02d}"
 
     def unlearning_rows(self, splits_data, split, tokenizer=None, max_length=None):
-        return self.training_rows(splits_data, [split])
+        from .alternates import attach_perturbed
+
+        # with the perturbed answers of the same questions (forgetNN_perturbed, where loaded): AltPO's alternates
+        return attach_perturbed(self.training_rows(splits_data, [split]), splits_data.get(f"{split}_perturbed"))
 
     def calibration_texts(self, splits_data, split, tokenizer):
         from .qa import format_prompt
