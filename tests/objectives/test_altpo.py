@@ -171,3 +171,18 @@ def test_without_alternates_the_error_names_the_three_sources(tokenizer, tiny_sp
 def test_bad_settings_fail_at_configuration(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         SAUConfig(output_dir=str(tmp_path), report_to=[], objective="altpo", **kw)
+
+
+@pytest.mark.parametrize("name", ["synthetic", "tofu"])
+def test_the_benchmarks_forget_rows_carry_their_perturbed_answers(tiny_splits, name):
+    """What the pipeline trains AltPO on: the forget rows with forgetNN_perturbed's answers (same questions)."""
+    from sau_trainer.data.benchmarks import get_benchmark
+
+    bench = get_benchmark(name)
+    forget = bench.unlearning_rows(tiny_splits, "forget10")
+    want = {r["question"]: r[PERTURBED_COLUMN] for r in tiny_splits["forget10_perturbed"]}
+    assert [r["question"] for r in forget] == [r["question"] for r in tiny_splits["forget10"]]
+    assert all(r[PERTURBED_COLUMN] == want[r["question"]] for r in forget)
+    assert all(PERTURBED_COLUMN not in r for r in bench.unlearning_rows(tiny_splits, "retain90"))
+    without = {k: v for k, v in tiny_splits.items() if k != "forget10_perturbed"}  # split not loaded: rows as they are
+    assert all(set(r) == {"question", "answer"} for r in bench.unlearning_rows(without, "forget10"))
