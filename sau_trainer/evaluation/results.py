@@ -35,8 +35,11 @@ def _digest(obj: Any) -> str:
 
 
 def settings_hash(settings: Mapping[str, Any]) -> str:
-    """A stable hash of the settings that produced a results file (key order does not matter)."""
-    return _digest(dict(settings))[:16]
+    """A stable hash of the settings that produced a results file (key order does not matter) and of the metric
+    definitions' version (`compat.DEFINITIONS_VERSION`): a file computed with older definitions is never reused."""
+    from . import compat
+
+    return _digest({"settings": dict(settings), "definitions_version": compat.DEFINITIONS_VERSION})[:16]
 
 
 def data_fingerprint(splits: Mapping[str, list[dict]]) -> str:

@@ -3,6 +3,7 @@ open-unlearning's and MUSE's documented formulas (float64, written here from the
 package defaults they depart from: truth ratio and forget quality, normalised probability, extraction
 strength (EOS position, 1/|y| floor), MUSE VerbMem (no stemmer, reference cut to 128 tokens) and zlib."""
 
+import json
 import math
 import re
 import zlib
@@ -327,3 +328,30 @@ def test_muse_compat_verbmem_and_zlib_against_muse_formulas(muse_small, monkeypa
     assert muse["compat"] == "muse" and build_results(muse, {}, {})["definitions"] == "muse"
     assert muse["summary"]["forget_knowmem_rouge"] == default["summary"]["forget_knowmem_rouge"]
     assert not math.isclose(muse["summary"]["forget_verbmem_rouge"], default["summary"]["forget_verbmem_rouge"])
+
+
+def test_eval_command_never_reuses_results_of_older_definitions(tok, tmp_path, monkeypatch, caplog):
+    """`sau-trainer eval` reuses a results.json computed with the same settings, but not with other metric
+    definitions (the extraction strength of version 1 counted the EOS position)."""
+    import logging
+
+    from sau_trainer.cli import main as cli_main
+    from sau_trainer.evaluation import compat
+
+    model_dir = tmp_path / "model"
+    _llama(tok).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    out = tmp_path / "eval"
+    args = ["eval", "--model", str(model_dir), "--benchmark", "synthetic", "--output-dir", str(out),
+            "--max-new-tokens", "1", "--batch-size", "64", "--no-progress"]
+    caplog.set_level(logging.INFO)
+    assert cli_main(args) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert first["definitions"] == "package defaults" and first["definitions_version"] == DEFINITIONS_VERSION
+    caplog.clear()
+    assert cli_main(args) == 0 and "Reusing" in caplog.text
+    monkeypatch.setattr(compat, "DEFINITIONS_VERSION", DEFINITIONS_VERSION + 1)
+    caplog.clear()
+    assert cli_main(args) == 0 and "Reusing" not in caplog.text
+    again = json.loads((out / "results.json").read_text())
+    assert again["definitions_version"] == DEFINITIONS_VERSION + 1 and again["settings_hash"] != first["settings_hash"]
