@@ -516,3 +516,30 @@ class SparsityMasks:
 
     def __repr__(self) -> str:
         return f"SparsityMasks({len(self)} matrices, sparsity={self.sparsity():.4f}, source={self.source!r})"
+
+
+def check_resume_masks(given: SparsityMasks, saved: SparsityMasks, checkpoint: str, moving: bool = False) -> None:
+    """Resuming from `checkpoint`: the masks a trainer was given (or inferred) against the ones the checkpoint
+    saved. Equal: nothing to say. Different with a moving mask (``sau_moving_mask``): expected, the checkpoint's
+    moved masks are used, and said. Different otherwise: refused (ValueError), never swapped in silently."""
+    differ, entries = [], 0
+    for name in saved.names:
+        if name not in given:
+            differ.append(name)
+            continue
+        n = int((given.get(name, "cpu") != saved.get(name, "cpu")).sum())
+        if n:
+            differ.append(name)
+            entries += n
+    if not differ:
+        return
+    what = f"{entries} entries in {len(differ)} of {len(saved)} matrices (first: {differ[0]!r})"
+    if moving:
+        logger.info("Resuming from %s with its masks, moved during training (%s differ from the starting masks).",
+                    checkpoint, what)
+        return
+    raise ValueError(
+        f"Resuming from {checkpoint}: its sparsity masks differ from the ones this trainer was given "
+        f"({given.source or 'sparsity_masks='}): {what}. Resume with the model and sparsity_masks the run started "
+        "with, or start a new run; the checkpoint's masks are never swapped in silently."
+    )

@@ -44,3 +44,61 @@ def build_llama(shape: str | dict = "tiny", tokenizer: Any = None, seed: int = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return LlamaForCausalLM(LlamaConfig(**fields))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is not loaded (a pickle file torch's safe loader refuses); its message is one line."""
+
+    clean = True  # the pipeline reports it in one line, without a traceback
+
+
+def load_causal_lm(source: str, **kwargs):
+    """`AutoModelForCausalLM.from_pretrained(source, **kwargs)`, with a clear error for a pickle checkpoint.
+
+    Only safetensors checkpoints are loaded as they are. A pickle checkpoint (``pytorch_model.bin``) goes through
+    torch's ``weights_only`` loader (transformers' default), which refuses anything but tensors: such a file is
+    refused with `CheckpointError` naming it, never loaded with ``weights_only=False`` (that would run its code)."""
+    import pickle
+
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except pickle.UnpicklingError as err:
+        first = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line),
+                     str(err).splitlines()[0] if str(err) else type(err).__name__)
+        raise CheckpointError(
+            f"{source}: its pickle checkpoint (*.bin) was refused by torch's safe loader ({first}); sau-trainer "
+            "loads only safetensors checkpoints and plain-tensor pickles, and never runs code from a checkpoint. "
+            "Convert the model to safetensors where you trust it (from_pretrained, then save_pretrained) and "
+            "point to that copy.") from None
+
+
+REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code")
+
+
+def strip_remote_code(model_dir: str) -> list[str]:
+    """Drop ``auto_map`` and ``trust_remote_code`` from a saved model's ``config.json`` (returns those dropped).
+
+    The package loads models only with transformers' own classes and never runs remote code, so a model it saves
+    does not point loaders at a source repository's code (kept from its source, they would invite
+    ``trust_remote_code=True`` on a model that needs none)."""
+    import json
+    import os
+
+    path = os.path.join(model_dir, "config.json")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return []
+    dropped = [k for k in REMOTE_CODE_KEYS if k in config]
+    if dropped:
+        for k in dropped:
+            del config[k]
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    return dropped

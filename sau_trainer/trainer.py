@@ -352,6 +352,9 @@ class SAUTrainer(SparsityPreserving, Trainer):
             return
         state = SAUState.load(resume_from_checkpoint)
         masks = SparsityMasks.load(resume_from_checkpoint, self.model)
+        from .masks import check_resume_masks  # differing masks are refused, or said when the mask moves
+
+        check_resume_masks(self.sparsity_masks, masks, resume_from_checkpoint, moving=self.moving_mask is not None)
         self.sparsity_masks = masks.to(self.args.device)
         if "ref_forget_nll_sum" in state.extra:
             self.objective_ctx.ref_forget_nll_sum = state.extra.pop("ref_forget_nll_sum")

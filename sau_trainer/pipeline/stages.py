@@ -272,15 +272,15 @@ def _dtype(name: str):
 def load_model(ctx: Context, ref: str, device=None, device_map: str | None = None):
     """A causal LM from a task directory or a Hub id / path, in the recipe's dtype: on `device`, or placed by
     accelerate with `device_map` (e.g. ``"auto"``: spread over the visible GPUs, then the CPU; `device` unused)."""
-    from transformers import AutoModelForCausalLM
+    from ..modeling import load_causal_lm  # a pickle checkpoint torch refuses: one clear line
 
     m = ctx.recipe.model
     kwargs: dict[str, Any] = {"dtype": _dtype(m.dtype)}
     if m.attn_implementation:
         kwargs["attn_implementation"] = m.attn_implementation
     if device_map is not None:
-        return AutoModelForCausalLM.from_pretrained(ctx.model_source(ref), device_map=device_map, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(ctx.model_source(ref), **kwargs)
+        return load_causal_lm(ctx.model_source(ref), device_map=device_map, **kwargs)
+    model = load_causal_lm(ctx.model_source(ref), **kwargs)
     if device is not None:
         model.to(device)
     return model
@@ -419,6 +419,9 @@ def run_unlearn(ctx: Context, task: Task, out: Path) -> dict:
     if ctx.is_main:
         model.config.use_cache = True
         model.config.save_pretrained(out)
+        from ..modeling import strip_remote_code
+
+        strip_remote_code(str(out))  # never points at remote code (`pruning.save_sparse_model` does the same)
         meta = {}
         if os.path.isfile(os.path.join(src, SPARSITY_FILE)):
             meta = json.loads(Path(src, SPARSITY_FILE).read_text())

@@ -257,6 +257,9 @@ def save_sparse_model(model: nn.Module, tokenizer, output_dir: str | os.PathLike
     os.makedirs(output_dir, exist_ok=True)
     result.masks.check(model)
     model.save_pretrained(output_dir)  # safetensors, zeros written out
+    from ..modeling import strip_remote_code
+
+    strip_remote_code(output_dir)  # no auto_map / trust_remote_code: the package never runs remote code
     if tokenizer is not None:
         tokenizer.save_pretrained(output_dir)
     result.masks.save(output_dir)
