@@ -187,6 +187,10 @@ class Benchmark:
     def calibration_texts(self, splits_data: Mapping[str, list[dict]], split: str, tokenizer: Any) -> list[str]:
         raise NotImplementedError
 
+    def calibration_splits(self, split: str) -> list[str]:
+        """The splits `calibration_texts` reads for `split` (what the pipeline must load for it)."""
+        return [split]
+
     def tokenizer_texts(self, splits_data: Mapping[str, list[dict]]) -> list[str]:
         """Every string of the benchmark, for a tokenizer trained from scratch."""
         texts: list[str] = []
@@ -334,18 +338,24 @@ class MuseStyleBenchmark(Benchmark):
         raw = [r["text"] for name, rows in splits_data.items() if name.startswith("raw/") for r in rows]
         return list(dict.fromkeys(raw)) if raw else list(dict.fromkeys(super().tokenizer_texts(splits_data)))
 
+    def calibration_splits(self, split):
+        """``full`` (the TOFU name) means every text the target model was trained on."""
+        return self.train_splits("target") if split == "full" else [split]
+
     def calibration_texts(self, splits_data, split, tokenizer):
-        """Texts of `split`; ``full`` (the TOFU name) means every text the target model was trained on."""
-        names = self.train_splits("target") if split == "full" else [split]
-        return [r["text"] for s in names for r in _split(splits_data, s)]
+        """Texts of `split` (see `calibration_splits`)."""
+        return [r["text"] for s in self.calibration_splits(split) for r in _split(splits_data, s)]
 
     def evaluate(self, model, tokenizer, splits_data, *, forget_split="forget10", batch_size=16, max_new_tokens=200,
-                 max_length=None, retain_results=None, show_progress=True, compat=None, question_key="question"):
+                 max_length=None, retain_results=None, show_progress=True, max_rows=None, max_prompt_tokens=None,
+                 compat=None, question_key="question"):
         from ..evaluation.muse import evaluate_muse
 
         _no_question_key(question_key, "MUSE")
+
         return evaluate_muse(model, tokenizer, splits_data, batch_size=batch_size, max_length=max_length,
-                             retain_results=retain_results, show_progress=show_progress, compat=compat)
+                             retain_results=retain_results, show_progress=show_progress, max_rows=max_rows,
+                             max_prompt_tokens=max_prompt_tokens, compat=compat)
 
 
 # ----------------------------------------------------------------------------------------- WMDP protocol

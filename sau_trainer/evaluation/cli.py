@@ -2,7 +2,9 @@
 
 A re-run with the same settings (same model files, data, forget split, generation length)
 reuses the file and says so; different settings recompute. A new retain-results file only
-recomputes forget quality, from the per-example numbers already saved.
+recomputes the metrics measured against it (forget quality on TOFU, privleak wherever membership
+inference ran), from the per-example numbers already saved, and only from a reference evaluated on
+the same rows.
 """
 
 from __future__ import annotations
@@ -57,7 +59,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Weights' dtype once loaded (default auto: the dtype the model was saved in).")
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
     parser.add_argument("--force", action="store_true", help="Recompute even if results with the same settings exist.")
-    parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    parser.add_argument("--max-rows", type=positive_int, default=None,
+                        help="MUSE-protocol benchmarks: score only the first N rows of each scored split (verbmem, "
+                        "knowmem questions, privleak forget and holdout; the in-context examples stay whole), e.g. "
+                        "for a quick look. Recorded in results.json (settings.max_rows, rows); a retain reference "
+                        "must be evaluated on the same rows.")
+    parser.add_argument("--max-prompt-tokens", type=positive_int, default=None,
+                        help="MUSE-protocol benchmarks: cut the VerbMem and KnowMem prompts to BOS and their last N-1 "
+                        "tokens, for a model whose positions the prompts would fill (MUSE-News' VerbMem prompts are "
+                        "about 1,300 tokens): without it such a model is refused, since it would generate nothing. "
+                        "Recorded in results.json (settings.max_prompt_tokens).")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="Hide progress bars (MUSE then logs one line per split: rows and seconds).")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="CPU threads for torch (default: 1 for a model under 50M parameters, where more threads "
                         "only wait on each other, else torch's default).")
@@ -85,6 +98,9 @@ def _settings(args: argparse.Namespace, splits: dict, model_dir: Path) -> dict[s
         "plain_prompt": PLAIN_PROMPT,
     }
     out.update(protocol=bench.protocol, subset=args.subset, membership_inference=1)
+    for key in ("max_rows", "max_prompt_tokens"):  # only when set: earlier results files stay reusable
+        if getattr(args, key, None) is not None:
+            out[key] = getattr(args, key)
     return out
 
 
@@ -110,7 +126,19 @@ def _print_summary(results: dict, path: Path) -> None:
     settings = results["settings"]
     what = "TOFU" if settings.get("protocol", "tofu") == "tofu" else settings.get("benchmark", "MUSE")
     where = settings.get("forget_split") if settings.get("protocol", "tofu") == "tofu" else settings.get("subset")
+    if settings.get("max_rows") is not None:
+        where = f"{where or 'default subset'}; first {settings['max_rows']} rows per split"
     print(f"{what} results ({where}) -> {path}\n" + "\n".join(lines))
+
+
+def recomputed_names(results: dict) -> str:
+    """What a new reference changes in `results`: forget quality (TOFU protocol) and privleak (wherever
+    membership inference ran)."""
+    from .results import has_truth_ratios
+
+    names = (["forget quality"] if has_truth_ratios(results) else []) + (
+        ["privleak"] if "mia_min_k" in (results.get("summary") or {}) else [])
+    return " and ".join(names) or "nothing (no metric is measured against a reference)"
 
 
 def _changed(old: dict, new: dict) -> list[str]:
@@ -161,6 +189,10 @@ def _run(args: argparse.Namespace) -> int:
     bench_problems = bench.check_options(args.subset, args.preset)
     if bench_problems:
         problems.append(f"--benchmark {args.benchmark}: " + "; ".join(bench_problems) + ".")
+    limits = [f"--{k.replace('_', '-')}" for k in ("max_rows", "max_prompt_tokens") if getattr(args, k, None)]
+    if limits and bench.protocol != "muse":
+        problems.append(f"{' and '.join(limits)}: for MUSE-protocol benchmarks (muse, synthetic-muse); "
+                        f"{args.benchmark} follows the {bench.protocol.upper()} protocol.")
     if problems:
         raise CommandError(" ".join(problems))
     set_threads(args.threads, model_dir)
@@ -187,8 +219,16 @@ def _run(args: argparse.Namespace) -> int:
                             "recompute.", path, digest)
                 _print_summary(old, path)
                 return 0
-            logger.info("Reusing the per-example numbers in %s (same settings, hash %s); recomputing forget "
-                        "quality against %s.", path, digest, args.retain_results or "no reference (null)")
+            from .reference_rows import mia_row_counts, reference_row_problem
+
+            try:
+                problem = reference_row_problem(mia_row_counts(old), args.retain_results)
+            except (OSError, ValueError) as err:
+                raise CommandError(f"--retain-results {args.retain_results}: {err}") from err
+            if problem:
+                raise CommandError(f"--retain-results {args.retain_results}: {problem}")
+            logger.info("Reusing the per-example numbers in %s (same settings, hash %s); recomputing %s against %s.",
+                        path, digest, recomputed_names(old), args.retain_results or "no reference (null)")
             results = attach_forget_quality(load_results(old), args.retain_results)
             path = save_results(results, output_dir)
             _print_summary(results, path)
@@ -210,10 +250,18 @@ def _run(args: argparse.Namespace) -> int:
         from ..clitools import load_problem
 
         raise CommandError(load_problem(args.model, err)) from err
-    evaluation = bench.evaluate(model, tokenizer, splits, forget_split=args.forget_split, batch_size=args.batch_size,
-                                max_new_tokens=args.max_new_tokens, retain_results=args.retain_results,
-                                show_progress=not args.no_progress)
+    from .muse import MuseInputError
+
+    limits = {k: getattr(args, k) for k in ("max_rows", "max_prompt_tokens") if getattr(args, k, None) is not None}
+    try:
+        evaluation = bench.evaluate(model, tokenizer, splits, forget_split=args.forget_split,
+                                    batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                    retain_results=args.retain_results, show_progress=not args.no_progress, **limits)
+    except MuseInputError as err:  # said before any model work: nothing is lost
+        raise CommandError(str(err)) from err
     results = build_results(evaluation, _model_info(model, model_dir), settings)
+    if "rows" in evaluation:  # rows evaluated per split, of how many (with --max-rows, fewer than all)
+        results["rows"] = evaluation["rows"]
     path = save_results(results, output_dir)
     _print_summary(results, path)
     return 0

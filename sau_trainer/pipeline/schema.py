@@ -165,6 +165,9 @@ class EvaluateSection:
         "sau_trainer.evaluation.compat lists what each changes; results.json and report.md say which was used.")
     question_key: str = opt("question", "TOFU protocol: 'paraphrased_question' asks the forget and retain "
                             "questions in their paraphrased form (open-unlearning's question_key).")
+    max_prompt_tokens: int | None = opt(
+        None, "MUSE protocol: cut the VerbMem and KnowMem prompts to BOS and their last N-1 tokens, for a model whose "
+        "positions the prompts fill (refused otherwise: it would generate nothing and score 0).")
     device_map: str | None = opt(
         None, "Load each evaluated model with from_pretrained(device_map=...) instead of on the main process's "
         "device, e.g. 'auto': accelerate spreads the layers over the visible GPUs, then the CPU (a model larger than "
@@ -483,6 +486,9 @@ def _check(recipe: Recipe, errors: list[str]) -> None:
     from ..evaluation.compat import check_recipe as check_compat
 
     check_compat(recipe.evaluate, recipe.data.benchmark, errors)
+    from ..evaluation.muse import check_recipe as check_muse
+
+    check_muse(recipe, errors)
     h = recipe.push
     if h.push_to_hub and not h.hub_model_id:
         errors.append("push.hub_model_id: required with push.push_to_hub: true (e.g. user/model-name)")

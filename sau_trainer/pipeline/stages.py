@@ -117,23 +117,30 @@ class Context:
 
 
 def split_uses(recipe: Recipe) -> dict[str, str] | None:
-    """The TOFU-style splits the recipe's stages read, each with what reads it (None: load every split, as for a
-    generated benchmark, a tokenizer trained on every string, or a MUSE/WMDP-style benchmark)."""
+    """The TOFU- or MUSE-style splits the recipe's stages read, each with what reads it (None: load every split, as
+    for a generated benchmark, a TOFU tokenizer trained on every string, or a WMDP-style benchmark)."""
     from ..data.benchmarks import get_benchmark
     from ..pruning.registry import PRUNERS
 
     d, m = recipe.data, recipe.model
     bench = get_benchmark(d.benchmark)
-    if bench.protocol != "tofu" or (bench.generated and d.data_dir is None) or m.shape is not None:
+    if bench.protocol not in ("tofu", "muse") or (bench.generated and d.data_dir is None) or (
+            m.shape is not None and bench.protocol == "tofu"):
         return None
     uses: dict[str, str] = {}
+    if m.shape is not None:  # MUSE-style: the tokenizer learns every raw text (tokenizer_texts)
+        from ..data.muse import TRAINING_SPLITS
+
+        for split in TRAINING_SPLITS:
+            uses.setdefault(split, "the tokenizer (model.shape: trained on every raw text)")
     for role, sec in (("target", recipe.train_target), ("retain", recipe.train_retain)):
         if sec.enabled:
             for split in sec.splits or default_splits(recipe, role):
                 uses.setdefault(split, f"training the {role} model (train_{role}.splits)")
     p = recipe.prune
     if p.enabled and p.calibration_path is None and any(PRUNERS[x].statistic is not None for x in p.method):
-        uses.setdefault(p.calibration_split, "pruning calibration (prune.calibration_split)")
+        for split in bench.calibration_splits(p.calibration_split):
+            uses.setdefault(split, "pruning calibration (prune.calibration_split)")
     if recipe.unlearn.enabled:
         forget, retain = bench.unlearning_splits(d.forget_split, recipe.unlearn.retain_split, d.subset)
         uses.setdefault(forget, "unlearning (the forget set)")
@@ -141,7 +148,7 @@ def split_uses(recipe: Recipe) -> dict[str, str] | None:
     *evaluated, holdout = bench.evaluation_splits(d.forget_split, d.subset)
     for split in evaluated:
         uses.setdefault(split, "the evaluation")
-    uses.setdefault(holdout, "membership inference in the evaluation (the non-member answers)")
+    uses.setdefault(holdout, "membership inference in the evaluation (the non-members)")
     return uses
 
 
@@ -160,14 +167,22 @@ def load_data(recipe: Recipe) -> dict[str, list[dict]]:
             hint = "" if "data_dir" in str(err) else offline_hint
             raise RecipeError(f"data: could not load the {d.benchmark} benchmark ({type(err).__name__}: {err})"
                               f"{hint}") from err
-    data = {}
+    data, missing = {}, []
     for split, use in uses.items():
         try:
             data.update(load_benchmark(d.benchmark, splits=[split], **kwargs))
         except Exception as err:  # noqa: BLE001
+            if isinstance(err, FileNotFoundError):  # every missing split is named at once
+                missing.append((split, use, err))
+                continue
             hint = "" if "data_dir" in str(err) else offline_hint
             raise RecipeError(f"data: could not load split {split!r} of the {d.benchmark} benchmark, read by {use} "
                               f"({type(err).__name__}: {err}){hint}") from err
+    if missing:
+        hint = "" if all("data_dir" in str(e) for _, _, e in missing) else offline_hint
+        parts = [f"split {split!r}, read by {use} ({type(err).__name__}: {err})" for split, use, err in missing]
+        head = "could not load " + ("" if len(missing) == 1 else f"{len(missing)} splits: ")
+        raise RecipeError(f"data: {head}" + "; ".join(parts) + f" (the {d.benchmark} benchmark){hint}")
     return data
 
 
@@ -459,7 +474,9 @@ def run_evaluate(ctx: Context, task: Task, out: Path) -> dict:
     evaluation = ctx.bench.evaluate(model, tok, ctx.benchmark, forget_split=s["forget_split"],
                                     batch_size=e["batch_size"], max_new_tokens=e["max_new_tokens"],
                                     max_length=e["max_length"], retain_results=retain, show_progress=ctx.is_main,
-                                    compat=e.get("compat"), question_key=e.get("question_key", "question"))
+                                    compat=e.get("compat"), question_key=e.get("question_key", "question"),
+                                    **({"max_prompt_tokens": e["max_prompt_tokens"]} if e.get("max_prompt_tokens")
+                                       else {}))
     if s.get("is_retain"):
         evaluation = attach_forget_quality(evaluation, evaluation)  # the reference against itself: FQ 1, privleak 0
     results = build_results(evaluation, {"name": task.meta.get("name"), "path": src,

@@ -58,7 +58,7 @@ def test_tofu_membership_inference_forget_against_holdout(random_dir, tiny_split
 def test_eval_cli_on_synthetic_muse_and_tofu_holdout(random_dir, tmp_path, capsys):
     out = tmp_path / "muse"
     args = ["eval", "--model", str(random_dir), "--benchmark", "synthetic-muse", "--output-dir", str(out),
-            "--batch-size", "16", "--no-progress"]
+            "--batch-size", "16", "--no-progress", "--max-prompt-tokens", "128"]  # prompts of 304-374 tokens, 256 positions
     assert cli_main(args) == 0
     results = load_results(out)
     assert results["protocol"] == "muse" and results["settings"]["benchmark"] == "synthetic-muse"
