@@ -658,6 +658,7 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
                      {**deps_of(refs["retain"]), **tok_deps}))
     # unlearning grid
     from ..data.benchmarks import get_benchmark
+    from ..objectives import definitions as objective_definitions
 
     bench = get_benchmark(d.benchmark)
     forget_split = d.forget_split
@@ -683,6 +684,8 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
                                             "learning_rate": lr, "seed": seed, "unlearn": point,
                                             "forget_split": unlearn_forget, "retain_split": retain_split,
                                             "dtype": m.dtype, "data": fp}
+                                if defs := objective_definitions(obj, point.get("args") or {}):
+                                    settings["definitions"] = defs  # changed definitions: a new hash, recomputed
                                 add(Task("unlearn", f"models/{name}", settings,
                                          {**deps_of(ref, "source"), **tok_deps}))
                                 point_settings[name] = point
