@@ -182,3 +182,27 @@ def test_definitions_follow_the_changed_defaults():
     assert definitions("pdu", {"pdu_dual_update_upon": "epoch"}) == {"pdu_epoch_dual_step": 2}
     assert definitions("pdu", {"pdu_dual_update_upon": "epoch", "pdu_dual_warmup_epochs": 0}) == {}
     assert set(OBJECTIVES) >= {"altpo"}
+
+
+def test_changed_definitions_change_only_the_affected_unlearning_tasks():
+    """The planned unlearning tasks carry the versions of the changed definitions they compute, so an existing
+    output directory recomputes those runs (a new hash) and keeps every other run's cache key."""
+    from sau_trainer.pipeline import plan, validate
+    from sau_trainer.pipeline.runner import hash_tasks
+
+    base = {"model": {"shape": "tiny"}, "prune": {"method": ["magnitude"]},
+            "unlearn": {"objective": ["graddiff", "npo", "pdu"], "sau": [True], "model": ["dense"],
+                        "objective_args": {"npo": {"retain_loss": "kl"}, "pdu": {"pdu_dual_update_upon": "epoch"}}}}
+    def unlearn_tasks(recipe):
+        planned = plan(validate(recipe))
+        hash_tasks(planned)
+        return {t.settings["objective"]: t for t in planned if t.kind == "unlearn"}
+
+    tasks = unlearn_tasks(base)
+    assert "definitions" not in tasks["graddiff"].settings
+    assert tasks["npo"].settings["definitions"] == {"retain_kl": 2}
+    assert tasks["pdu"].settings["definitions"] == {"pdu_epoch_dual_step": 2}
+    plain = {**base, "unlearn": {**base["unlearn"], "objective_args": {}}}
+    again = unlearn_tasks(plain)
+    assert "definitions" not in again["npo"].settings and "definitions" not in again["pdu"].settings
+    assert again["graddiff"].hash == tasks["graddiff"].hash  # an unaffected run keeps its cache key
