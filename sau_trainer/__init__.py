@@ -33,6 +33,7 @@ _EXPORTS = {
     "SAUTrainer": "trainer",
     "TrainingDiverged": "divergence",
     "SaliencyCallback": "callbacks",
+    "UnlearningEvaluationCallback": "unlearning_eval",
     "compute_saliency": "saliency",
     "SAUState": "sau",
     "build_sau_state": "sau",
