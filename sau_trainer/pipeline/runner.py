@@ -362,9 +362,9 @@ def run_recipe(recipe: Recipe, output_dir: str | os.PathLike, force: bool = Fals
     if summary.diverged:
         n = len(summary.diverged)
         raise RunsDiverged(
-            f"{n} task(s) diverged (weights not finite): {', '.join(summary.diverged)}; every other task ran and "
-            f"{out / 'report.md'} lists them under 'Diverged runs'. Lower their learning rate (a new run) or keep "
-            "them as a result: a re-run does not retry them and exits 0.", summary)
+            f"{n} task(s) diverged (a non-finite loss or weights): {', '.join(summary.diverged)}; every other task "
+            f"ran and {out / 'report.md'} lists them under 'Diverged runs'. Lower their learning rate (a new run) or "
+            "keep them as a result: a re-run does not retry them and exits 0.", summary)
     return summary
 
 

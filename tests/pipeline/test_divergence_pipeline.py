@@ -141,7 +141,7 @@ def test_a_recipe_with_a_diverging_learning_rate_end_to_end(memorized, tmp_path,
     assert cli_main(argv) == 1
     err = capsys.readouterr().err
     bad = "models/magnitude-50-ga-plain-lr10000-s0"
-    assert f"sau-trainer run: error: 1 task(s) diverged (weights not finite): {bad}" in err
+    assert f"sau-trainer run: error: 1 task(s) diverged (a non-finite loss or weights): {bad}" in err
     doc = read_stage(out / "stages" / bad)
     assert doc["status"] == "diverged"
     report = json.loads((out / "report.json").read_text())
