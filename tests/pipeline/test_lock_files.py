@@ -11,6 +11,9 @@ def test_an_empty_lock_file_is_broken_by_its_age_not_after_the_heartbeat_timeout
     path.write_text("")  # created with O_EXCL, then the holder was killed before writing it
     old = time.time() - 60
     os.utime(path, (old, old))
+    assert locks.break_if_stale(path, stale_s=600)  # broken now, not after the 10-minute heartbeat timeout
+    path.write_text("")
+    os.utime(path, (old, old))
     start = time.monotonic()
     lock = locks.acquire(path, lambda: False, stale_s=600, poll_s=0.01, heartbeat_s=600)
     assert lock is not None and time.monotonic() - start < 5
