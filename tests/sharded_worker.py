@@ -5,8 +5,9 @@ one process (`python`) and under `accelerate launch --config_file recipes/accele
 
 Keys: steps, ga (gradient accumulation), odd (an intermediate size not divisible by 2: uneven shards), scope,
 redistribution, target (sau_redistribution_target), dense (sau_dense_params), objective, bf16, gc (gradient
-checkpointing), resume (a checkpoint directory to resume from), save_steps. Writes OUT/final (save_model) and,
-on the main process, OUT/report.json.
+checkpointing), resume (a checkpoint directory to resume from), save_steps, lr, optim, skip (skip_nonfinite_steps).
+Writes OUT/final (save_model), on the main process OUT/report.json, and on every rank OUT/diverged-RANK.json (what
+`TrainingDiverged` said there, or null).
 """
 
 import json
@@ -18,7 +19,7 @@ sys.path.insert(0, HERE)
 
 from sau_testing import sparse_model  # noqa: E402
 
-from sau_trainer import SAUConfig, SAUTrainer  # noqa: E402
+from sau_trainer import SAUConfig, SAUTrainer, TrainingDiverged  # noqa: E402
 from sau_trainer.data.synthetic import generate_benchmark  # noqa: E402
 from sau_trainer.data.tokenizer import train_tokenizer  # noqa: E402
 
@@ -48,9 +49,11 @@ def main(out: str, opts: dict[str, str]) -> None:
     retain = [{"question": r["question"], "answer": r["answer"]} for r in splits["retain90"][:32]]
     steps, save_steps = int(opts.get("steps", 3)), int(opts.get("save_steps", 0))
     args = SAUConfig(
-        output_dir=out, use_cpu=True, report_to=[], per_device_train_batch_size=2, learning_rate=1e-3,
+        output_dir=out, use_cpu=True, report_to=[], per_device_train_batch_size=2,
+        learning_rate=float(opts.get("lr", 1e-3)), skip_nonfinite_steps=opts.get("skip") == "1",
         gradient_accumulation_steps=int(opts.get("ga", 1)), max_steps=steps, logging_steps=1, disable_tqdm=True,
-        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, seed=0, optim="adamw_torch",
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, seed=0,
+        optim=opts.get("optim", "adamw_torch"),
         lr_scheduler_type="constant", weight_decay=0.1, max_grad_norm=1.0, objective=opts.get("objective", "graddiff"),
         sau_topk=0.3, saliency_batch_size=4, sau_topk_scope=opts.get("scope", "matrix"),
         sau_redistribution=opts.get("redistribution", "matrix"),
@@ -58,7 +61,14 @@ def main(out: str, opts: dict[str, str]) -> None:
         bf16=opts.get("bf16") == "1", gradient_checkpointing=opts.get("gc") == "1",
     )
     trainer = SAUTrainer(model, args, forget_dataset=forget, retain_dataset=retain, processing_class=tok)
-    trainer.train(resume_from_checkpoint=opts.get("resume") or None)
+    diverged = None
+    try:
+        trainer.train(resume_from_checkpoint=opts.get("resume") or None)
+    except TrainingDiverged as err:  # every rank must raise it at the same step (or none)
+        diverged = {"step": err.step, "what": err.what, "learning_rate": err.learning_rate,
+                    "last_finite_loss": err.last_finite_loss, "global_step": trainer.state.global_step}
+    with open(os.path.join(out, f"diverged-{trainer.args.process_index}.json"), "w") as f:
+        json.dump(diverged, f)
     trainer.save_model(os.path.join(out, "final"))
     if trainer.args.process_index == 0:
         from safetensors.torch import load_file
@@ -77,6 +87,9 @@ def main(out: str, opts: dict[str, str]) -> None:
             "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
             "mask_shapes": {n: list(trainer.sau_state.mask(n).shape) for n in trainer.sau_state.selected},
             "saliency_passes": SALIENCY_PASSES[0],
+            "pruned_nonzero": sum(int(((final[n] != 0) & (initial[n] == 0)).sum()) for n in names),
+            "nonfinite": sum(int((~final[n].isfinite()).sum()) for n in final),
+            "skipped": trainer._divergence.skipped,
         }
         with open(os.path.join(out, "report.json"), "w") as f:
             json.dump(report, f)

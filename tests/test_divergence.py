@@ -128,3 +128,40 @@ def test_exported_and_picklable():
     assert sau_trainer.TrainingDiverged is TrainingDiverged and "TrainingDiverged" in sau_trainer.__all__
     err = pickle.loads(pickle.dumps(TrainingDiverged(3, float("nan"), 1.5, 1e-4)))
     assert (err.step, err.last_finite_loss, err.learning_rate) == (3, 1.5, 1e-4) and str(err).startswith("Training")
+
+
+def _sharded_run(tmp_path, config, *opts, env=None):
+    """tests/sharded_worker.py on 2 CPU processes at lr 1e4 (uneven shards, 2 micro-batches per step)."""
+    import json
+
+    from test_sharded import launch
+
+    out = tmp_path / config.split(".")[0]
+    launch(config, out, "lr=1e4", "steps=8", "ga=2", "odd=1", *opts, env=env)
+    ranks = [json.loads((out / f"diverged-{r}.json").read_text()) for r in (0, 1)]
+    return ranks, json.loads((out / "report.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_fsdp2_ranks_stop_together_or_skip_together(tmp_path):
+    ranks, report = _sharded_run(tmp_path / "raise", "fsdp2_cpu.yaml")
+    assert report["sharded"] and report["world"] == 2
+    assert ranks[0] is not None and ranks[0] == ranks[1]  # the same step, value and message fields on both ranks
+    assert ranks[0]["step"] == ranks[0]["global_step"] + 1 and ranks[0]["learning_rate"] == 1e4
+    assert report["pruned_nonzero"] == 0 and report["nonfinite"] == 0
+    ranks, report = _sharded_run(tmp_path / "skip", "fsdp2_cpu.yaml", "skip=1", "optim=sgd")
+    assert ranks == [None, None] and report["skipped"] >= 1
+    assert report["pruned_nonzero"] == 0 and report["nonfinite"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_zero3_ranks_stop_together(tmp_path):
+    pytest.importorskip("deepspeed")
+    from test_sharded import _env
+
+    ranks, report = _sharded_run(tmp_path, "zero3_cpu.yaml", env=_env(DS_ACCELERATOR="cpu"))
+    assert report["distributed_type"] == "DistributedType.DEEPSPEED"
+    assert ranks[0] is not None and ranks[0] == ranks[1]
+    assert report["pruned_nonzero"] == 0 and report["nonfinite"] == 0
