@@ -135,6 +135,18 @@ def agree(metrics: dict[str, float]) -> dict[str, float]:
     return box[0]
 
 
+def reshard(model: torch.nn.Module) -> None:
+    """FSDP2: back to sharded parameters after a forward without backward (the root module keeps its parameters
+    gathered after a forward, expecting a backward; a state dict or a weight copy then meets full tensors)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        return
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def _sharded(model: torch.nn.Module) -> bool:
     from .shards import is_sharded
 
@@ -327,6 +339,7 @@ class UnlearningEvaluationCallback(TrainerCallback):
             with torch.no_grad():
                 raw = self.evaluate(model)
         finally:
+            reshard(model)
             model.train(was_training)
             set_rng_state(rng)
         seconds = time.perf_counter() - start
