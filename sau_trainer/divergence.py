@@ -133,4 +133,26 @@ class DivergenceGuard:
         return False
 
 
-__all__ = ["TrainingDiverged", "DivergenceGuard", "local_grad_norm"]
+class DivergenceChecks:
+    """Trainer mixin (`sparsity.SparsityPreserving` is one): the Trainer's side of `DivergenceGuard`. Expects
+    ``self._divergence`` (a `DivergenceGuard`) and sets ``self._step_skipped``."""
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The Trainer's gradient norm of the step (transformers >= 5; older ones: the guard computes it)."""
+        norm = super()._get_grad_norm(model, grad_norm)
+        self._divergence.note_grad_norm(norm)
+        return norm
+
+    def _step_is_finite(self) -> bool:
+        """Before each optimizer step: True if its loss and gradient norm are finite. Else `TrainingDiverged` is
+        raised (nothing applied), or, with ``skip_nonfinite_steps``, the gradients are dropped and False returned."""
+        try:
+            lr = self._get_learning_rate()
+        except Exception:  # no scheduler yet (a Trainer subclass stepping on its own)
+            lr = next((g.get("lr") for g in getattr(self.optimizer, "param_groups", [])), None)
+        ok = self._divergence.check(self.state.global_step + 1, lr, self.model.parameters(), self.args.world_size)
+        self._step_skipped = not ok
+        return ok
+
+
+__all__ = ["TrainingDiverged", "DivergenceGuard", "DivergenceChecks", "local_grad_norm"]

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from .divergence import DivergenceGuard
+from .divergence import DivergenceChecks, DivergenceGuard
 from .fused import pack_planes, scale_update_, where_many_
 from .masks import Layout, LazyMasks, SparsityMasks, check_trainable_weights, prunable_weights
 from .precision import apply_precision_plan, check_precision, unwrap_optimizer
@@ -96,6 +96,8 @@ class SparsityCallback(TrainerCallback):
         self.trainer.sparsity_masks.apply_(self.trainer.model, self.trainer._prunable)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.trainer._deepspeed_engine is not None:
+            return  # the engine stepped inside the backward, after the check (`_setup_deepspeed`)
         if self.trainer._step_is_finite():  # else TrainingDiverged, or the step's gradients dropped (skipped)
             self.trainer._snapshot_for_update_mode()
 
@@ -104,7 +106,7 @@ class SparsityCallback(TrainerCallback):
             self.trainer._after_optimizer_step()
 
 
-class SparsityPreserving:
+class SparsityPreserving(DivergenceChecks):
     """Trainer mixin (put it before the Trainer class): pruned entries stay exactly zero, for every optimizer.
 
     Attributes set by `_attach_sparsity`: ``sparsity_masks`` (``M``), ``sau_state`` (``G`` and ``W``, or None
@@ -311,24 +313,6 @@ class SparsityPreserving:
         if self.accelerator.sync_gradients:
             self._mask_gradients()
         return loss
-
-    def _get_grad_norm(self, model, grad_norm=None):
-        """The Trainer's gradient norm of the step (transformers >= 5), kept for `_step_is_finite`."""
-        norm = super()._get_grad_norm(model, grad_norm)
-        self._divergence.note_grad_norm(norm)
-        return norm
-
-    def _step_is_finite(self) -> bool:
-        """Before each optimizer step: True if its loss and gradient norm are finite. Else `TrainingDiverged` is
-        raised (nothing applied), or, with ``skip_nonfinite_steps``, the gradients are dropped and False returned
-        (`sau_trainer.divergence`)."""
-        try:
-            lr = self._get_learning_rate()
-        except Exception:  # no scheduler yet (a Trainer subclass stepping on its own)
-            lr = next((g.get("lr") for g in getattr(self.optimizer, "param_groups", [])), None)
-        ok = self._divergence.check(self.state.global_step + 1, lr, self.model.parameters(), self.args.world_size)
-        self._step_skipped = not ok
-        return ok
 
     @torch.no_grad()
     def _mask_gradients(self) -> None:

@@ -165,3 +165,24 @@ def test_zero3_ranks_stop_together(tmp_path):
     assert report["distributed_type"] == "DistributedType.DEEPSPEED"
     assert ranks[0] is not None and ranks[0] == ranks[1]
     assert report["pruned_nonzero"] == 0 and report["nonfinite"] == 0
+
+
+def test_one_host_read_per_optimizer_step_none_per_micro_batch(tokenizer, tiny_splits, tmp_path, monkeypatch):
+    from test_fused import SyncCounter
+
+    trainer, _, _ = _trainer(tokenizer, tiny_splits, tmp_path, "ga", "adamw_torch", "grad", True, max_steps=3,
+                             learning_rate=1e-3, gradient_accumulation_steps=2, per_device_train_batch_size=2)
+    calls = {"add_loss": [], "check": []}
+    for name in calls:
+        inner = getattr(DivergenceGuard, name)
+
+        def counted(self, *a, _inner=inner, _name=name, **k):
+            with SyncCounter() as counter:
+                out = _inner(self, *a, **k)
+            calls[_name].append(counter.calls)
+            return out
+
+        monkeypatch.setattr(DivergenceGuard, name, counted)
+    trainer.train()
+    assert len(calls["add_loss"]) == 6 and all(c == [] for c in calls["add_loss"])
+    assert calls["check"] == [["tolist"]] * 3
