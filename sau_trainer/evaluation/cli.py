@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..clitools import CommandError, positive_int, report_error
+from .compat import COMPAT_MODES, QUESTION_KEYS, resolve
 from .results import RESULTS_FILENAME, RESULTS_VERSION
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "tokens, for a model whose positions the prompts would fill (MUSE-News' VerbMem prompts are "
                         "about 1,300 tokens): without it such a model is refused, since it would generate nothing. "
                         "Recorded in results.json (settings.max_prompt_tokens).")
+    parser.add_argument("--compat", default=None, choices=list(COMPAT_MODES),
+                        help="Metric definitions of another code base, to put numbers beside its published tables: "
+                        "'open-unlearning' (TOFU: its truth ratio and extraction strength) or 'muse' (MUSE's own "
+                        "VerbMem and zlib). Default: the package's definitions. Recorded in results.json.")
+    parser.add_argument("--question-key", default="question", choices=QUESTION_KEYS,
+                        help="TOFU protocol: the column the forget and retain questions are asked from "
+                        "('paraphrased_question' asks them in paraphrased form).")
     parser.add_argument("--no-progress", action="store_true",
                         help="Hide progress bars (MUSE then logs one line per split: rows and seconds).")
     parser.add_argument("--threads", type=positive_int, default=None,
@@ -98,9 +106,11 @@ def _settings(args: argparse.Namespace, splits: dict, model_dir: Path) -> dict[s
         "plain_prompt": PLAIN_PROMPT,
     }
     out.update(protocol=bench.protocol, subset=args.subset, membership_inference=1)
-    for key in ("max_rows", "max_prompt_tokens"):  # only when set: earlier results files stay reusable
+    for key in ("max_rows", "max_prompt_tokens", "compat"):  # only when set: earlier results files stay reusable
         if getattr(args, key, None) is not None:
             out[key] = getattr(args, key)
+    if args.question_key != "question":
+        out["question_key"] = args.question_key
     return out
 
 
@@ -193,6 +203,13 @@ def _run(args: argparse.Namespace) -> int:
     if limits and bench.protocol != "muse":
         problems.append(f"{' and '.join(limits)}: for MUSE-protocol benchmarks (muse, synthetic-muse); "
                         f"{args.benchmark} follows the {bench.protocol.upper()} protocol.")
+    try:
+        resolve(args.compat, bench.protocol)
+    except ValueError as err:
+        problems.append(f"--compat: {err}")
+    if args.question_key != "question" and bench.protocol != "tofu":
+        problems.append(f"--question-key {args.question_key}: for TOFU-protocol benchmarks; {args.benchmark} "
+                        f"follows the {bench.protocol.upper()} protocol and asks its own prompts.")
     if problems:
         raise CommandError(" ".join(problems))
     set_threads(args.threads, model_dir)
@@ -256,7 +273,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         evaluation = bench.evaluate(model, tokenizer, splits, forget_split=args.forget_split,
                                     batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                                    retain_results=args.retain_results, show_progress=not args.no_progress, **limits)
+                                    retain_results=args.retain_results, show_progress=not args.no_progress,
+                                    compat=args.compat, question_key=args.question_key, **limits)
     except MuseInputError as err:  # said before any model work: nothing is lost
         raise CommandError(str(err)) from err
     results = build_results(evaluation, _model_info(model, model_dir), settings)

@@ -99,3 +99,33 @@ def test_eval_rejects_a_directory_without_a_model(tmp_path, capsys):
     assert _eval(tmp_path, tmp_path / "out") == 2  # argparse's status for bad input, as the other subcommands
     err = capsys.readouterr().err.strip()
     assert err.startswith("sau-trainer eval: error: --model ") and "no config.json" in err and "\n" not in err
+
+
+def test_eval_compat_and_question_key_reach_the_evaluation(model_dir, tmp_path, caplog, capsys):
+    caplog.set_level(logging.INFO)
+    out = tmp_path / "eval"
+    assert _eval(model_dir, out, "--compat", "open-unlearning") == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["compat"] == "open-unlearning" and results["definitions"] == "open-unlearning"
+    assert results["settings"]["compat"] == "open-unlearning"
+    caplog.clear()  # the package's definitions are other settings: recomputed, never the compat file reused
+    assert _eval(model_dir, out) == 0
+    assert "compat changed" in caplog.text and "Reusing" not in caplog.text
+    assert json.loads((out / "results.json").read_text())["definitions"] == "package defaults"
+
+    caplog.clear()
+    assert _eval(model_dir, tmp_path / "para", "--question-key", "paraphrased_question") == 0
+    para = json.loads((tmp_path / "para" / "results.json").read_text())
+    assert para["settings"]["question_key"] == "paraphrased_question"
+    assert para["per_example"] != results["per_example"]  # other questions asked, other numbers
+
+
+@pytest.mark.parametrize("extra, words", [
+    (("--compat", "muse"), "--compat: compat 'muse' defines MUSE metrics only"),
+    (("--benchmark", "synthetic-muse", "--question-key", "paraphrased_question"), "for TOFU-protocol benchmarks"),
+])
+def test_eval_refuses_settings_that_do_not_fit_the_protocol(model_dir, tmp_path, capsys, extra, words):
+    assert _eval(model_dir, tmp_path / "out", *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out" / "results.json").exists()
