@@ -43,12 +43,15 @@ What it does, as a `transformers.TrainerCallback` (works with `SAUTrainer` and w
   passes on every rank (true of `evaluate_tofu`: greedy decoding on identical weights) and must not use collectives
   of its own that some rank skips.
 
-Cost (``benchmarks/eval_cost.py``, the demo's model: 2-layer Llama d=128, demo preset, forget10 = 40 questions,
-batch 8; 1 CPU thread): one NPO training step takes ~0.03 s; one `evaluate_tofu` evaluation of all four sets
-(about 1,900 teacher-forced pairs, batch 64) takes ~0.5 s without generation (``max_new_tokens=0``) and ~2.4 s with
-the demo's 48 new tokens, so a trajectory with an evaluation every step costs about 15x (no generation) to 80x
-(generation) the training itself. A trajectory may use the cheaper evaluation, with the final point evaluated in
-full by the pipeline's evaluate stage; the report should say which.
+Cost (``python benchmarks/eval_cost.py``: the demo's model, a 2-layer Llama with d=128, 50% magnitude, the demo
+preset's forget10 of 40 questions, NPO with batch 8, one CPU thread; two runs on a shared, busy 2-core machine): one
+training step took 0.08-0.11 s; one `evaluate_tofu` evaluation of all four sets (about 1,900 teacher-forced pairs,
+batch 64, which dominate) 1.1-1.9 s without generation or with 16 new tokens, and 1.5-3.2 s with the demo's 48: 14x
+to 28x a step. A demo run (15 steps) evaluated at step 0 and every step (every fifth of an epoch) spends 18-51 s
+evaluating against about 1.5 s of training. Without generation `evaluate_tofu`'s ``model_utility`` is 0 (its ROUGE
+terms need answers), so a trajectory for a utility floor needs some generation; cheaper points come from fewer rows
+(e.g. the first rows of each split) or fewer evaluations, with the final point evaluated in full by the pipeline's
+evaluate stage, and the report saying which.
 """
 
 from __future__ import annotations
@@ -386,6 +389,10 @@ class UnlearningEvaluationCallback(TrainerCallback):
         if self.best_metric is None:
             return
         value, util, floor = metrics[self.best_metric], metrics.get(self.utility), self._floor()
+        if len(self.trajectory) == 1 and self.utility_fraction is not None and not self.trajectory[0][self.utility] > 0:
+            logger.warning("The starting model's %s is %s, so utility_fraction=%s makes no floor (evaluate_tofu's "
+                           "model_utility is 0 without generation: its ROUGE terms need max_new_tokens > 0).",
+                           self.utility, self.trajectory[0][self.utility], self.utility_fraction)
         if not math.isfinite(value) or (floor is not None and not (util is not None and util >= floor)):
             return
         if self.best is not None and not (value > self.best["value"] if self.mode == "max"

@@ -185,6 +185,16 @@ def test_no_evaluation_above_the_floor_keeps_the_final_weights(tokenizer, tiny_s
     assert all(torch.equal(v, recorder.weights[4][k]) for k, v in model.state_dict().items())
 
 
+def test_a_start_utility_of_zero_is_reported(tokenizer, tiny_splits, tmp_path, caplog):
+    forget, retain = _rows(tiny_splits)
+    cb = UnlearningEvaluationCallback(lambda m: {"forget_quality": 0.5, "model_utility": 0.0}, eval_steps=1,
+                                      best="forget_quality", utility_fraction=0.9)
+    trainer = make_trainer(sparse_model(tokenizer), tokenizer, forget, retain, tmp_path, max_steps=1, callbacks=[cb])
+    with caplog.at_level(logging.WARNING, logger="sau_trainer.unlearning_eval"):
+        trainer.train()
+    assert "model_utility is 0.0, so utility_fraction=0.9 makes no floor" in caplog.text
+
+
 def test_resume_gives_the_uninterrupted_trajectory_and_best_model(tokenizer, tiny_splits, tmp_path):
     forget, retain = _rows(tiny_splits)
     base = sparse_model(tokenizer).state_dict()
@@ -255,7 +265,7 @@ def test_with_evaluate_tofu(tokenizer, tiny_splits, memorized, tmp_path):
     reference = evaluate_tofu(model, memorized.tokenizer, bench, "forget10", max_new_tokens=0,
                               membership_inference=False, show_progress=False)
     cb = UnlearningEvaluationCallback(
-        lambda m: evaluate_tofu(m, memorized.tokenizer, bench, "forget10", batch_size=64, max_new_tokens=0,
+        lambda m: evaluate_tofu(m, memorized.tokenizer, bench, "forget10", batch_size=64, max_new_tokens=24,
                                 retain_results=reference, membership_inference=False, show_progress=False),
         eval_steps=2, best="forget_quality", utility_fraction=0.9)
     trainer = make_trainer(model, memorized.tokenizer, qa(bench, "forget10", 8), qa(bench, "retain90", 8), tmp_path,
@@ -264,6 +274,7 @@ def test_with_evaluate_tofu(tokenizer, tiny_splits, memorized, tmp_path):
     assert [e["step"] for e in cb.trajectory] == [0, 2]
     assert cb.trajectory[0]["forget_quality"] == pytest.approx(1.0)  # the reference is the starting model
     assert {"model_utility", "forget_truth_ratio", "forget_probability"} <= set(cb.trajectory[0])
+    assert cb.trajectory[0]["model_utility"] > 0.5 and cb.best["floor"] > 0.45  # generation gives ROUGE: a real floor
     assert any("eval_model_utility" in e for e in trainer.state.log_history)
 
 
