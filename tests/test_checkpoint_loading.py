@@ -66,3 +66,18 @@ def test_a_recipe_on_a_refused_pickle_checkpoint_fails_in_one_line(tokenizer, tm
     assert "Traceback" not in err
     line = next(x for x in err.splitlines() if x.startswith("sau-trainer run: error:"))
     assert "CheckpointError" in line and "loads only safetensors checkpoints" in line
+
+
+def test_eval_on_a_refused_pickle_checkpoint_fails_in_one_line(tokenizer, tmp_path, capsys):
+    from sau_trainer.cli import main as cli_main
+
+    model_dir = tmp_path / "unsafe"
+    model = build_llama("tiny", tokenizer)
+    model.config.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    torch.save({**model.state_dict(), "extra": Unsafe()}, model_dir / "pytorch_model.bin")
+    rc = cli_main(["eval", "--model", str(model_dir), "--benchmark", "synthetic", "--preset", "tiny",
+                   "--output", str(tmp_path / "out"), "--max-new-tokens", "2", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "loads only safetensors checkpoints" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1

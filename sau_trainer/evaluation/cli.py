@@ -254,7 +254,9 @@ def _run(args: argparse.Namespace) -> int:
             logger.info("%s was computed with other settings (%s changed); recomputing.",
                         path, ", ".join(_changed(old.get("settings") or {}, settings)) or "format")
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from ..modeling import CheckpointError, load_causal_lm
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
@@ -262,7 +264,9 @@ def _run(args: argparse.Namespace) -> int:
                 args.forget_split if bench.protocol == "tofu" else args.subset or bench.default_subset or "", device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+        model = load_causal_lm(str(model_dir), dtype=dtype).to(device)
+    except CheckpointError as err:  # a pickle checkpoint torch's safe loader refuses
+        raise CommandError(str(err)) from None
     except (OSError, ValueError) as err:  # no tokenizer saved, a broken config, an unknown architecture
         from ..clitools import load_problem
 
