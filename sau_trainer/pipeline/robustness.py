@@ -280,7 +280,9 @@ def run_attack_evaluate(ctx, task, out: Path) -> dict:
     evaluation = ctx.bench.evaluate(model, tok, data, forget_split=s["forget_split"], batch_size=e["batch_size"],
                                     max_new_tokens=e["max_new_tokens"], max_length=e["max_length"],
                                     retain_results=None, show_progress=ctx.is_main, compat=e.get("compat"),
-                                    question_key=e.get("question_key", "question"))
+                                    question_key=e.get("question_key", "question"),
+                                    **({"max_prompt_tokens": e["max_prompt_tokens"]} if e.get("max_prompt_tokens")
+                                       else {}))
     if dropped and has_truth_ratios(evaluation):
         kept = set(evaluation["per_example"]["forget"]["question"])
         retain = retain and restrict_per_example(retain, kept)

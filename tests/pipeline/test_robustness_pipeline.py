@@ -235,3 +235,30 @@ def test_bitsandbytes_attacks_are_skipped_with_the_reason_where_it_cannot_run(tm
     assert report["runs"][0]["robustness"] == {"bnb-nf4": {"skipped": "bitsandbytes is not usable here (test)"}}
     md = render_markdown(fold_attacks([row, attacked]), validate({"model": {"shape": "tiny"}}))
     assert "- bnb-nf4: skipped (bitsandbytes is not usable here (test))" in md
+
+
+@pytest.mark.parametrize("max_prompt_tokens", [None, 600])
+def test_attacked_copies_are_evaluated_with_the_recipes_prompt_limit(tmp_path, monkeypatch, max_prompt_tokens):
+    """An attacked copy is evaluated as the run it attacks: `evaluate.max_prompt_tokens` reaches its evaluation
+    too (else a model whose positions MUSE's prompts fill is refused there after the run itself was scored)."""
+    import torch
+
+    from sau_trainer.pipeline import robustness, stages
+    from sau_trainer.pipeline.runner import Task
+
+    seen = {}
+
+    def evaluate(model, tok, data, **kwargs):
+        seen.update(kwargs)
+        return {"summary": {}, "per_example": {}}
+
+    monkeypatch.setattr(stages, "load_model", lambda ctx, src, device: torch.nn.Linear(2, 2))
+    ctx = SimpleNamespace(model_source=lambda ref: str(tmp_path), tokenizer=lambda: None, benchmark={},
+                          device="cpu", is_main=False, bench=SimpleNamespace(evaluate=evaluate))
+    evaluate_settings = {"batch_size": 2, "max_new_tokens": 4, "max_length": 64, "compat": None,
+                         "question_key": "question", "max_prompt_tokens": max_prompt_tokens}
+    task = Task("attack_evaluate", "eval/x@quant-int4", {"source": "models/x@quant-int4", "forget_split": "forget10",
+                                                        "evaluate": evaluate_settings}, {}, {"name": "x"})
+    (tmp_path / "out").mkdir()
+    robustness.run_attack_evaluate(ctx, task, tmp_path / "out")
+    assert seen.get("max_prompt_tokens") == max_prompt_tokens
