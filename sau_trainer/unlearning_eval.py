@@ -391,7 +391,8 @@ class UnlearningEvaluationCallback(TrainerCallback):
         value, util, floor = metrics[self.best_metric], metrics.get(self.utility), self._floor()
         if len(self.trajectory) == 1 and self.utility_fraction is not None and not self.trajectory[0][self.utility] > 0:
             logger.warning("The starting model's %s is %s, so utility_fraction=%s makes no floor (evaluate_tofu's "
-                           "model_utility is 0 without generation: its ROUGE terms need max_new_tokens > 0).",
+                           "model_utility, a harmonic mean, is 0 when one term is, e.g. ROUGE without generation: "
+                           "max_new_tokens=0).",
                            self.utility, self.trajectory[0][self.utility], self.utility_fraction)
         if not math.isfinite(value) or (floor is not None and not (util is not None and util >= floor)):
             return
