@@ -142,6 +142,30 @@ def set_threads(threads: int | None, model_dir: str | os.PathLike | None) -> int
     return torch.get_num_threads()
 
 
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (``nan``, ``inf`` and ``1e999`` are refused: no setting takes them)."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    import argparse
+
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     import argparse

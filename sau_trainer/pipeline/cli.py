@@ -31,6 +31,8 @@ class _IntermixedParser(argparse.ArgumentParser):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the ``run`` subcommand."""
+    from ..clitools import positive_float, positive_int
+
     parser.__class__ = _IntermixedParser
     parser.add_argument("recipe", help="recipe YAML file (see recipes/demo.yaml)")
     # default=[]: without it the intermixed parsing lists the optional overrides as required when none is given
@@ -42,9 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accelerate-config", default=None, metavar="YAML",
                         help="--dry-run: estimate memory for this accelerate config (processes, FSDP, DeepSpeed "
                         "ZeRO); default: the current accelerate launch, else one process")
-    parser.add_argument("--num-processes", type=int, default=None, metavar="N",
+    parser.add_argument("--num-processes", type=positive_int, default=None, metavar="N",
                         help="--dry-run: the number of processes (overrides the accelerate config's)")
-    parser.add_argument("--device-memory", type=float, default=None, metavar="GIB",
+    parser.add_argument("--device-memory", type=positive_float, default=None, metavar="GIB",
                         help="--dry-run: the memory of one device in GiB to check the estimate against "
                         "(default: CUDA device 0, else the host's RAM)")
     parser.add_argument("--tasks", action="append", metavar="GLOB", default=None,

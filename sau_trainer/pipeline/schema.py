@@ -18,11 +18,11 @@ from typing import Any
 
 import yaml
 
+from .recipe_io import RecipeError, check_size, yaml_load  # noqa: F401 - RecipeError and yaml_load: public here
+
 RECIPE_VERSION = 1
 
 
-class RecipeError(ValueError):
-    """A recipe (or an override) that does not validate; the message lists every problem."""
 
 
 def opt(default: Any, help: str, choices: tuple | None = None, **extra: Any):
@@ -250,26 +250,7 @@ class Recipe:
 
 
 # ----------------------------------------------------------------------------------------- YAML
-class _Loader(yaml.SafeLoader):
-    """YAML with 1.2-style numbers: ``1e-5`` is a float, ``2:4`` is a string (not base-60)."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    k: [(tag, rx) for tag, rx in v if tag not in ("tag:yaml.org,2002:float", "tag:yaml.org,2002:int")]
-    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$"),
-    list("-+0123456789"))
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."))
-
-
-def yaml_load(text: str) -> Any:
-    """Parse YAML with `_Loader` (1e-5 is a float, 2:4 a string)."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+# the loader (1.2-style numbers, bounded alias expansion) lives in recipe_io; yaml_load is re-exported here
 
 
 # ----------------------------------------------------------------------------------------- validation
@@ -716,7 +697,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if not all(parts):
         raise RecipeError(f"override {text!r}: bad key {key!r}")
-    value = yaml_load(raw) if raw.strip() else ""
+    try:
+        value = yaml_load(raw, f"override {key.strip()!r}") if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise RecipeError(f"override {key.strip()!r}: the value is not valid YAML ({' '.join(str(err).split())}); "
+                          "e.g. unlearn.learning_rate=[1e-4,2e-4]") from None
     return parts, value
 
 
@@ -779,16 +764,21 @@ def _check_sau_choices(recipe: Recipe, errors: list[str]) -> None:
 
 def validate(data: dict | None) -> Recipe:
     """A `Recipe` from a raw mapping, or `RecipeError` listing every problem."""
+    from . import recipe_guards as guards
+
     errors: list[str] = []
+    guards.refuse_secrets(data)  # bounded size first; a credential is the only thing said, its value never
     data = dict(data or {})
     version = data.pop("version", RECIPE_VERSION)
     if version != RECIPE_VERSION:
         errors.append(f"version: this sau-trainer reads recipe version {RECIPE_VERSION}, got {version!r}")
     _lift_sau_config_fields(data, errors)
     recipe = _build(Recipe, data, "", errors)
+    guards.check_numbers(recipe, errors)  # NaN/inf: nothing below runs on them
     if not errors:
         _check(recipe, errors)
         _check_sau_choices(recipe, errors)
+        guards.check_ranges(recipe, errors)
     if errors:
         raise RecipeError("invalid recipe:\n  - " + "\n  - ".join(errors))
     return recipe
@@ -801,6 +791,8 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         raise RecipeError(f"no recipe file at {path}")
     try:
         data = yaml_load(path.read_text())
+    except RecipeError as err:  # expands beyond the bound, or nests too deeply
+        raise RecipeError(f"{path}: {err}") from None
     except (yaml.YAMLError, ValueError) as err:
         raise RecipeError(f"{path}: not valid YAML: {err}") from None
     if data is not None and not isinstance(data, dict):

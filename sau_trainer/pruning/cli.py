@@ -10,7 +10,7 @@ import argparse
 import logging
 import os
 
-from ..clitools import positive_int
+from ..clitools import finite_float, positive_int
 from .registry import PRUNERS
 
 logger = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the ``prune`` subcommand."""
     parser.add_argument("--model", required=True, help="model directory or Hub id (must be available offline)")
     parser.add_argument("--method", required=True, choices=sorted(PRUNERS), help="pruning method")
-    parser.add_argument("--sparsity", type=float, default=None,
+    parser.add_argument("--sparsity", type=finite_float, default=None,
                         help="fraction of each matrix set to zero, in [0, 1) (default 0.5; implied by --structure N:M)")
     parser.add_argument("--structure", default="unstructured",
                         help="'unstructured' or N:M, e.g. 2:4 (at most N survivors in every M inputs)")
