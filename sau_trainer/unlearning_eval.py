@@ -24,8 +24,8 @@ What it does, as a `transformers.TrainerCallback` (works with `SAUTrainer` and w
 - **Trajectory.** ``callback.trajectory`` is ``[{"step": 0, <metric>: value, ...}, ...]`` (what report rows carry
   as ``trajectory``). It is also kept in ``state.stateful_callbacks["sau_trainer.UnlearningEvaluation"]``, which
   every checkpoint's ``trainer_state.json`` holds: on resume the callback reads it back (the entry is not a class
-  name, so `restore_callback_states_from_checkpoint` leaves it alone; it would need to rebuild the callback from
-  JSON, and the evaluation function is not JSON). A resumed run's trajectory equals the uninterrupted one's.
+  name, so `restore_callback_states_from_checkpoint` does not try to rebuild the callback from JSON, which it could
+  not: the evaluation function is not JSON; with that option on, transformers logs that it ignores the entry). A resumed run's trajectory equals the uninterrupted one's.
 - **Best model.** With ``best="<metric>"`` (``mode`` ``"max"`` or ``"min"``) the best evaluation is the one with
   the best value among those whose ``utility`` metric is at or above the floor: ``utility_floor`` (absolute) or
   ``utility_fraction`` x the step-0 utility (the starting model's), or no floor. Ties keep the earliest. Step 0 is
