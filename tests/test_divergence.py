@@ -144,13 +144,14 @@ def _sharded_run(tmp_path, config, *opts, env=None):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_fsdp2_ranks_stop_together_or_skip_together(tmp_path):
-    ranks, report = _sharded_run(tmp_path / "raise", "fsdp2_cpu.yaml")
-    assert report["sharded"] and report["world"] == 2
+@pytest.mark.parametrize("config", ["fsdp2_cpu.yaml", "cpu_two_processes.yaml"], ids=["fsdp2", "ddp"])
+def test_ranks_stop_together_or_skip_together(tmp_path, config):
+    ranks, report = _sharded_run(tmp_path / "raise", config)
+    assert report["world"] == 2 and report["sharded"] == (config == "fsdp2_cpu.yaml")
     assert ranks[0] is not None and ranks[0] == ranks[1]  # the same step, value and message fields on both ranks
     assert ranks[0]["step"] == ranks[0]["global_step"] + 1 and ranks[0]["learning_rate"] == 1e4
     assert report["pruned_nonzero"] == 0 and report["nonfinite"] == 0
-    ranks, report = _sharded_run(tmp_path / "skip", "fsdp2_cpu.yaml", "skip=1", "optim=sgd")
+    ranks, report = _sharded_run(tmp_path / "skip", config, "skip=1", "optim=sgd")
     assert ranks == [None, None] and report["skipped"] >= 1
     assert report["pruned_nonzero"] == 0 and report["nonfinite"] == 0
 
