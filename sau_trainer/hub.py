@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from .redact import redact
+
 logger = logging.getLogger(__name__)
 
 SKIP_FILES = {"stage.json", "training_args.bin", "README.md", "results.json"}
@@ -94,7 +96,13 @@ def _recipe_dict(recipe: Any) -> dict | None:
     if isinstance(recipe, dict):
         return recipe
     if isinstance(recipe, str | Path) and Path(recipe).is_file():
-        return yaml.safe_load(Path(recipe).read_text())
+        from .pipeline.recipe_io import RecipeError, yaml_load
+
+        try:  # bounded: a YAML alias bomb is refused, not expanded into the card
+            doc = yaml_load(Path(recipe).read_text(), f"--recipe {recipe}")
+        except (RecipeError, yaml.YAMLError) as err:
+            raise ValueError(f"--recipe {recipe}: cannot be read ({' '.join(str(err).split())})") from None
+        return doc if isinstance(doc, dict) else None
     if hasattr(recipe, "to_dict"):
         return recipe.to_dict()
     return None
@@ -138,7 +146,15 @@ def card_benchmark(data_sec: dict, results: dict | None) -> dict[str, Any]:
 def model_card(sparsity: dict, results: dict | None, recipe: dict | None, repo_id: str | None = None,
                run_name: str | None = None) -> str:
     """README.md: YAML metadata (tags, base model, datasets, metrics, model-index) and a body with the
-    recipe, the sparsity per layer and the results table."""
+    recipe, the sparsity per layer and the results table.
+
+    Nothing local reaches it: credentials are dropped and local absolute paths (``model.name_or_path``,
+    ``data.data_dir``, ``prune.calibration_path``) shortened to their last part (`sau_trainer.redact`)."""
+    from .clitools import _looks_like_path
+
+    base = ((recipe or {}).get("model") or {}).get("name_or_path")
+    hub_base = isinstance(base, str) and not _looks_like_path(base)  # a Hub id, not a local directory
+    sparsity, results, recipe = redact(sparsity), redact(results), redact(recipe)
     summary = (results or {}).get("summary", {})
     unlearning = sparsity.get("unlearning") or {}
     method = sparsity.get("method")
@@ -153,7 +169,7 @@ def model_card(sparsity: dict, results: dict | None, recipe: dict | None, repo_i
     tags = ["sau-trainer", "machine-unlearning", "unlearning", "sparse", "pruned"]
     tags += [t for t in (method, objective, "sau" if sau else None, bench["tag"]) if t]
     meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation", "tags": tags}
-    if base and not os.path.exists(base):
+    if base and hub_base:
         meta["base_model"] = base
     if bench["datasets"]:
         meta["datasets"] = list(bench["datasets"])
@@ -211,10 +227,26 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def _copy_for_upload(src: Path, dst: Path) -> None:
+    """A hard link (or copy) of `src`; a JSON file that names a local absolute path or holds a credential
+    (``results.json``'s ``path`` and ``model.path``, a config's source directory) is written redacted instead."""
+    if src.suffix == ".json":
+        try:
+            doc = json.loads(src.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            doc = None
+        clean = redact(doc)
+        if doc is not None and clean != doc:
+            dst.write_text(json.dumps(clean, indent=2) + "\n")
+            return
+    _link_or_copy(src, dst)
+
+
 def prepare_push_folder(model_dir: str | os.PathLike, folder: str | os.PathLike, results: Any = None,
                         recipe: Any = None, run_name: str | None = None, repo_id: str | None = None) -> Path:
     """Assemble the upload folder: model + tokenizer + masks, ``sparsity.json`` measured from the weights,
-    ``results.json`` and ``README.md``. Files are hard-linked where possible, never moved."""
+    ``results.json`` and ``README.md``. Files are hard-linked where possible, never moved; JSON files are
+    written redacted where they name a local absolute path or hold a credential (`sau_trainer.redact`)."""
     from .pruning import SPARSITY_FILE
 
     model_dir, folder = Path(model_dir), Path(folder)
@@ -225,10 +257,10 @@ def prepare_push_folder(model_dir: str | os.PathLike, folder: str | os.PathLike,
     folder.mkdir(parents=True)
     for src in sorted(model_dir.iterdir()):
         if src.is_file() and src.name not in SKIP_FILES and src.name != SPARSITY_FILE:
-            _link_or_copy(src, folder / src.name)
+            _copy_for_upload(src, folder / src.name)
     sparsity: dict = {}
     if (model_dir / SPARSITY_FILE).is_file():
-        sparsity = json.loads((model_dir / SPARSITY_FILE).read_text())
+        sparsity = redact(json.loads((model_dir / SPARSITY_FILE).read_text()))
     overall, per_matrix = weight_sparsity(model_dir)
     sparsity.update(per_matrix_sparsity=per_matrix, measured_sparsity_weights=overall)
     sparsity.setdefault("format", "sau-trainer/sparsity")
@@ -239,7 +271,7 @@ def prepare_push_folder(model_dir: str | os.PathLike, folder: str | os.PathLike,
         path = path / "results.json" if path.is_dir() else path
         if path.is_file():
             results_doc = json.loads(path.read_text())
-            _link_or_copy(path, folder / "results.json")
+            _copy_for_upload(path, folder / "results.json")
         else:
             logger.warning("no results file at %s; the model card has no results table", path)
     (folder / "README.md").write_text(model_card(sparsity, results_doc, _recipe_dict(recipe), repo_id, run_name))
@@ -315,6 +347,12 @@ def resolve_source(path: Path, run: str | None) -> tuple[Path, Path | None, Path
 
 def main(args: argparse.Namespace) -> int:
     """Push; 2 on bad input, 1 when the upload fails (the local files stay as they were)."""
+    from .pipeline.recipe_guards import repo_id_problem
+
+    bad_repo = repo_id_problem(args.repo_id, "--repo-id")
+    if bad_repo:  # before anything is prepared
+        print(f"sau-trainer push: error: {bad_repo}", file=sys.stderr)
+        return 2
     try:
         if is_prepared_folder(Path(args.dir)) and not (args.results or args.recipe or args.output_dir):
             folder = Path(args.dir)
