@@ -280,10 +280,21 @@ def prepare_push_folder(model_dir: str | os.PathLike, folder: str | os.PathLike,
 
 def upload(folder: str | os.PathLike, repo_id: str, private: bool = True, commit_message: str | None = None,
            token: str | None = None) -> str:
-    """Create the repository (if needed) and upload `folder`; `PushError` with the reason on any failure."""
+    """Create the repository (if needed) and upload `folder`; `PushError` with the reason on any failure.
+
+    A text file of the folder that holds an access token (``hf_...``; e.g. a folder prepared by an older version
+    and uploaded as it is) stops the upload before anything is sent."""
     from huggingface_hub import HfApi
 
+    from .redact import TOKEN_VALUE
+
     folder = Path(folder)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix in (".json", ".md", ".txt", ".yaml", ".yml") and \
+                path.stat().st_size < 64 * 2**20 and TOKEN_VALUE.search(path.read_text(errors="replace")):
+            raise PushError(f"not pushed: {path} holds an access token (hf_...); nothing was uploaded. Prepare the "
+                            f"folder again from the model (`sau-trainer push MODEL_DIR --repo-id {repo_id}`), which "
+                            "leaves tokens out; the Hub reads HF_TOKEN or `huggingface-cli login` instead")
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)

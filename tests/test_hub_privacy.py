@@ -152,3 +152,17 @@ def test_a_recipe_run_prepares_a_folder_free_of_local_paths(tmp_path, tokenizer,
     assert (folder / "README.md").is_file() and (folder / "results.json").is_file()
     assert leaks(folder, str(tmp_path), str(tmp_path.resolve())) == {}
     assert "`model`" in (folder / "README.md").read_text()  # the model is named by its folder's name
+
+
+def test_a_folder_holding_a_token_is_not_uploaded(local_run, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    _, model_dir = local_run
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(repo_id))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(kw))
+    folder = hub.prepare_push_folder(model_dir, tmp_path / "upload")
+    (folder / "README.md").write_text(f"pushed with {TOKEN}\n")  # e.g. a card written by an older version
+    with pytest.raises(hub.PushError, match="holds an access token") as info:
+        hub.upload(folder, "me/x")
+    assert calls == [] and TOKEN not in str(info.value)
