@@ -187,3 +187,34 @@ def test_one_host_read_per_optimizer_step_none_per_micro_batch(tokenizer, tiny_s
     trainer.train()
     assert len(calls["add_loss"]) == 6 and all(c == [] for c in calls["add_loss"])
     assert calls["check"] == [["tolist"]] * 3
+
+
+def test_any_trainer_through_sparsity_preserving_stops_too(tokenizer, tiny_splits, tmp_path):
+    """The check is part of the one masking mechanism: trl's SFTTrainer wrapped by `sparsity_preserving`. Descent
+    does not diverge on its own here, so from the third step on the final norm's output is made NaN (a forward
+    hook: the weights themselves stay as they were)."""
+    from transformers import TrainerCallback
+
+    trl = pytest.importorskip("trl")
+    datasets = pytest.importorskip("datasets")
+    model = sparse_model(tokenizer)
+    masks = _masks(model)
+    poisoned = []
+    model.model.norm.register_forward_hook(lambda m, i, out: out * float("nan") if poisoned else out)
+
+    class Poison(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                poisoned.append(True)
+
+    rows = qa(tiny_splits, "forget10", 8)
+    data = datasets.Dataset.from_list([{"prompt": r["question"], "completion": " " + r["answer"]} for r in rows])
+    args = trl.SFTConfig(output_dir=str(tmp_path), report_to=[], max_steps=4, per_device_train_batch_size=2,
+                         gradient_accumulation_steps=2, learning_rate=1e-3, optim="sgd", save_strategy="no",
+                         disable_tqdm=True, use_cpu=True, seed=0, max_length=64, max_grad_norm=0.0)
+    trainer = sau_trainer.sparsity_preserving(trl.SFTTrainer)(model=model, args=args, train_dataset=data,
+                                                               processing_class=tokenizer, callbacks=[Poison()])
+    with pytest.raises(TrainingDiverged, match="at optimizer step 3: the loss is nan") as info:
+        trainer.train()
+    assert trainer.state.global_step == 2 and math.isfinite(info.value.last_finite_loss)
+    _assert_sparse_and_finite(model, masks)
