@@ -152,6 +152,19 @@ def test_a_recipe_run_prepares_a_folder_free_of_local_paths(tmp_path, tokenizer,
     assert (folder / "README.md").is_file() and (folder / "results.json").is_file()
     assert leaks(folder, str(tmp_path), str(tmp_path.resolve())) == {}
     assert "`model`" in (folder / "README.md").read_text()  # the model is named by its folder's name
+    # only the paths changed: every key and number of the evaluation's results.json is there
+    run = recipe.push.run or json.loads((out / "stages" / "push" / "stage.json").read_text())["info"]["run"]
+    local = json.loads((out / "stages" / "eval" / run / "results.json").read_text())
+    uploaded = json.loads((folder / "results.json").read_text())
+    assert keys(uploaded) == keys(local) and uploaded["per_example"] == local["per_example"]
+    assert uploaded["summary"] == local["summary"] and uploaded["model"]["path"] == run
+
+
+def keys(doc, prefix=""):
+    """Every key path of a JSON document."""
+    if isinstance(doc, dict):
+        return {k for key, v in doc.items() for k in {f"{prefix}.{key}"} | keys(v, f"{prefix}.{key}")}
+    return set()
 
 
 def test_a_folder_holding_a_token_is_not_uploaded(local_run, tmp_path, monkeypatch):
