@@ -144,7 +144,7 @@ def card_benchmark(data_sec: dict, results: dict | None) -> dict[str, Any]:
 
 
 def model_card(sparsity: dict, results: dict | None, recipe: dict | None, repo_id: str | None = None,
-               run_name: str | None = None) -> str:
+               run_name: str | None = None, roots: tuple[str, ...] | None = None) -> str:
     """README.md: YAML metadata (tags, base model, datasets, metrics, model-index) and a body with the
     recipe, the sparsity per layer and the results table.
 
@@ -154,7 +154,7 @@ def model_card(sparsity: dict, results: dict | None, recipe: dict | None, repo_i
 
     base = ((recipe or {}).get("model") or {}).get("name_or_path")
     hub_base = isinstance(base, str) and not _looks_like_path(base)  # a Hub id, not a local directory
-    sparsity, results, recipe = redact(sparsity), redact(results), redact(recipe)
+    sparsity, results, recipe = redact(sparsity, roots), redact(results, roots), redact(recipe, roots)
     summary = (results or {}).get("summary", {})
     unlearning = sparsity.get("unlearning") or {}
     method = sparsity.get("method")
@@ -227,7 +227,16 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _copy_for_upload(src: Path, dst: Path) -> None:
+def _local_roots(model_dir: Path) -> tuple[str, ...]:
+    """`sau_trainer.redact.local_roots` with the model's folder and, for a pipeline run, its output directory."""
+    from .redact import local_roots
+
+    here = model_dir.resolve()
+    extra = [here.parent] + [q for q in here.parents if (q / "stages").is_dir() and (q / "recipe.yaml").is_file()]
+    return local_roots(*extra)
+
+
+def _copy_for_upload(src: Path, dst: Path, roots: tuple[str, ...]) -> None:
     """A hard link (or copy) of `src`; a JSON file that names a local absolute path or holds a credential
     (``results.json``'s ``path`` and ``model.path``, a config's source directory) is written redacted instead."""
     if src.suffix == ".json":
@@ -235,7 +244,7 @@ def _copy_for_upload(src: Path, dst: Path) -> None:
             doc = json.loads(src.read_text())
         except (OSError, UnicodeDecodeError, ValueError):
             doc = None
-        clean = redact(doc)
+        clean = redact(doc, roots)
         if doc is not None and clean != doc:
             dst.write_text(json.dumps(clean, indent=2) + "\n")
             return
@@ -255,12 +264,13 @@ def prepare_push_folder(model_dir: str | os.PathLike, folder: str | os.PathLike,
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
+    roots = _local_roots(model_dir)
     for src in sorted(model_dir.iterdir()):
         if src.is_file() and src.name not in SKIP_FILES and src.name != SPARSITY_FILE:
-            _copy_for_upload(src, folder / src.name)
+            _copy_for_upload(src, folder / src.name, roots)
     sparsity: dict = {}
     if (model_dir / SPARSITY_FILE).is_file():
-        sparsity = redact(json.loads((model_dir / SPARSITY_FILE).read_text()))
+        sparsity = redact(json.loads((model_dir / SPARSITY_FILE).read_text()), roots)
     overall, per_matrix = weight_sparsity(model_dir)
     sparsity.update(per_matrix_sparsity=per_matrix, measured_sparsity_weights=overall)
     sparsity.setdefault("format", "sau-trainer/sparsity")
@@ -271,10 +281,11 @@ def prepare_push_folder(model_dir: str | os.PathLike, folder: str | os.PathLike,
         path = path / "results.json" if path.is_dir() else path
         if path.is_file():
             results_doc = json.loads(path.read_text())
-            _copy_for_upload(path, folder / "results.json")
+            _copy_for_upload(path, folder / "results.json", roots)
         else:
             logger.warning("no results file at %s; the model card has no results table", path)
-    (folder / "README.md").write_text(model_card(sparsity, results_doc, _recipe_dict(recipe), repo_id, run_name))
+    (folder / "README.md").write_text(model_card(sparsity, results_doc, _recipe_dict(recipe), repo_id, run_name,
+                                                 roots))
     return folder
 
 

@@ -6,7 +6,9 @@ its value (a Hugging Face token, ``hf_`` and 30 or more letters and digits). The
 (`sau_trainer.pipeline.recipe_guards`); `redact` drops or masks them in anything written for the Hub, for a
 folder made from files written before that rule. A local absolute path (``/home/me/models/llama``,
 ``~/data``) becomes its last part (``llama``): the model card and the JSON files of an upload keep what a
-reader can use (the model's or the run's name) and not where it lay on one machine.
+reader can use (the model's or the run's name) and not where it lay on one machine. A value counts as a path by
+its key (``path``, ``data_dir``, ``name_or_path``, ...) or by where it points (home, the working or temporary
+directory, the run's folder), so generated text and tokenizer data that begin with ``/`` stay as they are.
 """
 
 from __future__ import annotations
@@ -69,10 +71,30 @@ def secret_problems(data: Any, path: str = "") -> list[str]:
 
 
 def is_local_absolute_path(value: Any) -> bool:
-    """A string that is one absolute local path (``/x/y``, ``~/x``, ``C:\\x``): no URL, no text around it."""
+    """A string that is one absolute local path (``/x/y``, ``~/x``, ``C:\\x``): no URL, no line break."""
     if not isinstance(value, str) or not value or "\n" in value or "://" in value:
         return False
     return os.path.isabs(value) or value.startswith("~") or re.match(r"^[A-Za-z]:[\\/]", value) is not None
+
+
+# keys whose values are paths (``path``, ``data_dir``, ``calibration_path``, ``name_or_path``, ``model``, ...)
+_PATH_KEY = re.compile(r"(?:^|_)(?:path|paths|dir|dirs|directory|file|files|model|models|source|name_or_path|"
+                       r"tokenizer|results|reference)$", re.IGNORECASE)
+
+
+def local_roots(*extra: str | os.PathLike) -> tuple[str, ...]:
+    """Folders whose paths are local whatever key holds them: home, the working and temporary directories,
+    and `extra` (e.g. a run's output directory); never ``/`` itself."""
+    import tempfile
+
+    roots = {os.path.expanduser("~"), os.getcwd(), tempfile.gettempdir(), "/tmp", *map(os.fspath, extra)}
+    out = set()
+    for root in roots:
+        for form in (root, os.path.realpath(root)):
+            form = form.rstrip("/\\")
+            if form and os.path.dirname(form) != form:  # not "/" (nor "C:\\")
+                out.add(form)
+    return tuple(sorted(out, key=len, reverse=True))
 
 
 def local_name(value: str) -> str:
@@ -81,31 +103,41 @@ def local_name(value: str) -> str:
     return parts[-1] if parts else "."
 
 
-def redact(doc: Any) -> Any:
+def redact(doc: Any, roots: tuple[str, ...] | None = None) -> Any:
     """A copy of a JSON/YAML-like document fit for upload: credentials dropped (by key) or masked (by value),
-    every local absolute path replaced by its last part. Shared sub-objects are copied once (a recipe's
-    aliases stay the size they were)."""
-    memo: dict[int, Any] = {}
+    each local absolute path replaced by its last part.
 
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict | list | tuple) and id(node) in memo:
-            return memo[id(node)]
+    A string is taken for a local path when it is one absolute path and either its key names a path (``path``,
+    ``data_dir``, ``model``, ``name_or_path``, ``calibration_path``, ...) or it lies under one of `roots`
+    (`local_roots()` by default): a generated answer or a tokenizer's merge that happens to begin with ``/`` is
+    left as it is. Shared sub-objects are copied once (a recipe's aliases stay the size they were)."""
+    roots = local_roots() if roots is None else roots
+    memo: dict[tuple[int, bool], Any] = {}
+
+    def under_root(value: str) -> bool:
+        expanded = os.path.expanduser(value)
+        return value.startswith("~") or any(expanded == r or expanded.startswith((r + "/", r + "\\")) for r in roots)
+
+    def walk(node: Any, pathy: bool) -> Any:
+        key = (id(node), pathy)
+        if isinstance(node, dict | list | tuple) and key in memo:
+            return memo[key]
         if isinstance(node, dict):
             out: dict = {}
-            memo[id(node)] = out
-            for key, value in node.items():
-                if not is_secret_key(key):
-                    out[key] = walk(value)
+            memo[key] = out
+            for k, value in node.items():
+                if not is_secret_key(k):
+                    out[k] = walk(value, isinstance(k, str) and _PATH_KEY.search(k) is not None)
             return out
         if isinstance(node, list | tuple):
             items: list = []
-            memo[id(node)] = items
-            items.extend(walk(v) for v in node)
+            memo[key] = items
+            items.extend(walk(v, pathy) for v in node)
             return items
         if looks_like_token(node):
             return TOKEN_VALUE.sub(REDACTED, node)
-        if is_local_absolute_path(node):
+        if is_local_absolute_path(node) and (pathy or under_root(node)):
             return local_name(node)
         return node
 
-    return walk(doc)
+    return walk(doc, False)

@@ -44,7 +44,9 @@ def local_run(tmp_path_factory, tokenizer):
                "model": {"name": "x", "path": str(model_dir)},
                "forget_quality_reference": {"path": str(root / "stages/eval/retain/results.json"),
                                             "model": str(root / "retain-model")},
-               "settings": {"data": {"data_dir": str(root / "data")}}}
+               "settings": {"data": {"data_dir": str(root / "data")}},
+               # text that only looks like a path (a generation, a tokenizer's merge) is not one
+               "per_example": {"forget": {"generated": ["/ s /", "/usr/share/dict/words"]}}}
     (model_dir / "results.json").write_text(json.dumps(results))
     recipe = {"model": {"name_or_path": str(root / "base-model")},
               "data": {"benchmark": "synthetic", "data_dir": str(root / "data")},
@@ -63,6 +65,7 @@ def test_the_prepared_folder_names_no_local_path_and_no_token(local_run, tmp_pat
     results = json.loads((folder / "results.json").read_text())
     assert results["model"]["path"] == model_dir.name and results["path"] == "results.json"  # basenames
     assert results["settings"]["data"]["data_dir"] == "data" and results["summary"]["model_utility"] == 0.4
+    assert results["per_example"]["forget"]["generated"] == ["/ s /", "/usr/share/dict/words"]
     card = (folder / "README.md").read_text()
     recipe_block = yaml.safe_load(card.split("```yaml\n")[1].split("```")[0])
     assert recipe_block["model"]["name_or_path"] == "base-model" and recipe_block["data"]["data_dir"] == "data"
