@@ -156,16 +156,14 @@ def _grid_key(row: Mapping) -> tuple:
     return grid_key(row.get("grid"))
 
 
-def report_comparisons(rows: Iterable[Mapping], spec, floor: float | None) -> list[dict]:
-    """The report's comparisons: per (pruning, objective, forget metric), SAU against plain on every model
-    (``"a": "sau", "b": "plain"``) and plain on each sparse model against plain on the dense one
-    (``"a": "sparse-plain", "b": "dense-plain"``), for every value of the recipe's extra grid axes
-    (``grid``). `spec` is the benchmark's `ReportSpec`; an empty list without a floor.
+def comparison_pairs(rows: Iterable[Mapping]) -> list[tuple]:
+    """The report's pairs of methods: per (pruning, objective, extra grid values), SAU against plain on every model
+    (``"sau"``, ``"plain"``) and plain on each sparse model against plain on the dense one (``"sparse-plain"``,
+    ``"dense-plain"``). Each pair is ``(pruning, target_sparsity, objective, grid key, a name, b name, a rows,
+    b rows)``, sorted as the report lists them.
 
     Unlearning runs only: reference rows, unlearn-then-prune rows and attacked copies are left out.
     """
-    if floor is None:
-        return []
     runs = [r for r in rows if not r.get("reference") and not r.get("unlearn_then_prune") and not r.get("attack_of")]
     methods: dict[tuple, list] = defaultdict(list)  # (pruning, sparsity, objective, grid, sau) -> rows
     for r in runs:
@@ -179,8 +177,18 @@ def report_comparisons(rows: Iterable[Mapping], spec, floor: float | None) -> li
         if not sau and pruning is not None and dense:
             pairs.append((pruning, sp, obj, grid, "sparse-plain", "dense-plain", a_rows, dense))
     pairs.sort(key=lambda p: (p[0] is not None, str(p[0]), p[1], str(p[2]), p[3], p[4] != "sau"))
+    return pairs
+
+
+def report_comparisons(rows: Iterable[Mapping], spec, floor: float | None) -> list[dict]:
+    """The report's pairs (`comparison_pairs`) read at one utility floor with `compare` (the crossing rule), for
+    every forget metric of `spec` (the benchmark's `ReportSpec`); an empty list without a floor. The report itself
+    now compares over a utility band (`report_verdicts.band_comparisons`); `benchmarks/study.py` and callers of
+    this function keep the single-floor reading."""
+    if floor is None:
+        return []
     out = []
-    for pruning, sp, obj, grid, a_name, b_name, a_rows, b_rows in pairs:
+    for pruning, sp, obj, grid, a_name, b_name, a_rows, b_rows in comparison_pairs(rows):
         ids_a, ids_b = {id(r) for r in a_rows}, {id(r) for r in b_rows}
         for m in spec.forget:
             res = compare(a_rows + b_rows, lambda r, s=ids_a: id(r) in s, lambda r, s=ids_b: id(r) in s,
@@ -196,5 +204,5 @@ def report_comparisons(rows: Iterable[Mapping], spec, floor: float | None) -> li
     return out
 
 
-__all__ = ["FQ_LOG_FLOOR", "MIN_SEEDS", "VERDICTS", "compare", "grid_key", "metric_name", "metric_value",
-           "report_comparisons", "seed_values", "t_interval", "value_at_floor", "verdict"]
+__all__ = ["FQ_LOG_FLOOR", "MIN_SEEDS", "VERDICTS", "compare", "comparison_pairs", "grid_key", "metric_name",
+           "metric_value", "report_comparisons", "seed_values", "t_interval", "value_at_floor", "verdict"]

@@ -19,7 +19,15 @@ from typing import Any
 from ..data.benchmarks import TOFU_REPORT, ReportSpec, get_benchmark
 from ..evaluation.compat import definitions_label
 from ..evaluation.results import load_results
-from .comparisons import grid_key, metric_value, report_comparisons
+from .comparisons import grid_key, metric_value
+from .frontier import DEFAULT_BAND
+from .report_verdicts import (
+    band_comparisons,
+    comparisons_table,
+    definitions_lines,
+    findings_section,
+    recipe_band,
+)
 
 ROW_KEYS = ("name", "model", "pruning", "target_sparsity", "measured_sparsity", "objective", "sau",
             "learning_rate", "seed", "metrics")
@@ -35,7 +43,7 @@ def objective_label(name: Any) -> str:
 
 def build_report(rows: list[dict], comparisons: list[dict] | None = None) -> dict:
     """``{"runs": [...], "references": [...]}`` from rows that carry their metadata and metrics, and
-    ``"comparisons"`` when given (`utility_floor` and `report_comparisons` make them)."""
+    ``"comparisons"`` when given (`report_verdicts.band_comparisons` makes them)."""
     out: dict[str, list] = {"runs": [], "references": []}
     for r in rows:
         row = {k: r[k] for k in ROW_KEYS}
@@ -43,6 +51,8 @@ def build_report(rows: list[dict], comparisons: list[dict] | None = None) -> dic
             row["grid"] = r["grid"]
         if r.get("robustness"):  # evaluate.robustness: the attacked copies' summaries, by attack
             row["robustness"] = r["robustness"]
+        if r.get("trajectory"):  # unlearn.eval_steps: the evaluations during unlearning (step and metrics)
+            row["trajectory"] = r["trajectory"]
         out["references" if r["reference"] else "runs"].append(row)
     if comparisons is not None:
         out["comparisons"] = comparisons
@@ -75,10 +85,30 @@ def collect_rows(ctx, eval_tasks) -> list[dict]:
             "unlearn_then_prune": bool(m.get("unlearn_then_prune")), "model_dir": m.get("model_dir"),
             **({"attack_of": m["attack_of"], "attack": m["attack"]} if m.get("attack_of") else {}),
             **({"grid": m["grid"]} if m.get("grid") else {}),
+            **_trajectory_and_size(ctx, m, results),
         })
     from .robustness import fold_attacks
 
     return fold_attacks(rows)
+
+
+def _trajectory_and_size(ctx, meta: dict, results: dict) -> dict:
+    """``n_forget`` (the forget examples the metrics were computed on: the longest per-example list of a forget set)
+    and, for an unlearning run evaluated with ``unlearn.eval_steps``, its ``trajectory`` (the unlearn task's
+    trajectory.json)."""
+    from .trajectories import read_trajectory
+
+    out = {}
+    sizes = [len(v) for k, per in (results.get("per_example") or {}).items() if str(k).startswith("forget")
+             and isinstance(per, dict) for v in per.values() if isinstance(v, list)]
+    if sizes:
+        out["n_forget"] = max(sizes)
+    src = meta.get("model_dir") or ""
+    if not meta.get("reference") and not meta.get("unlearn_then_prune") and src.startswith("task:"):
+        traj = read_trajectory(ctx.task_dir(src[5:]))
+        if traj:
+            out["trajectory"] = traj
+    return out
 
 
 def _pending_section(pending: list[str] | None) -> str:
@@ -104,7 +134,7 @@ def write_report(ctx, eval_tasks, pending: list[str] | None = None, diverged: li
 
     rows = collect_rows(ctx, eval_tasks)
     spec = get_benchmark(ctx.recipe.data.benchmark).report
-    comparisons = report_comparisons(rows, spec, utility_floor(rows, ctx.recipe.report.utility_fraction, spec))
+    comparisons = band_comparisons(rows, spec, recipe_band(ctx.recipe.report)[0])
     report = build_report(rows, comparisons)
     if pending:
         report["pending"] = list(pending)
@@ -116,7 +146,7 @@ def write_report(ctx, eval_tasks, pending: list[str] | None = None, diverged: li
                   + _pending_section(pending))
     files = {"json": str(out / "report.json"), "markdown": str(out / "report.md")}
     if ctx.recipe.report.plot and rows:
-        plot_tradeoff(rows, out / "tradeoff.png", ctx.recipe.report.utility_fraction, spec)
+        plot_tradeoff(rows, out / "tradeoff.png", recipe_band(ctx.recipe.report)[0], spec)
         files["plot"] = str(out / "tradeoff.png")
         if plot_robustness_figure(rows, out / "robustness.png", spec):
             files["robustness_plot"] = str(out / "robustness.png")
@@ -198,17 +228,18 @@ def render_markdown(rows: list[dict], recipe, comparisons: list[dict] | None = N
     bench = f"{d.benchmark}" + (f" (preset {d.preset}, seed {d.seed})" if generated else "")
     bench += f", subset {d.subset}" if d.subset else ""
     split = f", forget split {d.forget_split}" if get_benchmark(d.benchmark).protocol == "tofu" else ""
-    fraction = recipe.report.utility_fraction
-    floor = utility_floor(rows, fraction, spec)
+    band, band_note = recipe_band(recipe.report)
     if comparisons is None:
-        comparisons = report_comparisons(rows, spec, floor)
+        comparisons = band_comparisons(rows, spec, band)
     lines = [f"# {recipe.name}", ""]
     if recipe.description:
         lines += [recipe.description.strip(), ""]
     runs = [r for r in rows if not r["reference"]]
     if runs:
-        lines += _findings_section(comparisons, rows, spec, fraction, floor)
-    lines += _definitions_section(spec, fraction)
+        from .trajectories import trajectory_note
+
+        lines += findings_section(comparisons, spec, band, band_note, trajectory_note(recipe))
+    lines += _definitions_section(spec, band)
     lines += ["## Setup", "", f"- model: {model}", f"- benchmark: {bench}{split}",
               f"- definitions: {definitions_label(recipe.evaluate.compat)} (evaluate.compat)",
               "- rows: `model` is what was unlearned (dense: the finetuned model; sparse: a pruned one) or the "
@@ -223,7 +254,7 @@ def render_markdown(rows: list[dict], recipe, comparisons: list[dict] | None = N
               ("measured sparsity", lambda r: r["measured_sparsity"])]
     refs = [r for r in rows if r["reference"]]
     if runs and comparisons:
-        lines += _comparisons_table(comparisons, spec)
+        lines += comparisons_table(comparisons, spec)
     lines += ["## References (before unlearning)", ""] + _table(refs, common + metric_cols) + [""]
     if runs:
         run_cols = common[:1] + [("model", lambda r: r["model"])] + common[1:] + [
@@ -237,108 +268,10 @@ def render_markdown(rows: list[dict], recipe, comparisons: list[dict] | None = N
     return "\n".join(lines) + "\n"
 
 
-SIDE_NAMES = {"sau": "SAU", "plain": "plain", "sparse-plain": "plain on the sparse model",
-              "dense-plain": "plain on the dense model"}
-
-
-def _where(c: dict) -> str:
-    return "dense model" if c["pruning"] is None else f"{c['pruning']} {c['target_sparsity']:.0%} model"
-
-
-def _metric_label(spec: ReportSpec, name: str) -> str:
-    for m in spec.forget:
-        if name in (m.key, f"{m.key}_log10"):
-            return f"{m.label} (log10)" if name.endswith("_log10") else m.label
-    return name
-
-
-def _verdict_words(c: dict, label: str = "") -> str:
-    """The verdict in words: for a lower-is-more-forgotten metric (ROUGE) "forgets more/less"; for a
-    higher-is-better one (forget quality, a distance to the retain model) "the higher/lower <label>"."""
-    a, b = SIDE_NAMES.get(c["a"], c["a"]), SIDE_NAMES.get(c["b"], c["b"])
-    higher = c.get("better_direction") == "max"
-    if c["verdict"] in ("better", "worse") and higher and label:
-        return f"**{a} has the {'higher' if c['verdict'] == 'better' else 'lower'} {label}**"
-    if c["verdict"] == "better":
-        return f"**{a} forgets more**"
-    if c["verdict"] == "worse":
-        return f"**{a} forgets less** than {b}"
-    if c["a_mean"] is None or c["b_mean"] is None:
-        never = a if c["a_mean"] is None else b
-        return f"inconclusive ({never}: no curve reaches the floor within the learning rates run)"
-    if c["paired_seeds"] < 3:
-        return f"inconclusive (only {c['paired_seeds']} seed(s) with a value on both sides; 3 needed)"
-    return "inconclusive (the interval contains 0)"
-
-
-def _findings_section(comparisons: list[dict], rows: list[dict], spec: ReportSpec, fraction: float,
-                      floor: float | None) -> list[str]:
-    """The verdicts in sentences, one line per (model, objective, pair of methods)."""
-    lines = ["## What this run shows", ""]
-    if floor is None:
-        return lines + ["No comparison: the report needs the finetuned model's utility for the utility floor.", ""]
-    if not comparisons:
-        return lines + ["No comparison: the grid needs SAU and plain runs of one objective (or plain runs on a "
-                        "sparse and the dense model) to compare.", ""]
-    n_seeds = max(c["seeds"] for c in comparisons)
-    decided = [c for c in comparisons if c["verdict"] != "inconclusive"]
-    lines += [f"Methods compared at matched {spec.utility_label} (the utility floor, {floor:.3f}: {fraction:.0%} of "
-              f"the finetuned model's): per seed, each method's curve over learning rates is read where its "
-              f"{spec.utility_label} falls to the floor; then the means over seeds, the mean paired difference and its "
-              f"95% t interval over seeds. `better` means the first method forgets more. "
-              f"{len(decided)} of {len(comparisons)} comparisons reach a verdict ({n_seeds} seeds"
-              + ("; 3 are needed for any verdict" if n_seeds < 3 else "") + ").", ""]
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for c in comparisons:
-        groups[(c["pruning"], c["target_sparsity"], c["objective"], c["a"], c["b"],
-                grid_key(c.get("grid")))].append(c)
-    for (_, _, obj, a, b, grid), cs in groups.items():
-        head = (f"**{SIDE_NAMES.get(a, a)} against {SIDE_NAMES.get(b, b)}**, {objective_label(obj)}"
-                f"{grid_label(dict(grid))}, {_where(cs[0])}" if a == "sau" else
-                f"**the sparsity penalty** ({SIDE_NAMES[a]} against {SIDE_NAMES[b]}), {objective_label(obj)}"
-                f"{grid_label(dict(grid))}, {cs[0]['pruning']} {cs[0]['target_sparsity']:.0%}")
-        parts = []
-        for c in cs:
-            ci = "" if c["ci95"] is None else f", 95% CI [{_fmt(c['ci95'][0])}, {_fmt(c['ci95'][1])}]"
-            diff = "" if c["diff_mean"] is None else f" (difference {_fmt(c['diff_mean'])}{ci})"
-            parts.append(f"{_metric_label(spec, c['metric'])} {_fmt(c['a_mean'])} against {_fmt(c['b_mean'])}"
-                         f"{diff}: {_verdict_words(c, _metric_label(spec, c['metric']))}")
-        lines.append(f"- {head}: " + "; ".join(parts) + ".")
-    return lines + [""]
-
-
-def _definitions_section(spec: ReportSpec, fraction: float) -> list[str]:
+def _definitions_section(spec: ReportSpec, band) -> list[str]:
     lines = ["## How to read this report", "", "Metrics (columns of the tables):", ""]
     lines += [f"- **{label}**: {text}" for label, text in spec.definitions]
-    lines += ["", "Comparisons (report.json `comparisons`, the table below):", "",
-              f"- **utility floor**: {fraction:.0%} of the finetuned (dense, before unlearning) model's "
-              f"{spec.utility_label}; methods are compared where their {spec.utility_label} falls to it.",
-              "- **a**, **b**: the two methods: `sau` and `plain` (the same objective, sparsity mask only) on one "
-              "model; `sparse-plain` and `dense-plain` (plain unlearning on the pruned model and on the dense one: "
-              "the sparsity penalty).",
-              "- **metric**: the forget metric read at the floor (forget quality as log10 of the p-value).",
-              "- **value at the floor** (per seed): the metric where the method's curve over learning rates first "
-              "falls to the floor, interpolated linearly between the two neighbouring learning rates; none when the "
-              "curve stays above the floor at every learning rate run (or is below it at the smallest).",
-              "- **a mean**, **b mean**: means over seeds of the values at the floor; **seeds**: seeds run; "
-              "**paired**: seeds where both sides have a value.",
-              "- **difference**, **95% CI**: mean of a - b over the paired seeds and its Student t interval.",
-              "- **verdict**: `better` (a forgets more: the whole interval on the forget metric's better side, "
-              "higher forget quality or lower forget ROUGE), `worse` (the whole interval on the other side), "
-              "`inconclusive` (the interval contains 0, or fewer than 3 paired seeds).", ""]
-    return lines
-
-
-def _comparisons_table(comparisons: list[dict], spec: ReportSpec) -> list[str]:
-    cols = [("model", _where), ("objective", lambda c: objective_label(c["objective"]) + grid_label(c.get("grid"))),
-            ("a vs b", lambda c: f"{c['a']} vs {c['b']}"), ("metric", lambda c: _metric_label(spec, c["metric"])),
-            ("seeds", lambda c: c["seeds"]), ("paired", lambda c: c["paired_seeds"]),
-            ("a mean", lambda c: c["a_mean"]), ("b mean", lambda c: c["b_mean"]),
-            ("difference", lambda c: c["diff_mean"]),
-            ("95% CI", lambda c: None if c["ci95"] is None else f"[{_fmt(c['ci95'][0])}, {_fmt(c['ci95'][1])}]"),
-            ("verdict", lambda c: c["verdict"])]
-    return ["## Comparisons at the utility floor", "", f"Utility floor {_fmt(comparisons[0]['utility_floor'])}; "
-            "per-seed values in report.json (`comparisons[].per_seed`).", ""] + _table(comparisons, cols) + [""]
+    return lines + [""] + definitions_lines(spec, band)
 
 
 def _then_prune_section(runs: list[dict], spec: ReportSpec = TOFU_REPORT) -> list[str]:
@@ -396,11 +329,13 @@ def _mean_sd(values: list) -> tuple[float | None, float]:
     return mean, sd
 
 
-def plot_tradeoff(rows: list[dict], path: Path, utility_fraction: float = 0.9, spec: ReportSpec = TOFU_REPORT) -> None:
+def plot_tradeoff(rows: list[dict], path: Path, band: float | tuple[float, float] = DEFAULT_BAND,
+                  spec: ReportSpec = TOFU_REPORT) -> None:
     """The trade-off curves: one column per pruning (dense, each sparse model), one row per forget metric; in each
     panel, per objective, plain (dashed, open markers) and SAU (solid) as mean curves over learning rates (each
     point labelled with its learning rate) with bars of one standard deviation over seeds on both axes; the
-    start model (before unlearning) and the retain model as labelled markers; the utility floor as a line.
+    start model (before unlearning) and the retain model as labelled markers; the comparisons' utility band (`band`:
+    fractions of the panel's start model's utility; one number: a floor) as a shaded span.
     More forgetting is to the right in every panel."""
     import matplotlib
 
@@ -415,7 +350,7 @@ def plot_tradeoff(rows: list[dict], path: Path, utility_fraction: float = 0.9, s
         prunings = [(None, 0.0)]
     ncols = len(prunings)
     fig, axes = plt.subplots(2, ncols, figsize=(4.8 * ncols + 1.0, 8.6), squeeze=False)
-    floor = utility_floor(rows, utility_fraction, spec)
+    lo, hi = (band, band) if isinstance(band, int | float) else band
     variants = sorted({(k[3], k[6]) for k in {method_key(r) for r in runs}}, key=str)  # (objective, grid)
     colours = {(v, sau): PAIRS[i % len(PAIRS)][int(sau)] for i, v in enumerate(variants) for sau in (False, True)}
     n_seeds = max((len({r["seed"] for r in runs if method_key(r) == k}) for k in {method_key(r) for r in runs}),
@@ -459,9 +394,12 @@ def plot_tradeoff(rows: list[dict], path: Path, utility_fraction: float = 0.9, s
                 handles.setdefault(label, h)
                 ax.annotate(ref["name"], (x, y), textcoords="offset points", xytext=(6, -10), fontsize=7,
                             color=colour)
-            if floor is not None:
-                label = f"utility floor ({utility_fraction:.0%} of the finetuned model's)"
-                handles.setdefault(label, ax.axhline(floor, color="grey", lw=1.0, ls=":", label=label))
+            u0 = start["metrics"].get(spec.utility) if start is not None else None
+            if u0:
+                label = (f"utility floor ({lo:.0%} of the start model's)" if lo == hi else
+                         f"utility band ({lo:.0%}-{hi:.0%} of the start model's)")
+                handles.setdefault(label, ax.axhspan(lo * u0, hi * u0, color="grey", alpha=0.15, label=label)
+                                   if hi > lo else ax.axhline(lo * u0, color="grey", lw=1.0, ls=":", label=label))
             if metric.better == "min":
                 ax.invert_xaxis()
             ax.grid(alpha=0.3)

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from .frontier import DEFAULT_BAND
 from .recipe_io import RecipeError, check_size, yaml_load  # noqa: F401 - RecipeError and yaml_load: public here
 
 RECIPE_VERSION = 1
@@ -150,6 +151,16 @@ class UnlearnSection(TrainerSettings):
         "number or list: replaces the learning-rate axis for that objective) or SAUConfig fields (undial_beta, "
         "retain_weight, ...). Objectives missing from unlearn.objective are ignored, so a recipe can carry "
         "settings for every objective, e.g. {undial: {learning_rate: [1.0e-4]}}.")
+    eval_steps: int | float | None = opt(
+        None, "Evaluate the benchmark during unlearning (UnlearningEvaluationCallback): at step 0, every this many "
+        "optimizer steps (an integer >= 1, or a number in (0, 1): that fraction of the run's steps) and at the end; "
+        "each run keeps its trajectory and the report's comparisons use it. null: off.")
+    eval_max_new_tokens: int | None = opt(
+        None, "Generation length of the evaluations during unlearning (default: evaluate.max_new_tokens); the "
+        "utility of TOFU and MUSE needs generated answers, so > 0.")
+    eval_rows: int | None = opt(
+        None, "Rows per split of the evaluations during unlearning, except the forget set's (kept whole, so forget "
+        "quality is computed as in the final evaluation); default: every row.")
 
 
 @dataclass
@@ -198,7 +209,13 @@ class ReportSection:
     """report.json, report.md and tradeoff.png at the top of the output directory."""
 
     plot: bool = opt(True, "Write tradeoff.png.")
-    utility_fraction: float = opt(0.9, "Matched-utility line: this fraction of the finetuned model's utility.")
+    utility_band: list[float] | None = opt(
+        None, "Comparisons over this band of utility, [lo, hi] as fractions of each comparison's starting model's "
+        "utility (SAU vs plain: the model both start from; sparse vs dense: the pruned model). Default: "
+        f"{list(DEFAULT_BAND)} (pipeline.frontier.DEFAULT_BAND).")
+    utility_fraction: float | None = opt(
+        None, "Former single floor (a fraction of the starting model's utility): read as a band of width 0, "
+        "[f, f], and the report says so. Prefer utility_band.")
     keep_models: str = opt(
         "none", "Weights of the unlearned models kept after the run (its last step): all; sparse (the unlearned "
         "sparse models); none (masks, sparsity.json, results and the model card inputs stay; so do the reference "
@@ -462,6 +479,11 @@ def _check(recipe: Recipe, errors: list[str]) -> None:
     from .robustness import check as check_robustness
 
     check_robustness(recipe, errors)
+    from .report_verdicts import check_recipe as check_band
+    from .trajectories import check_recipe as check_trajectory
+
+    check_band(recipe, errors)
+    check_trajectory(recipe, errors)
     if recipe.evaluate.batch_size < 1 or recipe.evaluate.max_new_tokens < 0:
         errors.append("evaluate: batch_size must be >= 1 and max_new_tokens >= 0")
     from ..evaluation.compat import check_recipe as check_compat
@@ -532,7 +554,7 @@ def section_settings(u: UnlearnSection) -> dict:
     """The unlearn settings every run of the grid shares (trainer settings, sau_topk, sau_alpha, args)."""
     return {k: v for k, v in dataclasses.asdict(u).items()
             if k not in ("enabled", "model", "objective", "sau", "learning_rate", "seed", "then_prune",
-                         "retain_split", "objective_args")}
+                         "retain_split", "objective_args", "eval_steps", "eval_max_new_tokens", "eval_rows")}
 
 
 def _sau_config_fields() -> dict[str, dataclasses.Field]:

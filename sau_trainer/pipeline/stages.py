@@ -425,13 +425,25 @@ def run_unlearn(ctx: Context, task: Task, out: Path) -> dict:
     chunk = args.max_length if limit is None else min(args.max_length, limit - 1)  # limit (BOS included)
     forget_rows = ctx.bench.unlearning_rows(ctx.benchmark, s["forget_split"], tok, chunk)
     retain_rows = ctx.bench.unlearning_rows(ctx.benchmark, s["retain_split"], tok, chunk)
+    callbacks = []
+    if s.get("trajectory"):  # unlearn.eval_steps: the benchmark evaluated during unlearning (pipeline/trajectories.py)
+        from .trajectories import evaluation_callback
+
+        callbacks.append(evaluation_callback(ctx, task, tok))
     trainer = SAUTrainer(model, args, forget_dataset=forget_rows, retain_dataset=retain_rows, processing_class=tok,
-                         sparsity_masks=masks)
+                         sparsity_masks=masks, callbacks=callbacks or None)
     trainer.train()
     trainer.save_model(str(out))
     info = {"measured_sparsity": measured_sparsity(trainer.model), "target_sparsity": masks.sparsity(),
             "num_processes": ctx.num_processes, "global_step": trainer.state.global_step}
+    if callbacks:
+        info["trajectory"] = callbacks[0].trajectory
+        info["eval_seconds"] = sum(callbacks[0].eval_seconds)
     if ctx.is_main:
+        if callbacks:
+            from .trajectories import write_trajectory
+
+            write_trajectory(out, callbacks[0].trajectory)
         model.config.use_cache = True
         model.config.save_pretrained(out)
         from ..modeling import strip_remote_code
@@ -664,6 +676,9 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
     forget_split = d.forget_split
     unlearn_forget, retain_split = bench.unlearning_splits(forget_split, u.retain_split, d.subset)
     u_settings = section_settings(u)
+    from .trajectories import retain_eval_first, trajectory_settings
+
+    traj = trajectory_settings(recipe)  # unlearn.eval_steps; None (off): no key, existing hashes unchanged
     runs = []  # (row name, task name, start, pid, target sparsity, objective, sau, lr, seed)
     point_settings: dict[str, dict] = {}  # run name -> its unlearn settings (the extra axes set to its values)
     if u.enabled:
@@ -686,8 +701,11 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
                                             "dtype": m.dtype, "data": fp}
                                 if defs := objective_definitions(obj, point.get("args") or {}):
                                     settings["definitions"] = defs  # changed definitions: a new hash, recomputed
+                                if traj:
+                                    settings["trajectory"] = traj
                                 add(Task("unlearn", f"models/{name}", settings,
-                                         {**deps_of(ref, "source"), **tok_deps}))
+                                         {**deps_of(ref, "source"), **tok_deps,
+                                          **({"retain_eval": "eval/retain"} if traj and refs["retain"] else {})}))
                                 point_settings[name] = point
                                 runs.append(dict(name=name, model="sparse" if pid else "dense",
                                                  pruning=labels.get(pid), prune_id=pid, target_sparsity=ts,
@@ -766,6 +784,8 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
         add(Task("push", "push", {"run": chosen, "hub_model_id": h.hub_model_id, "private": h.private,
                                   "commit_message": h.commit_message},
                  {"model": f"models/{chosen}", "eval": f"eval/{chosen}", "report": "report"}))
+    if traj:
+        retain_eval_first(tasks)
     _check_order(tasks)
     return tasks
 
