@@ -174,10 +174,10 @@ def _signature(folder: Path) -> tuple:
     return tuple(out)
 
 
-def verify_stage(folder: Path, doc: dict) -> str | None:
+def verify_stage(folder: Path, doc: dict, record: bool = True) -> str | None:
     """None when the files of a finished stage are the ones it wrote (memoised per process), else the problem in
     one line (naming the file). A stage.json without ``"files"`` is verified with `verify_legacy` and, when it
-    passes, rewritten with its checksums (once)."""
+    passes and `record` is true, rewritten with its checksums (once; a dry run records nothing)."""
     folder = Path(folder)
     key = (str(folder), _signature(folder))
     if key in _VERIFIED:
@@ -188,6 +188,8 @@ def verify_stage(folder: Path, doc: dict) -> str | None:
             check_files(folder, doc["files"])
         else:
             verify_legacy(folder)
+            if not record:
+                return None
             _add_checksums(folder, doc)
             key = (str(folder), _signature(folder))
     except CorruptFile as err:

@@ -94,7 +94,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _dry_run(recipe, output_dir: Path, args=None) -> int:
-    from .runner import hash_tasks, is_done, parse_patterns, select_tasks
+    from .runner import hash_tasks, is_diverged, is_done, parse_patterns, select_tasks
     from .schema import RecipeError
     from .stages import STAGES, plan
 
@@ -114,8 +114,13 @@ def _dry_run(recipe, output_dir: Path, args=None) -> int:
     for t in tasks:
         if t.name not in selected:
             continue
-        done = known and STAGES[t.kind].cached and is_done(output_dir / "stages" / t.name, t)
-        print(f"{'cached' if done else 'to run':7s} {t.kind:9s} {t.name}")
+        folder = output_dir / "stages" / t.name
+        cached = known and STAGES[t.kind].cached
+        if cached and is_diverged(folder, t):  # recorded as diverged: a run does not retry it (--force does)
+            status = "diverged"
+        else:
+            status = "cached" if cached and is_done(folder, t, record=False) else "to run"
+        print(f"{status:7s} {t.kind:9s} {t.name}")
     return _print_memory(recipe, [t for t in tasks if t.name in selected], args)
 
 

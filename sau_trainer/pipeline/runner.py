@@ -101,13 +101,14 @@ def read_stage(path: Path) -> dict | None:
 _REPORTED: set[tuple[str, str]] = set()
 
 
-def is_done(path: Path, task: Task) -> bool:
+def is_done(path: Path, task: Task, record: bool = True) -> bool:
     """Finished with the task's hash, and its files are the ones it wrote (`checksums.verify_stage`; a stage
-    whose files differ is unfinished, logged once per process with the file it names)."""
+    whose files differ is unfinished, logged once per process with the file it names). `record`: an old
+    stage.json that passes is given its checksums (a dry run passes False: it writes nothing)."""
     doc = read_stage(path)
     if doc is None or doc.get("hash") != task.hash or doc.get("status", "finished") != "finished":
         return False
-    problem = checksums.verify_stage(path, doc)
+    problem = checksums.verify_stage(path, doc, record)
     if problem is not None:
         if (str(path), problem) not in _REPORTED:
             _REPORTED.add((str(path), problem))
@@ -129,8 +130,9 @@ def stage_status(path: Path, task: Task) -> tuple[str, str] | None:
 
 
 def is_diverged(path: Path, task: Task) -> bool:
-    status = stage_status(path, task)
-    return status is not None and status[0] == diverged.STATUS
+    """Recorded as diverged with the task's current hash (reads stage.json only; verifies no files)."""
+    doc = read_stage(path)
+    return doc is not None and doc.get("hash") == task.hash and doc.get("status") == diverged.STATUS
 
 
 def parse_patterns(patterns: str | list[str] | tuple[str, ...] | None) -> list[str]:

@@ -150,3 +150,16 @@ def test_a_recipe_with_a_diverging_learning_rate_end_to_end(memorized, tmp_path,
     assert all(r["measured_sparsity"] > 0.4 for r in report["runs"])
     assert cli_main(argv) == 0
     assert read_stage(out / "stages" / bad)["executions"] == 1
+
+
+def test_the_dry_run_lists_a_diverged_run_as_diverged(tmp_path, calls, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps(RECIPE))
+    out = tmp_path / "out"
+    assert cli_main(["run", str(recipe), "--output-dir", str(out)]) == 1
+    capsys.readouterr()
+    assert cli_main(["run", str(recipe), "--output-dir", str(out), "--dry-run"]) == 0
+    listed = capsys.readouterr().out.splitlines()  # the stage list, then the memory estimate
+    assert any(line.split()[:1] == ["diverged"] and line.endswith(f" {BAD}") for line in listed)
+    assert any(line.split()[:1] == ["cached"] and line.endswith(f" {GOOD}") for line in listed)
+    assert not any(line.split()[:1] == ["to"] and line.endswith(f" {BAD}") for line in listed)

@@ -164,3 +164,21 @@ def test_a_truncated_mask_file_error_names_the_file(tmp_path):
         f.truncate(40)
     with pytest.raises(ValueError, match=f"{path}: cannot read the sparsity mask file"):
         SparsityMasks.load(tmp_path)
+
+
+def test_a_dry_run_writes_no_checksums_into_an_old_stage_json(tmp_path, calls, capsys):
+    from sau_trainer.cli import main as cli_main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps(RECIPE))
+    out = tmp_path / "out"
+    assert cli_main(["run", str(recipe), "--output-dir", str(out)]) == 0
+    folder = out / "stages" / PRUNED
+    doc = read_stage(folder)
+    del doc["files"]
+    (folder / STAGE_FILE).write_text(json.dumps(doc))
+    before = (folder / STAGE_FILE).read_bytes()
+    capsys.readouterr()
+    assert cli_main(["run", str(recipe), "--output-dir", str(out), "--dry-run"]) == 0
+    assert any(line.startswith("cached") and line.endswith(PRUNED) for line in capsys.readouterr().out.splitlines())
+    assert (folder / STAGE_FILE).read_bytes() == before  # a dry run verifies, records nothing
