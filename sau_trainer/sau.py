@@ -380,9 +380,10 @@ def apply_sau_(grad: torch.Tensor, selected: torch.Tensor, weight: torch.Tensor 
     """In place: ``grad * G * W`` (W broadcast as a scalar, per row, or per entry); +0.0 outside G.
 
     `W` keeps its fp32 values: the product is computed in fp32 and rounded once to the gradient's dtype
-    (casting ``W`` to bf16 first would round 1.12 to 1.117, and copy a per-entry ``W``).
+    (casting ``W`` to bf16 first would round 1.12 to 1.117, and copy a per-entry ``W``). The zeros are written
+    last, so they are exact whatever the gradient and `W` hold there (``nan * 0`` is NaN).
     """
-    grad.masked_fill_(~selected, 0.0)
     if weight is not None:
         grad.mul_(weight.to(grad.device))
+    grad.masked_fill_(~selected, 0.0)
     return grad

@@ -81,3 +81,19 @@ def test_eval_on_a_refused_pickle_checkpoint_fails_in_one_line(tokenizer, tmp_pa
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "loads only safetensors checkpoints" in err
     assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_prune_on_a_refused_pickle_checkpoint_fails_in_one_line(tokenizer, tmp_path, capsys):
+    from sau_trainer.cli import main as cli_main
+
+    model_dir = tmp_path / "unsafe"
+    model = build_llama("tiny", tokenizer)
+    model.config.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    torch.save({**model.state_dict(), "extra": Unsafe()}, model_dir / "pytorch_model.bin")
+    rc = cli_main(["prune", "--model", str(model_dir), "--method", "magnitude", "--sparsity", "0.5",
+                   "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "loads only safetensors checkpoints" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out" / "model.safetensors").exists()

@@ -148,6 +148,23 @@ def test_many_digit_k_on_a_large_matrix(scope, k):
         assert sel.sum(1).tolist() == [topk_count(int(c), k) for c in m.sum(1)]
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_apply_sau_writes_exact_zeros_outside_g_whatever_grad_and_w_hold(bad):
+    """The DeepSpeed path's ``grad * G * W``: entries outside G are +0.0 even where the gradient or a per-entry W
+    is NaN or infinite (``nan * 0`` and ``inf * 0`` are NaN: the zeros must be written after the product)."""
+    from sau_trainer.sau import apply_sau_
+
+    grad = torch.randn(4, 6)
+    selected = torch.rand(4, 6, generator=torch.Generator().manual_seed(1)) > 0.5
+    weight = torch.full((4, 6), 1.5)
+    grad[~selected] = bad
+    weight[~selected] = bad
+    out = apply_sau_(grad.clone(), selected, weight)
+    assert torch.equal(out[~selected], torch.zeros(int((~selected).sum())))
+    assert not torch.signbit(out[~selected]).any()
+    assert torch.equal(out[selected], grad[selected] * 1.5)
+
+
 @pytest.mark.parametrize("w_shape", [(), (6, 1), (6, 10)])
 def test_apply_sau_keeps_w_in_fp32_for_bf16_gradients(w_shape):
     """``grad * G * W`` for a bf16 gradient is the float64 product rounded once to bf16 (a bf16 copy of W=1.12

@@ -93,9 +93,10 @@ def _check(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from ..clitools import CommandError, load_problem, set_threads
+    from ..modeling import CheckpointError, load_causal_lm
     from .api import prune_model, save_sparse_model
     from .perplexity import perplexity
     from .textfiles import load_texts
@@ -112,7 +113,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+        model = load_causal_lm(args.model, dtype=dtype)
+    except CheckpointError as err:  # a pickle checkpoint torch's safe loader refuses
+        raise CommandError(str(err)) from None
     except OSError as err:
         raise CommandError(load_problem(args.model, err)) from err
     if args.device is not None and not args.offload:
