@@ -197,9 +197,11 @@ def _truthy(v: Any) -> bool:
 
 def distributed_from_accelerate_config(path: str | os.PathLike, num_processes: int | None = None) -> Distributed:
     """The setup an accelerate config file asks for (``distributed_type``, ``fsdp_config``, ``deepspeed_config``)."""
-    import yaml
+    from .recipe_io import yaml_load  # bounded: an alias bomb is refused, not expanded
 
-    doc = yaml.safe_load(Path(path).read_text()) or {}
+    doc = yaml_load(Path(path).read_text(), what=f"the accelerate config {path}") or {}
+    if not isinstance(doc, dict):
+        raise ValueError(f"expected a mapping of accelerate settings, got {type(doc).__name__}")
     n = int(num_processes or doc.get("num_processes") or 1)
     dtype = str(doc.get("distributed_type", "NO")).upper()
     where = str(path)

@@ -122,6 +122,23 @@ def _check_args_numbers(recipe: Any, errors: list[str]) -> None:
                     errors.append(f"{at}: expected a number, got {str(v).lower()} (a bool is not a number)")
 
 
+TRAINER_UPLOAD_KEYS = ("push_to_hub", "hub_model_id", "hub_strategy")
+
+
+def _check_trainer_uploads(recipe: Any, errors: list[str]) -> None:
+    """The Trainer's own Hub upload under ``args`` (``push_to_hub: true``, ``hub_model_id``, ``hub_strategy``):
+    it would upload checkpoints during training, outside the push stage that strips local paths and secrets."""
+    for name in ("train_target", "train_retain", "unlearn"):
+        args = getattr(recipe, name).args
+        for key in TRAINER_UPLOAD_KEYS:
+            value = args.get(key)
+            if value is None or value is False or (key == "hub_strategy" and value == "every_save"):
+                continue  # the Trainer's defaults: nothing is uploaded
+            errors.append(f"{name}.args.{key}: the Trainer would upload checkpoints itself, without the push "
+                          "stage's cleaning (local paths, the recipe); push the finished model with the recipe's "
+                          "push section instead (push.push_to_hub: true, push.hub_model_id: user/name)")
+
+
 def repo_id_problem(repo_id: Any, where: str = "push.hub_model_id") -> str | None:
     """Why `repo_id` is not a Hub model repository id (huggingface_hub's own rule), or None."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -162,6 +179,7 @@ def check_ranges(recipe: Any, errors: list[str]) -> None:
         _range(errors, f"{name}.weight_decay", sec.weight_decay, 0, None, False, None)
     _range(errors, "report.utility_fraction", recipe.report.utility_fraction, 0, 1, True, 0.9)
     _check_args_numbers(recipe, errors)
+    _check_trainer_uploads(recipe, errors)
     if recipe.push.hub_model_id is not None:
         problem = repo_id_problem(recipe.push.hub_model_id)
         if problem:

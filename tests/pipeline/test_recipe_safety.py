@@ -216,3 +216,22 @@ def test_the_command_refuses_an_alias_bomb_within_seconds(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "sau_trainer", "run", str(path), "--dry-run"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "expands beyond" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_alias_bomb_as_the_accelerate_config_is_refused_in_one_line(recipe_file, tmp_path, capsys):
+    bomb = tmp_path / "accelerate.yaml"
+    bomb.write_text("distributed_type: MULTI_GPU\n" + alias_bomb())
+    code, err = dry_run(recipe_file(), "--accelerate-config", str(bomb), capsys=capsys)
+    assert code == 2 and "expands beyond" in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1
+
+
+@pytest.mark.parametrize("section", ["train_target", "unlearn"])
+@pytest.mark.parametrize("args", [{"push_to_hub": True}, {"hub_model_id": "me/x"}, {"hub_strategy": "end"}])
+def test_the_trainers_own_upload_is_refused(section, args):
+    with pytest.raises(RecipeError) as info:
+        validate({**BASE, section: {"args": args}})
+    key = next(iter(args))
+    assert f"{section}.args.{key}: the Trainer would upload checkpoints itself" in str(info.value)
+    assert "push.push_to_hub: true" in str(info.value)
+    validate({**BASE, section: {"args": {"push_to_hub": False}}})  # the Trainer's default is fine
