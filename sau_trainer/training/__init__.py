@@ -1,0 +1,12 @@
+"""The Trainer glue: what runs SAU inside a `transformers.Trainer`.
+
+What belongs here: the `SparsityPreserving` mixin and `SAUTrainer`, the callbacks, the masks a run carries and
+saves (`SparsityMasks`), the saliency pass over a model, the moving mask, precision handling, the divergence
+guard, evaluation during training. Pure tensor math goes to `sau_trainer.core`; one-process/DDP/FSDP2/ZeRO
+differences go to `sau_trainer.parallel`.
+
+What it may import: `sau_trainer.core`, `sau_trainer.parallel`, the package-root helpers (`config`, `progress`,
+`modeling`), transformers and torch. What may import it: the layers above (objectives, pruning, pipeline, the
+command line); never `core` or `parallel`. This package's `__init__` re-exports nothing: import from the module
+that defines a name.
+"""
