@@ -12,7 +12,7 @@ import torch
 from sau_testing import GradRecorder, make_trainer, qa, sparse_model
 from torch.overrides import TorchFunctionMode
 
-from sau_trainer import fused
+from sau_trainer.core import fused  # the module itself: its kernel state (_compile_failed) is read
 from sau_trainer.fused import pack_planes, scale_update_, unpack_planes, where_
 from sau_trainer.masks import SparsityMasks, pack_bool, prunable_parameters, unpack_bool
 from sau_trainer.sau import apply_sau_

@@ -82,7 +82,7 @@ def test_from_model_packs_one_matrix_at_a_time(monkeypatch):
     """
     import weakref
 
-    from sau_trainer import masks as masks_module
+    from sau_trainer.training import masks as masks_module  # where SparsityMasks reads _NonzeroMasks
 
     handed_out = []
 
