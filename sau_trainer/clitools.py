@@ -48,9 +48,10 @@ def _offline() -> bool:
 def model_problem(model: str, flag: str = "--model") -> str | None:
     """Why ``model`` cannot be loaded, found without loading it (None when it looks loadable).
 
-    A local directory must hold a ``config.json``; a name that looks like a path must exist; a Hub id must
-    be in the local cache when the Hub is offline (``HF_HUB_OFFLINE``). Online, a Hub id is left to
-    ``from_pretrained`` (see ``load_problem`` for its errors)."""
+    A local directory must hold a ``config.json``; a name that looks like a path must exist; a Hub id is looked
+    up in the local Hugging Face cache first. One that is not cached must be reachable: offline
+    (``HF_HUB_OFFLINE``) it is a problem at once; online the Hub is asked once, without retries (see
+    `hub_problem`), so a machine without network fails in a second instead of retrying for a minute."""
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -60,16 +61,46 @@ def model_problem(model: str, flag: str = "--model") -> str | None:
         return f"{flag} {model}: is a file; give a saved model directory or a Hub id."
     if _looks_like_path(model):
         return f"{flag} {model}: no such directory; give a saved model directory or a Hub id."
-    if _offline():
-        from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache
 
-        try:
-            cached = try_to_load_from_cache(model, "config.json")
-        except Exception:  # an id the Hub library rejects: report it the same way
-            cached = None
-        if not isinstance(cached, str):
-            return (f"{flag} {model}: not a local directory, and not in the Hugging Face cache while the Hub is "
-                    "offline (HF_HUB_OFFLINE); download it once online or give a saved model directory.")
+    try:
+        cached = try_to_load_from_cache(model, "config.json")
+    except Exception:  # an id the Hub library rejects: report it the same way
+        cached = None
+    if isinstance(cached, str):
+        return None
+    if _offline():
+        return (f"{flag} {model}: not a local directory, and not in the Hugging Face cache while the Hub is "
+                "offline (HF_HUB_OFFLINE); download it once online or give a saved model directory.")
+    return hub_problem(model, flag)
+
+
+def hub_problem(model: str, flag: str = "--model") -> str | None:
+    """One request for ``model``'s ``config.json`` on the Hub, without retries: a Hub that cannot be reached or a
+    repository it does not have is a problem (None otherwise; other errors are left to ``from_pretrained``)."""
+    import inspect
+
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    kwargs = {}
+    if "retry_on_errors" in inspect.signature(get_hf_file_metadata).parameters:
+        kwargs["retry_on_errors"] = False  # the library's default; older versions never retry here
+    try:
+        get_hf_file_metadata(hf_hub_url(model, "config.json"), timeout=constants.HF_HUB_ETAG_TIMEOUT, **kwargs)
+    except GatedRepoError:
+        return None  # from_pretrained says how to get access
+    except RepositoryNotFoundError:
+        return (f"{flag} {model}: not a local directory, not in the Hugging Face cache, and not a model on the "
+                f"Hub ({constants.ENDPOINT}; or a private one: log in with `hf auth login`); give a saved model "
+                "directory or a Hub id.")
+    except HfHubHTTPError:
+        return None
+    except Exception as err:  # no network, DNS, proxy, timeout: said once, not retried
+        text = " ".join(str(err).split()) or type(err).__name__
+        return (f"{flag} {model}: not a local directory, not in the Hugging Face cache, and the Hub "
+                f"({constants.ENDPOINT}) cannot be reached ({text[:200]}); connect, set HF_HUB_OFFLINE=1 to use "
+                "only the cache, or give a saved model directory.")
     return None
 
 
