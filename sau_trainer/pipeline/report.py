@@ -59,14 +59,6 @@ def build_report(rows: list[dict], comparisons: list[dict] | None = None) -> dic
     return out
 
 
-def utility_floor(rows: list[dict], fraction: float, spec: ReportSpec = TOFU_REPORT) -> float | None:
-    """`fraction` of the dense finetuned model's utility (None without that reference row)."""
-    base = next((r for r in rows if r["reference"] and r["name"] == "finetuned"), None)
-    if base is None or base["metrics"].get(spec.utility) is None:
-        return None
-    return fraction * base["metrics"][spec.utility]
-
-
 def collect_rows(ctx, eval_tasks) -> list[dict]:
     """Report rows from the evaluation tasks' metadata and their results.json files."""
     rows = []
