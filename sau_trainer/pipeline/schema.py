@@ -817,6 +817,9 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         raise RecipeError(f"{path}: {err}") from None
     except (yaml.YAMLError, ValueError) as err:
         raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    if data is None and not overrides:  # nothing but blanks or comments: say so, not which key is missing
+        raise RecipeError(f"the recipe file {path} is empty; a recipe needs at least a model section "
+                          "(see recipes/demo.yaml)")
     if data is not None and not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
     try:
