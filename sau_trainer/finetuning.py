@@ -72,9 +72,38 @@ def finetune(
     plan = check_precision(model, args, optimizer_cls_and_kwargs=cls_and_kwargs, policy=low_precision_weights,
                            compensated=compensated_optimizer)
     apply_precision_plan(model, plan)
-    trainer = (trainer_cls or Trainer)(model=model, args=args, train_dataset=data, data_collator=QACollator(tokenizer),
-                      processing_class=tokenizer, optimizer_cls_and_kwargs=cls_and_kwargs)
-    trainer.train()
-    if save:
-        trainer.save_model(output_dir)
+    made = _missing_folders(output_dir)  # the Trainer creates output_dir at once, even when nothing is saved
+    try:
+        trainer = (trainer_cls or Trainer)(model=model, args=args, train_dataset=data,
+                                           data_collator=QACollator(tokenizer), processing_class=tokenizer,
+                                           optimizer_cls_and_kwargs=cls_and_kwargs)
+        trainer.train()
+        if save:
+            trainer.save_model(output_dir)
+    finally:
+        _remove_if_empty(made)
     return model
+
+
+def _missing_folders(path: str) -> list[str]:
+    """``path`` and those of its parents that do not exist yet, deepest first."""
+    import os
+
+    missing = []
+    path = os.path.abspath(path)
+    while path and not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        path = parent if parent != path else ""
+    return missing
+
+
+def _remove_if_empty(folders: list[str]) -> None:
+    """Remove the folders this call created and left empty (``save=False``: no empty ``output_dir`` behind)."""
+    import os
+
+    for folder in folders:
+        try:
+            os.rmdir(folder)  # only an empty folder
+        except OSError:
+            return
