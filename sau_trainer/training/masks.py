@@ -20,7 +20,7 @@ from ..core.bits import from_planes, pack_planes, to_planes, unpack_planes
 from ..core.fused import where_many_
 from ..core.prunable import check_trainable_weights, prunable_parameters
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sau_trainer.masks")  # its name before the move: users and tests set its level
 
 MASKS_FILE = "sparsity_masks.safetensors"
 # `SparsityMasks.check_weights`: how many entries may disagree with the weights' zeros (of each kind), at least

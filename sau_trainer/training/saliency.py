@@ -102,7 +102,7 @@ def compute_saliency(
     loss before backward (fp16 without underflow) and is divided out squared. `autocast` is an
     optional context-manager factory for mixed precision.
 
-    `sharded_grads` (FSDP2, `sau_trainer.shards`): a function giving a parameter's local gradient shard after
+    `sharded_grads` (FSDP2, `sau_trainer.parallel.shards`): a function giving a parameter's local gradient shard after
     backward (already reduced across ranks by the backward). Then every rank passes every batch, the
     saliency of each parameter is its local shard, nothing is all-reduced, and no parameter is frozen (the
     sharded model's flags stay as FSDP saw them); the gradients are read after each backward and dropped.
@@ -113,7 +113,7 @@ def compute_saliency(
         raise ValueError(f"saliency_granularity must be 'batch' or 'example', got {granularity!r}")
     targets = {id(p): name for name, p in params.items()}
     if sharded_grads is not None:
-        from ..shards import local
+        from ..parallel.shards import local
 
         saliency = {}  # made at the first gradient: its shape is the gradient's (ZeRO-3 parameters are empty)
     else:
@@ -168,7 +168,7 @@ def compute_saliency(
                             for p in model.parameters():
                                 p.grad = None
         if sharded_grads is not None:
-            from ..shards import local
+            from ..parallel.shards import local
 
             for name, p in params.items():  # never reached by a gradient: zero saliency of the gradient's shape
                 if name not in saliency:
