@@ -36,10 +36,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sau-trainer {__version__}")
     parser.add_argument("--log-level", default="INFO", type=_log_level, help=LOG_LEVEL_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # import only the module that will run: none for the top-level --help (it lists names only), all for
+    # build_parser() without argv (every option, e.g. for the documentation)
     wanted = next((a for a in (argv or []) if a in SUBCOMMANDS), None)
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        if wanted in (None, name):  # import only the module that will run (help lists all)
+        if wanted == name or argv is None:
             try:
                 mod = import_module(module)
             except ImportError:

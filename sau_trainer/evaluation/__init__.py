@@ -1,78 +1,63 @@
 """Evaluation: pure metric functions, membership inference, the TOFU and MUSE evaluators, the results file."""
 
-from .compat import COMPAT_MODES, DEFINITIONS_VERSION, definitions_label
-from .metrics import (
-    MODEL_UTILITY_COMPONENTS,
-    answer_token_stats,
-    exact_memorization,
-    extraction_strength,
-    forget_quality,
-    forget_quality_ou,
-    harmonic_mean,
-    log_truth_ratio,
-    mean_nll,
-    model_utility,
-    normalised_probability,
-    probability,
-    rouge_l_f1,
-    rouge_l_recall,
-    rouge_scores,
-    truth_ratio_forget,
-    truth_ratio_ou,
-    truth_ratio_prob_mean,
-    truth_ratio_retain,
-)
-from .mia import membership_inference, privleak, roc_auc
-from .muse import evaluate_muse, knowmem_prompt
-from .results import (
-    attach_forget_quality,
-    build_results,
-    forget_quality_from_results,
-    load_results,
-    privleak_from_results,
-    reference_metrics,
-    save_results,
-    settings_hash,
-)
-from .tofu import evaluate_tofu, greedy_generate, teacher_forced_stats
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "COMPAT_MODES",
-    "DEFINITIONS_VERSION",
-    "MODEL_UTILITY_COMPONENTS",
-    "answer_token_stats",
-    "attach_forget_quality",
-    "build_results",
-    "definitions_label",
-    "evaluate_muse",
-    "evaluate_tofu",
-    "exact_memorization",
-    "extraction_strength",
-    "forget_quality",
-    "forget_quality_from_results",
-    "forget_quality_ou",
-    "greedy_generate",
-    "harmonic_mean",
-    "knowmem_prompt",
-    "load_results",
-    "log_truth_ratio",
-    "mean_nll",
-    "membership_inference",
-    "model_utility",
-    "normalised_probability",
-    "privleak",
-    "privleak_from_results",
-    "probability",
-    "reference_metrics",
-    "roc_auc",
-    "rouge_l_f1",
-    "rouge_l_recall",
-    "rouge_scores",
-    "save_results",
-    "settings_hash",
-    "teacher_forced_stats",
-    "truth_ratio_forget",
-    "truth_ratio_ou",
-    "truth_ratio_prob_mean",
-    "truth_ratio_retain",
-]
+# Public name -> module, imported on first use: `sau-trainer eval --help` lists the options without torch.
+_EXPORTS = {
+    "COMPAT_MODES": "compat",
+    "DEFINITIONS_VERSION": "compat",
+    "MODEL_UTILITY_COMPONENTS": "metrics",
+    "answer_token_stats": "metrics",
+    "attach_forget_quality": "results",
+    "build_results": "results",
+    "definitions_label": "compat",
+    "evaluate_muse": "muse",
+    "evaluate_tofu": "tofu",
+    "exact_memorization": "metrics",
+    "extraction_strength": "metrics",
+    "forget_quality": "metrics",
+    "forget_quality_from_results": "results",
+    "forget_quality_ou": "metrics",
+    "greedy_generate": "tofu",
+    "harmonic_mean": "metrics",
+    "knowmem_prompt": "muse",
+    "load_results": "results",
+    "log_truth_ratio": "metrics",
+    "mean_nll": "metrics",
+    "membership_inference": "mia",
+    "model_utility": "metrics",
+    "normalised_probability": "metrics",
+    "privleak": "mia",
+    "privleak_from_results": "results",
+    "probability": "metrics",
+    "reference_metrics": "results",
+    "roc_auc": "mia",
+    "rouge_l_f1": "metrics",
+    "rouge_l_recall": "metrics",
+    "rouge_scores": "metrics",
+    "save_results": "results",
+    "settings_hash": "results",
+    "teacher_forced_stats": "tofu",
+    "truth_ratio_forget": "metrics",
+    "truth_ratio_ou": "metrics",
+    "truth_ratio_prob_mean": "metrics",
+    "truth_ratio_retain": "metrics",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    try:  # a submodule not imported yet, e.g. `package.module.name` after `import package`
+        return import_module(f".{name}", __name__)
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

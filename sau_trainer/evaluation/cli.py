@@ -17,7 +17,6 @@ from typing import Any
 
 from ..clitools import CommandError, positive_int, report_error
 from .compat import COMPAT_MODES, QUESTION_KEYS, resolve
-from .results import RESULTS_FILENAME, RESULTS_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace, splits: dict, model_dir: Path) -> dict[str, Any]:
     from ..data.benchmarks import get_benchmark
     from ..data.qa import PLAIN_PROMPT
-    from .results import data_fingerprint, model_fingerprint
+    from .results import RESULTS_VERSION, data_fingerprint, model_fingerprint
 
     bench = get_benchmark(args.benchmark)
     synthetic = bench.generated and args.data_dir is None
@@ -169,6 +168,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..clitools import device_problem, output_dir_problem, set_threads
     from ..data.benchmarks import get_benchmark
     from .results import (
+        RESULTS_FILENAME,
         attach_forget_quality,
         build_results,
         load_results,

@@ -8,40 +8,60 @@ The math lives in pure tensor functions (`magnitude_mask`, `wanda_mask`, `sparse
 model walking in `calibration`; which matrices are prunable is defined once, in `sau_trainer.masks`.
 """
 
-from .api import (
-    SPARSITY_FILE,
-    PruningResult,
-    load_sparsity_metadata,
-    measured_sparsity,
-    prune_model,
-    save_sparse_model,
-)
-from .calibration import CalibrationSet, prepare_calibration
-from .magnitude import magnitude_mask
-from .nm import Structure, parse_structure
-from .perplexity import perplexity
-from .registry import PRUNERS
-from .sparsegpt import relative_reconstruction_error, sparsegpt_prune
-from .textfiles import load_texts
-from .wanda import wanda_mask, wanda_scores
+import sys
+from importlib import import_module
+from types import ModuleType
+from typing import Any
 
-__all__ = [
-    "PRUNERS",
-    "SPARSITY_FILE",
-    "CalibrationSet",
-    "PruningResult",
-    "Structure",
-    "load_sparsity_metadata",
-    "load_texts",
-    "magnitude_mask",
-    "measured_sparsity",
-    "parse_structure",
-    "perplexity",
-    "prepare_calibration",
-    "prune_model",
-    "relative_reconstruction_error",
-    "save_sparse_model",
-    "sparsegpt_prune",
-    "wanda_mask",
-    "wanda_scores",
-]
+# Public name -> module, imported on first use: `sau-trainer prune --help` lists the options without torch.
+_EXPORTS = {
+    "CalibrationSet": "calibration",
+    "PRUNERS": "registry",
+    "PruningResult": "api",
+    "SPARSITY_FILE": "api",
+    "Structure": "nm",
+    "load_sparsity_metadata": "api",
+    "load_texts": "textfiles",
+    "magnitude_mask": "magnitude",
+    "measured_sparsity": "api",
+    "parse_structure": "nm",
+    "perplexity": "perplexity",
+    "prepare_calibration": "calibration",
+    "prune_model": "api",
+    "relative_reconstruction_error": "sparsegpt",
+    "save_sparse_model": "api",
+    "sparsegpt_prune": "sparsegpt",
+    "wanda_mask": "wanda",
+    "wanda_scores": "wanda",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    try:  # a submodule not imported yet, e.g. `package.module.name` after `import package`
+        return import_module(f".{name}", __name__)
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+class _Package(ModuleType):
+    """Importing the submodule ``perplexity`` sets the package's attribute of that name to the module; the
+    package exports the function of the same name, so the function is kept (as ``from .perplexity import
+    perplexity`` in an eager ``__init__`` did)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, ModuleType) and _EXPORTS.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
