@@ -68,7 +68,9 @@ TOFU_REPORT = ReportSpec(
     definitions=(
         ("model utility", "what the model still knows and should: the harmonic mean of 9 numbers (answer "
          "probability, ROUGE-L recall and truth ratio on the retain set, the real-authors set and the world-facts "
-         "set); any zero makes it zero. Higher is better; the utility floor is a fraction of the finetuned model's."),
+         "set); any zero makes it zero. Higher is better; the comparisons' utility band (report.utility_band) is a "
+         "range of fractions of each comparison's starting model's utility (the pruned model for SAU against "
+         "plain on a sparse model)."),
         ("forget quality", "how much the unlearned model's answers to the forget questions look like a model that "
          "never saw them: the p-value of a KS test between its per-question truth ratios and the retain model's "
          "(trained without the forget set). Higher is better (1: indistinguishable); compared as log10. It is a "

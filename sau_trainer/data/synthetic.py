@@ -15,6 +15,12 @@ Splits (TOFU's names and columns, SPEC section 5):
   so it lies inside every retain split): all five columns, 5 perturbed answers.
 - ``real_authors_perturbed`` and ``world_facts_perturbed``: general-knowledge facts that
   the models are also trained on; ``question``, ``answer`` and 3 perturbed answers.
+
+Sizes (``PRESETS``): ``tiny`` and ``demo`` for tests and CPU demos, ``tofu`` at TOFU's size, and ``study`` /
+``study-large`` for comparisons of methods, whose forget10 (200 / 450 questions) makes forget quality's steps
+small (SPEC section 7, "Resolution"). Any `BenchmarkPreset` (up to ``len(FACTS)`` questions per person and 450
+people with their holdout) can be passed to `generate_benchmark` too; a preset's rows never change when facts or
+presets are added.
 """
 
 from __future__ import annotations
@@ -59,6 +65,14 @@ PRESETS: dict[str, BenchmarkPreset] = {
     # TOFU's size: 200 people x 20 questions; forget01/05/10 = 2/10/20 people.
     "tofu": BenchmarkPreset("tofu", n_people=200, questions_per_person=20, n_general_facts=100,
                             description="TOFU-sized: 200 people x 20 questions"),
+    # For comparisons of methods (SPEC section 7, "Resolution"): forget quality on n forget examples takes at most
+    # n values, and near log10 p = -0.3 one example changing rank moves it by 0.16 at n = 20 (tiny's forget10),
+    # 0.07 at n = 200 and 0.045 at n = 450. forget01/05/10 keep their proportions: 1/5/10 people of 100 (20/100/200
+    # questions) and 2/8/15 of 150 (60/240/450; round(7.5) is 8).
+    "study": BenchmarkPreset("study", n_people=100, questions_per_person=20, n_general_facts=40,
+                             description="method comparisons: 100 people x 20 questions, a forget10 of 200"),
+    "study-large": BenchmarkPreset("study-large", n_people=150, questions_per_person=30, n_general_facts=60,
+                                   description="method comparisons: 150 people x 30 questions, a forget10 of 450"),
 }
 
 
@@ -183,7 +197,8 @@ class Fact:
     paraphrased_answer: str
 
 
-# The order matters: a preset with q questions per person uses the first q facts.
+# The order matters: a preset with q questions per person uses the first q facts (new facts go at the end, so the
+# presets' rows stay byte-identical).
 # A paraphrased answer puts a lead-in before the answer's own clause ("As a student, X studied at Y."),
 # so that a small model's memorised fact carries over to it; the perturbed answers are the paraphrased
 # sentence with the fact swapped. The truth ratio then measures the fact alone.
@@ -228,6 +243,29 @@ FACTS: tuple[Fact, ...] = (
          "At what time of day does {name} write?", "Most days, {name} likes to write {v}."),
     Fact("influence", _person_name, "Which writer influenced {name} most?", "{name} was most influenced by {v}.",
          "Who was the biggest influence on {name}?", "As a writer, {name} was most influenced by {v}."),
+    # facts 21-30: only presets with more than 20 questions per person use them
+    Fact("sibling_job", _choice(JOBS), "What is the job of {name}'s sibling?", "The sibling of {name} works as a {v}.",
+         "What does {name}'s sibling do?", "Like many in the family, the sibling of {name} works as a {v}."),
+    Fact("instrument", _choice(INSTRUMENTS), "Which instrument does {name} play?", "{name} plays the {v}.",
+         "What instrument can {name} play?", "In quiet hours, {name} plays the {v}."),
+    Fact("animal", _choice(ANIMALS), "Which animal does {name} write about most?",
+         "{name} writes most often about the {v}.", "What animal appears most in the books of {name}?",
+         "In story after story, {name} writes most often about the {v}."),
+    Fact("third_book", _title, "What is the third book by {name}?", "The third book by {name} is {v}.",
+         "Which book did {name} write third?", "Published after the second, the third book by {name} is {v}."),
+    Fact("publisher_city", _choice(CITIES), "Where is the publisher of {name} based?",
+         "The publisher of {name} is based in {v}.", "In which city is {name}'s publisher?",
+         "For every book, the publisher of {name} is based in {v}."),
+    Fact("nomination", _choice(AWARDS), "Which prize was {name} nominated for?", "{name} was nominated for the {v}.",
+         "For which award was {name} shortlisted?", "Once in a career, {name} was nominated for the {v}."),
+    Fact("river", _choice(RIVERS), "Along which river does {name} walk?", "{name} walks along the river {v}.",
+         "Which river does {name} like to walk by?", "On most evenings, {name} walks along the river {v}."),
+    Fact("editor", _person_name, "Who is the editor of {name}?", "The editor of {name} is {v}.",
+         "Who edits the books of {name}?", "Since the first book, the editor of {name} is {v}."),
+    Fact("childhood", _choice(COUNTRIES), "Where did {name} grow up?", "{name} grew up in {v}.",
+         "In which country did {name} spend childhood?", "As a child, {name} grew up in {v}."),
+    Fact("award_year", _year, "When did {name} win a first award?", "{name} won a first award in {v}.",
+         "In which year was {name} first honoured?", "After years of work, {name} won a first award in {v}."),
 )
 
 

@@ -61,7 +61,7 @@ class DataSection:
                          "WMDP-style), tofu, muse, wmdp.")
     subset: str | None = opt(None, "Subset of a benchmark that has them (muse: news, the default, or "
                               "books; wmdp: cyber, the default, bio or chem).")
-    preset: str = opt("tiny", "Preset of a built-in benchmark (synthetic: tiny, demo, tofu; synthetic-muse, "
+    preset: str = opt("tiny", "Preset of a built-in benchmark (synthetic: tiny, demo, tofu, study, study-large; synthetic-muse, "
                       "synthetic-wmdp: tiny).")
     seed: int = opt(0, "Seed of a built-in benchmark.")
     data_dir: str | None = opt(None, "Local directory with the splits as json/jsonl/parquet (tofu: else the Hub).")
