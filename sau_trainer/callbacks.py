@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import torch
 from transformers import TrainerCallback
@@ -13,10 +12,7 @@ from .masks import LazyMasks
 from .objectives import forward_nll
 from .objectives.losses import mean_token_nll
 from .saliency import compute_saliency
-from .sau import build_sau_state, retain_aware_score
-
-if TYPE_CHECKING:
-    from .trainer import SAUTrainer
+from .sau import build_sau_state
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +25,11 @@ def console_logs(logs: dict) -> dict:
 
 
 class _ConsolePrinter(PrinterCallback):
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        return super().on_log(args, state, control, logs=console_logs(logs or {}), **kwargs)
+    def on_log(self, args, state, control, logs=None, **kwargs):  # a log line, not a dict printed on stdout
+        if state.is_local_process_zero:
+            from .progress import log_metrics
+
+            log_metrics(console_logs(logs or {}), state.global_step)
 
 
 class _ConsoleProgress(ProgressCallback):
@@ -40,7 +39,8 @@ class _ConsoleProgress(ProgressCallback):
 
 def quiet_console(trainer) -> None:
     """Make the trainer's console printer (`PrinterCallback` with ``disable_tqdm``, else `ProgressCallback`) skip
-    per-matrix statistics; the instance is kept (its state included), only its class changes."""
+    per-matrix statistics, and with ``disable_tqdm`` log each line (`sau_trainer.progress.log_metrics`) instead
+    of printing dicts on stdout; the instance is kept (its state included), only its class changes."""
     for cb in trainer.callback_handler.callbacks:
         if type(cb) is PrinterCallback:
             cb.__class__ = _ConsolePrinter
@@ -48,28 +48,15 @@ def quiet_console(trainer) -> None:
             cb.__class__ = _ConsoleProgress
 
 
-def _local_grad(p: torch.Tensor) -> torch.Tensor | None:
-    """The local shard of a parameter's gradient (FSDP2), None before any backward reached it."""
-    from .shards import local
-
-    return None if p.grad is None else local(p.grad.detach())
-
-
-def _full_grad(p: torch.Tensor) -> torch.Tensor | None:
-    """The full gradient of a parameter under DeepSpeed ZeRO (reduced across ranks; gathered under ZeRO-3)."""
-    from deepspeed.utils import safe_get_full_grad
-
-    g = safe_get_full_grad(p)
-    return None if g is None else g.detach()
-
-
 class SaliencyCallback(TrainerCallback):
     """Runs the saliency pass over the forget set at train start (unless G and W were restored).
 
-    `SAUTrainer` adds it by itself when ``args.sau`` is true.
+    `SAUTrainer` adds it by itself when ``args.sau`` is true. It uses the trainer's public side only: its
+    arguments, model, saliency batches and targets, surviving masks, layouts, and its ``backend``
+    (`sau_trainer.parallel.backend`: how gradients are read and reduced, which rows of a tensor this rank holds).
     """
 
-    def __init__(self, trainer: SAUTrainer):
+    def __init__(self, trainer):  # an `SAUTrainer` (not imported here: the trainer imports this module)
         self.trainer = trainer
         quiet_console(trainer)
 
@@ -88,22 +75,20 @@ class SaliencyCallback(TrainerCallback):
         else:
             def loss_fn(model, batch):
                 return mean_token_nll(*forward_nll(model, batch)[:2])
-        sharded = bool(trainer._shards)  # FSDP2: every rank passes every batch; the backward reduces the gradients
-        deepspeed = trainer._deepspeed_engine is not None  # the same, with the engine's backward and full gradients
+        return self._pass(loss_fn, trainer.saliency_batches(shard=trainer.backend.shard_batches,
+                                                            max_examples=args.saliency_max_examples),
+                          show_progress=not args.disable_tqdm and args.process_index == 0)
+
+    def _pass(self, loss_fn, batches, show_progress: bool) -> dict[str, torch.Tensor]:
+        """One saliency pass, with the backend's gradient reader and backward (FSDP2: local shards of the reduced
+        gradients, every rank passing every batch; DeepSpeed: its full gradients after the engine's backward)."""
+        trainer, args = self.trainer, self.trainer.args
+        backend = trainer.backend
         saliency = compute_saliency(
-            trainer.model,
-            trainer.saliency_batches(shard=not (sharded or deepspeed), max_examples=args.saliency_max_examples),
-            loss_fn,
-            trainer.saliency_targets(),
-            granularity=args.saliency_granularity,
-            loss_scale=2.0**16 if args.fp16 else 1.0,
-            autocast=trainer.autocast_smart_context_manager,
-            show_progress=not args.disable_tqdm and args.process_index == 0,
-            sharded_grads=_local_grad if sharded else (_full_grad if deepspeed else None),
-            backward=trainer._deepspeed_backward if deepspeed else None,
-        )
-        if deepspeed:  # the first training micro-step starts a new gradient (ZeRO accumulates after a backward)
-            trainer._deepspeed_engine.optimizer.zero_grad(set_to_none=True)
+            trainer.model, batches, loss_fn, trainer.saliency_targets(), granularity=args.saliency_granularity,
+            loss_scale=2.0**16 if args.fp16 else 1.0, autocast=trainer.autocast_smart_context_manager,
+            show_progress=show_progress, sharded_grads=backend.read_grad, backward=backend.backward)
+        backend.after_saliency()  # the first training micro-step starts a new gradient
         return saliency
 
     def retain_saliency(self) -> dict[str, torch.Tensor]:
@@ -114,61 +99,35 @@ class SaliencyCallback(TrainerCallback):
             raise ValueError("saliency_retain_aware=True needs a retain set: pass retain_dataset=... to SAUTrainer.")
         n_forget = len(trainer.train_dataset.rows)
         limit = n_forget if args.saliency_max_examples is None else min(n_forget, args.saliency_max_examples)
-        return compute_saliency(
-            trainer.model,
-            trainer.saliency_batches(max_examples=limit, rows=trainer.retain_rows),
-            lambda model, batch: mean_token_nll(*forward_nll(model, batch)[:2]),
-            trainer.saliency_targets(),
-            granularity=args.saliency_granularity,
-            loss_scale=2.0**16 if args.fp16 else 1.0,
-            autocast=trainer.autocast_smart_context_manager,
-            show_progress=False,
-        )
+        return self._pass(lambda model, batch: mean_token_nll(*forward_nll(model, batch)[:2]),
+                          trainer.saliency_batches(shard=trainer.backend.shard_batches, max_examples=limit,
+                                                   rows=trainer.retain_rows), show_progress=False)
 
     def build_state(self):
+        """``G`` and ``W`` from the forget saliency (and the retain saliency, if asked), by the one build
+        (`sau.build_sau_state`) with the trainer's backend: under FSDP2 on local rows, the same as one process."""
         trainer, args = self.trainer, self.trainer.args
-        if trainer._shards:
-            return self.build_sharded_state()
-        if trainer._deepspeed_engine is not None and args.saliency_retain_aware:
-            raise ValueError("saliency_retain_aware is not supported under DeepSpeed yet: run it on one process or "
-                             "with DDP.")
+        backend = trainer.backend
         saliency = self.saliency()
-        score = None
-        if args.saliency_retain_aware:
-            retain = self.retain_saliency()
-            score = {n: retain_aware_score(saliency[n], retain[n], args.saliency_retain_eps) for n in saliency}
+        retain = self.retain_saliency() if args.saliency_retain_aware else None
+        where = "cpu" if backend.sharded else None  # full masks stay on the CPU under FSDP2; the local rows move
+
+        def surviving(n):
+            dev = saliency[n].device
+            return backend.local_rows(n, trainer.surviving_mask(n, where or dev)).to(dev)
+
         candidates = None
         if args.sau_moving_mask != "off":  # select among every entry of a prunable matrix (pruned ones start at 0)
             candidates = LazyMasks(saliency, lambda n: torch.ones(saliency[n].shape, dtype=torch.bool,
                                                                   device=saliency[n].device))
         return build_sau_state(
-            saliency, LazyMasks(saliency, lambda n: trainer.surviving_mask(n, saliency[n].device)), args.sau_topk, args.sau_alpha, args.sau_topk_scope,
+            saliency, LazyMasks(saliency, surviving), args.sau_topk, args.sau_alpha, args.sau_topk_scope,
             args.sau_redistribution, settings=args.sau_settings(),
             # model order (not the mask file's), and only what has a saliency (RMU: the trainable ones)
             global_names=[n for n in saliency if n in trainer.sparsity_masks], layouts=trainer.layouts,
-            score=score, mass=args.sau_topk_mass, candidates=candidates,
+            retain=retain, retain_eps=args.saliency_retain_eps, mass=args.sau_topk_mass, candidates=candidates,
+            backend=backend,
         )
-
-    def build_sharded_state(self):
-        """FSDP2: saliency on the local shards, ``G`` by a distributed threshold search, ``W`` from reduced sums
-        (`sau_trainer.shards`); the full state on every rank."""
-        from .shards import build_sharded_sau_state
-
-        trainer, args = self.trainer, self.trainer.args
-        options = {"saliency_retain_aware": getattr(args, "saliency_retain_aware", False),
-                   "sau_topk_mass": getattr(args, "sau_topk_mass", None),
-                   "sau_moving_mask": getattr(args, "sau_moving_mask", "off") != "off"}
-        used = [k for k, v in options.items() if v]
-        if used:
-            raise ValueError(f"{', '.join(used)} is not supported under FSDP yet: run it on one process or with DDP.")
-        saliency = self.saliency()
-        shards = trainer._shards
-        surviving = LazyMasks(saliency, lambda n: shards[n].local(trainer.surviving_mask(n, "cpu")).to(
-            saliency[n].device))
-        return build_sharded_sau_state(
-            saliency, surviving, shards, args.sau_topk, args.sau_alpha, args.sau_topk_scope, args.sau_redistribution,
-            settings=args.sau_settings(), global_names=[n for n in saliency if n in trainer.sparsity_masks],
-            layouts=trainer.layouts)
 
     def log_stats(self) -> None:
         stats = self.trainer.sau_state.stats

@@ -23,6 +23,7 @@ from transformers import TrainerCallback
 from .divergence import DivergenceChecks, DivergenceGuard
 from .fused import pack_planes, scale_update_, where_many_
 from .masks import Layout, LazyMasks, SparsityMasks, check_trainable_weights, prunable_weights
+from .parallel.backend import Backend, DataParallelBackend, DeepSpeedBackend, ShardedBackend
 from .precision import apply_precision_plan, check_precision, unwrap_optimizer
 from .progress import bars_off
 from .sau import STATE_FILE, SAUState, build_sau_state
@@ -50,6 +51,16 @@ def resolve_sparsity_masks(
         sparsity_masks = SparsityMasks.load(sparsity_masks, model)
     sparsity_masks.check(model)
     return params, {n: w.layout for n, w in weights.items()}, sparsity_masks
+
+
+# Update mode under DeepSpeed ZeRO: the mechanical reason it is refused (SPEC section 2, "Where W acts").
+UPDATE_MODE_UNDER_ZERO = (
+    "sau_redistribution_target='update' cannot run under DeepSpeed ZeRO-2/3: update mode scales each selected "
+    "entry's optimizer step, p_old + W * (p_new - p_old), or, for one W per matrix, gives the matrix its own "
+    "learning rate; DeepSpeed's engine steps its own fp32 master partitions inside the backward (flat slices cut "
+    "across rows and matrices), so the trainer never holds p_old between the gradient and the step, and the "
+    "optimizer's parameter groups are flattened when the engine is built, before the saliency pass gives W. Use "
+    "sau_redistribution_target='grad', or update mode with FSDP2 (recipes/accelerate/fsdp2.yaml), DDP or one process.")
 
 
 def zero_pruned_entries(model: torch.nn.Module, masks: SparsityMasks) -> None:
@@ -90,13 +101,15 @@ class SparsityCallback(TrainerCallback):
         if self.trainer._setup_shards():  # FSDP2: the passes run on local shards of M, G and W
             self.trainer._rezero_weights()
             return
+        if args.world_size > 1:
+            self.trainer.backend = DataParallelBackend(args.world_size, args.process_index)
         self.trainer.sparsity_masks.to(args.device)
         # Pruned entries start as +0.0 (a -0.0 from pruning by multiplication would otherwise stay -0.0 where the
         # optimizer keeps zeros and the re-zero is skipped); one pass, once.
         self.trainer.sparsity_masks.apply_(self.trainer.model, self.trainer._prunable)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if self.trainer._deepspeed_engine is not None:
+        if self.trainer.backend.steps_in_backward:
             return  # the engine stepped inside the backward, after the check (`_setup_deepspeed`)
         if self.trainer._step_is_finite():  # else TrainingDiverged, or the step's gradients dropped (skipped)
             self.trainer._snapshot_for_update_mode()
@@ -117,12 +130,13 @@ class SparsityPreserving(DivergenceChecks):
     sparsity_masks: SparsityMasks
     sau_state: SAUState | None = None
     moving_mask: Any = None  # a `moving_mask.MovingMask`: train every entry, project after each step
+    backend: Backend = Backend()  # where the tensors live (`sau_trainer.parallel.backend`), set at train start
 
     def _attach_sparsity(
         self, params: Mapping[str, torch.nn.Parameter], layouts: Mapping[str, Layout], masks: SparsityMasks,
         sau_state: SAUState | None = None,
     ) -> None:
-        self._deepspeed_engine = None  # the DeepSpeed engine once training starts under ZeRO-2/3
+        self.backend = Backend()  # one process until train start says otherwise (DDP, FSDP2, DeepSpeed)
         self._shards: dict = {}  # name -> shards.RowShard under FSDP2 (set at train start), else empty
         self._prunable = dict(params)
         self.layouts = dict(layouts)
@@ -177,9 +191,9 @@ class SparsityPreserving(DivergenceChecks):
         self._refresh_parameters()
         if not any(is_sharded(p) for p in self._prunable.values()):
             return False
-        if self.moving_mask is not None:
-            raise ValueError("sau_moving_mask is not supported under FSDP yet: run it on one process or with DDP.")
         self._shards = {n: RowShard.of(n, p) for n, p in {**self._prunable, **self.masked_parameters()}.items()}
+        first = next(iter(self._prunable.values()))
+        self.backend = ShardedBackend(self._shards, device=local(first).device)
         self.sparsity_masks.to("cpu")
         self._local_m = {n: pack_planes(self._shards[n].local(self.sparsity_masks.get(n))).to(local(p).device)
                          for n, p in self._prunable.items()}
@@ -217,9 +231,8 @@ class SparsityPreserving(DivergenceChecks):
             raise ValueError("skip_nonfinite_steps is not supported under DeepSpeed (its engine steps inside the "
                              "backward): leave it off (a non-finite step then raises TrainingDiverged), or use FSDP2, "
                              "DDP or one process.")
-        if self._sau_update_mode() or self.moving_mask is not None:
-            raise ValueError("sau_redistribution_target='update' and sau_moving_mask are not supported under DeepSpeed "
-                             "yet: use FSDP2 (recipes/accelerate/fsdp2.yaml), DDP or one process.")
+        if self._sau_update_mode():
+            raise ValueError(UPDATE_MODE_UNDER_ZERO)
         opt = self.optimizer
         for _ in range(4):  # accelerate's wrapper -> DeepSpeed's ZeRO optimizer -> the torch optimizer
             if getattr(opt, "optimizer", None) is None:
@@ -241,15 +254,8 @@ class SparsityPreserving(DivergenceChecks):
             return step(*args, **kwargs)
 
         engine.step = masked_step
-        self._deepspeed_engine = engine
+        self.backend = DeepSpeedBackend(engine, self.args.world_size, self.args.process_index)
         return True
-
-    def _deepspeed_backward(self, loss: torch.Tensor) -> None:
-        """One backward through the engine as one whole optimizer step's gradient (for the saliency pass)."""
-        engine = self._deepspeed_engine
-        engine.optimizer.zero_grad(set_to_none=True)  # ZeRO's own: the next backward replaces, not accumulates
-        engine.set_gradient_accumulation_boundary(True)
-        engine.backward(loss, scale_wrt_gas=False)
 
     @torch.no_grad()
     def _mask_gradients_deepspeed(self) -> torch.Tensor | None:
@@ -263,6 +269,7 @@ class SparsityPreserving(DivergenceChecks):
         state = self.sau_state
         masked = self.masked_parameters() if state is not None else {}
         use_w = not self._sau_update_mode()
+        train_all = state is None and self.moving_mask is not None  # plain with a moving mask: every entry trained
         norms = []
         for name, p in {**self._prunable, **masked}.items():
             g = safe_get_full_grad(p)
@@ -270,6 +277,8 @@ class SparsityPreserving(DivergenceChecks):
                 continue
             g = g.clone()
             norms.append(torch.linalg.vector_norm(g.float()))
+            if train_all:
+                continue
             if name in masked:
                 apply_sau_(g, state.mask(name, g.device), state.weight(name) if use_w else None)
             else:
@@ -319,7 +328,7 @@ class SparsityPreserving(DivergenceChecks):
         """Once per optimizer step: ``grad = where(M, grad, 0)`` (plain) or ``grad = where(G, grad * W, 0)`` (SAU),
         one fused pass per matrix over the gradient and the bit planes of its mask (`sau_trainer.fused`), with no
         device-to-host synchronisation."""
-        if self._deepspeed_engine is not None:
+        if self.backend.steps_in_backward:
             return  # in the engine's step (`_setup_deepspeed`)
         if self._shards:
             return self._mask_gradients_sharded()
@@ -414,7 +423,9 @@ class SparsityPreserving(DivergenceChecks):
         if getattr(self, "_rezero_for", (None, True))[0] != key:
             keeps = optimizer is not None and optimizer_keeps_zeros(optimizer)
             self._rezero_for = (key, not keeps)
-            logger.info("Re-zero after each optimizer step: %s.",
+            from .progress import log_once  # once per process: a grid trains many models alike
+
+            log_once(logger, logging.INFO, "Re-zero after each optimizer step: %s.",
                         "skipped (the optimizer leaves zero-gradient entries exactly where they are)" if keeps
                         else "on (the optimizer is not known to leave zero-gradient entries in place)")
         return self._rezero_for[1]
@@ -437,8 +448,28 @@ class SparsityPreserving(DivergenceChecks):
                 scale_update_(p.data, old, self.sau_state.planes(name, p.device), self.sau_state.weight(name))
             self._snapshots = {}
         if self.moving_mask is not None:  # keeps the count per unit (or N:M) exact; the support may move
+            self._project_moving_mask()
+        elif not self.backend.steps_in_backward and self._rezero_needed():
+            self._rezero_weights()
+
+    @torch.no_grad()
+    def _project_moving_mask(self) -> None:
+        """The moving mask's projection after a step, where the weights live (`sau_trainer.parallel.weights`)."""
+        if self.backend.steps_in_backward:
+            from .parallel.weights import project_zero_
+
+            project_zero_(self.moving_mask, self._prunable, self.sparsity_masks)
+        elif self.backend.sharded:
+            from .parallel.weights import project_sharded_
+
+            self._local_m.update(project_sharded_(self.moving_mask, self._prunable, self.sparsity_masks, self.backend))
+        else:
             self.moving_mask.project_(self._prunable, self.sparsity_masks)
-        elif self._deepspeed_engine is None and self._rezero_needed():
+
+    def rezero_pruned_entries(self) -> None:
+        """Set the pruned entries back to exactly zero where the trainer owns the weights (not inside DeepSpeed's
+        engine, whose zero-keeping optimizer leaves them zero): e.g. after loading a snapshot of the weights."""
+        if not self.backend.steps_in_backward:
             self._rezero_weights()
 
     # ---- files

@@ -12,6 +12,7 @@ The interface (every backend answers all of it):
   tensor of a parameter, and back;
 * ``spans(name, layout, ndim, unit)``: whether one selection unit (``matrix`` or ``row``) lies on several ranks;
 * ``all_reduce_sum(t)`` (sums and counts, in place) and ``all_gather(t)`` (``[world, *t.shape]``);
+* ``steps_in_backward``: the optimizer steps inside the backward (DeepSpeed), so the Trainer's own step does not;
 * for the saliency pass: ``shard_batches`` (each rank passes its share of the batches), ``read_grad`` (None: the
   pass folds ``p.grad`` by hooks; else a function giving the gradient to fold after each backward),
   ``backward`` (None: ``loss.backward()``), ``after_saliency()``.
@@ -31,6 +32,7 @@ class Backend:
 
     name = "one process"
     sharded = False  # True when parameters (and so saliency and masks) are row shards
+    steps_in_backward = False  # True when the optimizer steps inside the backward (DeepSpeed's engine)
     shard_batches = True
     read_grad: Callable[[torch.nn.Parameter], torch.Tensor | None] | None = None
     backward: Callable[[torch.Tensor], None] | None = None
@@ -72,6 +74,7 @@ class DeepSpeedBackend(Backend):
 
     name = "DeepSpeed"
     shard_batches = False
+    steps_in_backward = True
 
     def __init__(self, engine, world: int = 1, rank: int = 0):
         super().__init__(world, rank)

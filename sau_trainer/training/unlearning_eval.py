@@ -312,8 +312,8 @@ class UnlearningEvaluationCallback(TrainerCallback):
         if self._masks is not None:
             for name, mask in self._masks.items():
                 trainer.sparsity_masks.replace(name, mask)  # kept on the device the masks are on
-        if hasattr(trainer, "_rezero_weights") and getattr(trainer, "_deepspeed_engine", None) is None:
-            trainer._rezero_weights()  # a no-op on weights saved after the re-zero: exactness does not rely on it
+        if hasattr(trainer, "rezero_pruned_entries"):  # not inside DeepSpeed's engine (its optimizer keeps zeros)
+            trainer.rezero_pruned_entries()  # a no-op on weights saved after the re-zero: exactness does not rely on it
 
     # ------------------------------------------------------------------ state and resume
     def _store(self, state) -> None:
