@@ -5,8 +5,9 @@ saves (`SparsityMasks`), the saliency pass over a model, the moving mask, precis
 guard, evaluation during training. Pure tensor math goes to `sau_trainer.core`; one-process/DDP/FSDP2/ZeRO
 differences go to `sau_trainer.parallel`.
 
-What it may import: `sau_trainer.core`, `sau_trainer.parallel`, the package-root helpers (`config`, `progress`,
-`modeling`), transformers and torch. What may import it: the layers above (objectives, pruning, pipeline, the
-command line); never `core` or `parallel`. This package's `__init__` re-exports nothing: import from the module
+What it may import: `sau_trainer.core`, `sau_trainer.parallel`, `sau_trainer.objectives` (the trainer picks an
+objective), `sau_trainer.data`'s tokenisation, `config` and the package-root leaf helpers (`progress`, ...),
+transformers and torch. What may import it: the layers above (pruning, evaluation, pipeline, hub, the command line);
+never `core`, `parallel` or `objectives`. This package's `__init__` re-exports nothing: import from the module
 that defines a name.
 """
