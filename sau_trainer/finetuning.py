@@ -77,6 +77,9 @@ def finetune(
         trainer = (trainer_cls or Trainer)(model=model, args=args, train_dataset=data,
                                            data_collator=QACollator(tokenizer), processing_class=tokenizer,
                                            optimizer_cls_and_kwargs=cls_and_kwargs)
+        from .callbacks import quiet_console
+
+        quiet_console(trainer)  # with disable_tqdm: a log line per logging step, not a dict on stdout
         trainer.train()
         if save:
             trainer.save_model(output_dir)

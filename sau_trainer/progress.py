@@ -8,9 +8,40 @@ log file, where every bar update would be a line of noise.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+METRICS_LOGGER = "sau_trainer.metrics"
+_said: set = set()
+
+
+def log_once(logger: logging.Logger, level: int, msg: str, *args, key: object = None) -> bool:
+    """``logger.log(level, msg, *args)`` the first time in this process only; later calls with the same `key`
+    (default: the message with its arguments) say nothing. For what holds for every run of a process alike (a
+    recipe's grid trains dozens of models in one process: a line per run said the same thing dozens of times).
+    Returns whether it logged."""
+    key = (logger.name, msg % args if args else msg) if key is None else (logger.name, key)
+    if key in _said:
+        return False
+    _said.add(key)
+    logger.log(level, msg, *args)
+    return True
+
+
+def _value(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def log_metrics(logs: dict, step: int | None = None) -> None:
+    """One log line (logger ``sau_trainer.metrics``, INFO) for a `Trainer.log` call: ``step 10: loss 2.31,
+    learning_rate 0.001, epoch 0.5``. Instead of transformers' `PrinterCallback`, which prints the raw dict on
+    stdout whenever progress bars are off (``disable_tqdm``); ``logging.getLogger("sau_trainer.metrics")
+    .setLevel(logging.WARNING)`` silences them, the numbers stay in ``trainer.state.log_history``."""
+    items = ", ".join(f"{k} {_value(v)}" for k, v in logs.items() if k != "total_flos")
+    if items:
+        logging.getLogger(METRICS_LOGGER).info("%s%s", "" if step is None else f"step {step}: ", items)
 
 
 def bars_enabled() -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
-from .callbacks import SaliencyCallback
+from .callbacks import SaliencyCallback, quiet_console
 from .config import SAUConfig
 from .data.qa import QACollator, RowsDataset, tokenize_rows
 from .masks import SparsityMasks
@@ -150,6 +150,7 @@ class SAUTrainer(SparsityPreserving, Trainer):
             if isinstance(self.objective_ctx.ref_model, torch.nn.Module):
                 self.objective_ctx.ref_model.to(self.args.device)
         self.add_callback(_ObjectiveCallback(self))
+        quiet_console(self)  # log lines, not dicts on stdout, with disable_tqdm
         if args.update_check_steps and not (self.is_fsdp_enabled or self.is_deepspeed_enabled):  # the probe reads full tensors: not on shards
             self.update_check = UpdateCheckCallback(
                 self.saliency_targets, self._selected_mask, lambda: self.optimizer, steps=args.update_check_steps,

@@ -373,8 +373,11 @@ class UpdateCheckCallback(TrainerCallback):
             return
         self.result = fraction
         comp = compensation_of(optimizer)
-        logger.info("Precision: %.4f of %d probed selected entries changed after %d optimizer step(s) with lr > 0.",
-                    fraction, len(self.probe), self.counted)
+        from ..progress import log_once  # once per process (each run's fraction is a logged metric)
+
+        log_once(logger, logging.INFO, "Precision: %.4f of %d probed selected entries changed after %d optimizer "
+                 "step(s) with lr > 0 (precision/changed_fraction in each run's logged metrics).",
+                 fraction, len(self.probe), self.counted, key="update probe")
         if self.log is not None:
             self.log({"precision/changed_fraction": round(fraction, 6)})
         if fraction < WARN_BELOW and comp.method != STOCHASTIC_ROUNDING:
