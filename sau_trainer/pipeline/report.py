@@ -202,6 +202,14 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+def lr_text(lr: Any) -> str:
+    """A learning rate as the report prints it: the shortest text that reads back as the same float (``0.0012``,
+    ``4.5e-05``), so distinct rates never print alike (``_fmt``'s 3 decimals made 1.2e-3 read ``0.001``)."""
+    if lr is None:
+        return "–"
+    return repr(float(lr)) if isinstance(lr, int | float) and not isinstance(lr, bool) else str(lr)
+
+
 def _table(rows: list[dict], columns: list[tuple[str, Any]]) -> list[str]:
     lines = ["| " + " | ".join(c for c, _ in columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
@@ -251,7 +259,7 @@ def render_markdown(rows: list[dict], recipe, comparisons: list[dict] | None = N
     if runs:
         run_cols = common[:1] + [("model", lambda r: r["model"])] + common[1:] + [
             ("objective", lambda r: r["objective"]), ("SAU", lambda r: r["sau"]),
-            ("lr", lambda r: r["learning_rate"]), ("seed", lambda r: r["seed"])]
+            ("lr", lambda r: lr_text(r["learning_rate"])), ("seed", lambda r: r["seed"])]
         lines += ["## Unlearning runs", ""] + _table(runs, run_cols + metric_cols) + [""]
         lines += _then_prune_section(runs, spec)
         from .robustness import markdown_section

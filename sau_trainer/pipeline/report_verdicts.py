@@ -215,21 +215,27 @@ def verdict_words(c: Mapping, label: str = "") -> str:
     return why
 
 
-def _resolution_words(c: Mapping) -> str:
-    r = c.get("resolution")
-    if not r:
-        return ""
-    below = " (the difference is below one step)" if r.get("diff_below_step") else ""
-    return f"; resolution: {r['note']}{below}"
-
-
 def findings_section(comparisons: list[dict], spec, band: Sequence[float], note: str | None,
                      trajectory_note: str | None) -> list[str]:
     """The opening section of report.md: the verdicts in sentences, one line per (model, objective, pair)."""
+    from .report import grid_label, objective_label
+    from .report_summary import agreement_sentence, bottom_line, companion_sentence, resolution_words
+
     lines = ["## What this run shows", ""]
     if not comparisons:
         return lines + ["No comparison: the grid needs SAU and plain runs of one objective (or plain runs on a "
                         "sparse and the dense model) to compare.", ""]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for c in comparisons:
+        groups[(c["pruning"], c["target_sparsity"], c["objective"], c["a"], c["b"], grid_key(c.get("grid")))].append(c)
+    heads = {}
+    for key, cs in groups.items():
+        _, _, obj, a, b, grid = key
+        heads[key] = (f"{SIDE_NAMES.get(a, a)} against {SIDE_NAMES.get(b, b)}, {objective_label(obj)}"
+                      f"{grid_label(dict(grid))}, {_where(cs[0])}" if a == "sau" else
+                      f"the sparsity penalty ({SIDE_NAMES[a]} against {SIDE_NAMES[b]}), {objective_label(obj)}"
+                      f"{grid_label(dict(grid))}, {cs[0]['pruning']} {cs[0]['target_sparsity']:.0%}")
+    lines += [bottom_line([(heads[k], cs) for k, cs in groups.items()], lambda name: metric_label(spec, name)), ""]
     decided = [c for c in comparisons if c["verdict"] != "inconclusive"]
     fragile = [c for c in decided if c.get("fragile")]
     n_seeds = max(c["seeds"] for c in comparisons)
@@ -248,12 +254,11 @@ def findings_section(comparisons: list[dict], spec, band: Sequence[float], note:
         lines += [note, ""]
     if trajectory_note and any(c["points"] == "trajectories" for c in comparisons):
         lines += [trajectory_note, ""]
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for c in comparisons:
-        groups[(c["pruning"], c["target_sparsity"], c["objective"], c["a"], c["b"], grid_key(c.get("grid")))].append(c)
-    from .report import grid_label, objective_label
-
-    for (_, _, obj, a, b, grid), cs in groups.items():
+    companion = companion_sentence(spec)
+    if companion:
+        lines += [companion, ""]
+    for key, cs in groups.items():
+        _, _, obj, a, b, grid = key
         head = (f"**{SIDE_NAMES.get(a, a)} against {SIDE_NAMES.get(b, b)}**, {objective_label(obj)}"
                 f"{grid_label(dict(grid))}, {_where(cs[0])}" if a == "sau" else
                 f"**the sparsity penalty** ({SIDE_NAMES[a]} against {SIDE_NAMES[b]}), {objective_label(obj)}"
@@ -265,8 +270,9 @@ def findings_section(comparisons: list[dict], spec, band: Sequence[float], note:
             diff = ("" if c["diff_mean"] is None else
                     f" ({_fmt(c['a_mean'])} against {_fmt(c['b_mean'])}, difference {_fmt(c['diff_mean'])}{ci}, "
                     f"{c['paired_seeds']} paired seeds)")
-            parts.append(f"{label}: {verdict_words(c, label)}{diff}{_resolution_words(c)}")
-        lines.append(f"- {head}: " + "; ".join(parts) + ".")
+            parts.append(f"{label}: {verdict_words(c, label)}{diff}{resolution_words(c, _fmt)}")
+        lines.append(f"- {head}: " + "; ".join(parts) + ". "
+                     + agreement_sentence(cs, lambda name: metric_label(spec, name)))
     return lines + [""]
 
 

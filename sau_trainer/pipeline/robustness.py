@@ -321,8 +321,10 @@ def _log10(v):
 def robustness_table(rows: list[dict], spec) -> list[dict]:
     """Per method and attack: each forget metric of the unlearned runs before and after the attack (means over
     learning rates and seeds), the references the runs started from and the retain model, and the fraction of
-    the forgetting the attack undid: ``(after - before) / (start - before)`` on the second forget metric (TOFU:
-    forget ROUGE), averaged over runs (a run that forgot nothing, ``start == before``, has no fraction)."""
+    the forgetting the attack undid on the second forget metric (TOFU: forget ROUGE), a ratio of means over the
+    runs with all three values: ``(mean after - mean before) / (mean start - mean before)`` (None when the runs
+    forgot nothing on average). Not a mean of per-run ratios: a run that forgot almost nothing has a denominator
+    near 0, and its ratio alone could give the mean a sign that contradicts the before and after columns."""
     from .report import method_key, method_label
 
     refs = {r["name"]: r for r in rows if r["reference"]}
@@ -350,8 +352,8 @@ def robustness_table(rows: list[dict], spec) -> list[dict]:
             g["start1"].append(start and start["metrics"].get(m1.key))
             g["retain1"].append(retain and retain["metrics"].get(m1.key))
             b, a, s0 = r["metrics"].get(m1.key), after.get(m1.key), start and start["metrics"].get(m1.key)
-            if None not in (b, a, s0) and abs(s0 - b) > 1e-9:
-                g["undone"].append((a - b) / (s0 - b))
+            if None not in (b, a, s0):
+                g["undone"].append((b, a, s0))
     table = []
     for (mk, attack), g in groups.items():
         def mean(key, log=False, g=g):
@@ -361,8 +363,23 @@ def robustness_table(rows: list[dict], spec) -> list[dict]:
                       "skipped": g["skipped"][0] if g.get("skipped") else None,
                       "before0": mean("before0", m0.log), "after0": mean("after0", m0.log),
                       "before1": mean("before1"), "after1": mean("after1"), "start1": mean("start1"),
-                      "retain1": mean("retain1"), "undone": mean("undone")})
+                      "retain1": mean("retain1"), "undone": _undone(g.get("undone", []))})
     return table
+
+
+def _undone(triples: list[tuple]) -> float | None:
+    """``(mean after - mean before) / (mean start - mean before)`` over (before, after, start) triples."""
+    if not triples:
+        return None
+    b, a, s0 = (sum(t[i] for t in triples) / len(triples) for i in range(3))
+    return (a - b) / (s0 - b) if abs(s0 - b) > 1e-9 else None
+
+
+def _percent(v: float | None) -> str | None:
+    """50%, 10%, 1.5%, -0.3%: whole percents from 10% up, one decimal below (a small share keeps its sign and size)."""
+    if v is None:
+        return None
+    return f"{v:.0%}" if abs(v) >= 0.095 else f"{v:.1%}"
 
 
 def markdown_section(rows: list[dict], spec) -> list[str]:
@@ -377,12 +394,13 @@ def markdown_section(rows: list[dict], spec) -> list[str]:
     cols = [("method", lambda r: r["method"]), ("attack", lambda r: r["attack"]), ("runs", lambda r: r["runs"]),
             (f"{m1.label}: start model", lambda r: r["start1"]), ("retain model", lambda r: r["retain1"]),
             ("unlearned", lambda r: r["before1"]), ("attacked", lambda r: r["after1"]),
-            ("forgetting undone", lambda r: None if r["undone"] is None else f"{r['undone']:.0%}"),
+            ("forgetting undone (ratio of means)", lambda r: _percent(r["undone"])),
             (f"{l0} unlearned", lambda r: r["before0"]), (f"{l0} attacked", lambda r: r["after0"])]
     skipped = sorted({(r["attack"], r["skipped"]) for r in table if r["skipped"]})
     lines = ["## Robustness of forgetting (does the forgetting survive?)", "",
              f"Each unlearned model attacked and evaluated again; means over the method's learning rates and seeds. "
-             f"`forgetting undone`: (attacked - unlearned) / (start - unlearned) on {m1.label}, where start is the "
+             f"`forgetting undone` (a ratio of means, so it agrees with the columns beside it): (attacked - "
+             f"unlearned) / (start - unlearned) on {m1.label}, each a mean over the runs, where start is the "
              "model the run unlearned (0%: the attack brought nothing back, 100%: all of it; negative: it forgot "
              "more). The relearning attack finetunes on part of the forget set and is judged on the rest of it "
              "(unless evaluate.relearn_judge_on_relearned_rows). Per run: report.json, `robustness`.", ""]
