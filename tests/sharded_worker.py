@@ -5,7 +5,8 @@ one process (`python`) and under `accelerate launch --config_file recipes/accele
 
 Keys: steps, ga (gradient accumulation), odd (an intermediate size not divisible by 2: uneven shards), scope,
 redistribution, target (sau_redistribution_target), dense (sau_dense_params), objective, bf16, gc (gradient
-checkpointing), resume (a checkpoint directory to resume from), save_steps, lr, optim, skip (skip_nonfinite_steps).
+checkpointing), resume (a checkpoint directory to resume from), save_steps, lr, optim, skip (skip_nonfinite_steps),
+retain (saliency_retain_aware), mass (sau_topk_mass), moving (sau_moving_mask).
 Writes OUT/final (save_model), on the main process OUT/report.json, and on every rank OUT/diverged-RANK.json (what
 `TrainingDiverged` said there, or null).
 """
@@ -59,6 +60,8 @@ def main(out: str, opts: dict[str, str]) -> None:
         sau_redistribution=opts.get("redistribution", "matrix"),
         sau_redistribution_target=opts.get("target", "grad"), sau_dense_params=opts.get("dense", "train"),
         bf16=opts.get("bf16") == "1", gradient_checkpointing=opts.get("gc") == "1",
+        saliency_retain_aware=opts.get("retain") == "1",
+        sau_topk_mass=float(opts["mass"]) if "mass" in opts else None, sau_moving_mask=opts.get("moving", "off"),
     )
     trainer = SAUTrainer(model, args, forget_dataset=forget, retain_dataset=retain, processing_class=tok)
     diverged = None
@@ -83,7 +86,8 @@ def main(out: str, opts: dict[str, str]) -> None:
             "surviving_changed": changed / alive,
             "world": trainer.args.world_size,
             "distributed_type": str(trainer.accelerator.distributed_type),
-            "sharded": bool(getattr(trainer, "_shards", {})),
+            "sharded": trainer.backend.sharded,
+            "backend": trainer.backend.name,
             "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
             "mask_shapes": {n: list(trainer.sau_state.mask(n).shape) for n in trainer.sau_state.selected},
             "saliency_passes": SALIENCY_PASSES[0],

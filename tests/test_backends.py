@@ -110,3 +110,71 @@ def test_threshold_search_on_one_process_is_the_sort():
     everything = torch.ones_like(alive["a"])
     (got,), = threshold_select([[(sal["a"], everything, alive["a"])]], 0.37, one)
     assert torch.equal(got, select_topk(sal["a"], everything, 0.37, budget=alive["a"]))
+
+
+W_SHAPES = {"q.weight": (7, 8), "up.weight": (5, 8), "experts.down_proj": (3, 4, 8)}
+W_LAYOUTS = {"experts.down_proj": Layout(experts=True)}
+
+
+def _weights_and_masks(nm: bool):
+    g = torch.Generator().manual_seed(3)
+    # few distinct magnitudes: ties at every unit's cut
+    weights = {n: (torch.randint(-3, 4, s, generator=g).float() * 0.5) for n, s in W_SHAPES.items()}
+    if nm:  # 2:4 in every group of 4 inputs
+        masks = {n: (torch.rand((*s[:-1], s[-1] // 4, 4), generator=g).argsort(-1) < 2).reshape(s)
+                 for n, s in W_SHAPES.items()}
+    else:
+        masks = {n: torch.rand(s, generator=g) > 0.5 for n, s in W_SHAPES.items()}
+    return weights, masks
+
+
+def _project_worker(rank: int, port: int, out: dict) -> None:
+    from sau_trainer.masks import SparsityMasks
+    from sau_trainer.moving_mask import MovingMask
+    from sau_trainer.parallel.weights import project_sharded_
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        shards = {}
+        for n, s in W_SHAPES.items():
+            c = -(-s[0] // 2)
+            shards[n] = RowShard(s, min(rank * c, s[0]), min(rank * c + c, s[0]), 2, rank, None)
+        results = {}
+        for unit, nm in (("matrix", False), ("row", False), ("matrix", True)):
+            weights, masks = _weights_and_masks(nm)
+            sm = SparsityMasks.from_tensors(masks)
+            moving = MovingMask(sm, W_LAYOUTS, unit)
+            trained = {n: shards[n].local(w + 0.25) for n, w in weights.items()}  # every entry moved
+            planes = project_sharded_(moving, trained, sm, ShardedBackend(shards))
+            results[(unit, nm)] = ({n: shards[n].gather(t) for n, t in trained.items()},
+                                   {n: sm.get(n) for n in W_SHAPES}, sorted(planes), sm.source)
+        out[rank] = results
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_moving_mask_projection_on_shards_equals_one_process():
+    from sau_trainer.masks import SparsityMasks
+    from sau_trainer.moving_mask import MovingMask
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_project_worker, args=(port, out), nprocs=2, join=True)
+    for unit, nm in (("matrix", False), ("row", False), ("matrix", True)):
+        weights, masks = _weights_and_masks(nm)
+        sm = SparsityMasks.from_tensors(masks)
+        moving = MovingMask(sm, W_LAYOUTS, unit)
+        trained = {n: w + 0.25 for n, w in weights.items()}
+        moving.project_(trained, sm)
+        for rank in (0, 1):
+            got_w, got_m, planes, source = out[rank][(unit, nm)]
+            assert planes == sorted(W_SHAPES) and source.startswith("moved")
+            for n in W_SHAPES:
+                assert torch.equal(got_m[n], sm.get(n)), (unit, nm, n, rank)
+                assert torch.equal(got_w[n], trained[n]), (unit, nm, n, rank)
+                assert not bool(got_w[n][~got_m[n]].any())

@@ -78,14 +78,15 @@ def project_zero_(moving, params: Mapping[str, torch.Tensor], masks) -> None:
 
 def _write_model_copy(p: torch.Tensor, full: torch.Tensor) -> None:
     """The model's own copy of a parameter from its full fp32 value: ZeRO-3's flat partition of this rank (padded at
-    the end of the last one), or the whole tensor under ZeRO-2."""
+    the end of the last one), and the whole tensor where the rank holds it whole (ZeRO-2, or a ZeRO-3 parameter
+    below ``stage3_param_persistence_threshold``, which stays gathered and is what the forward reads)."""
     part = getattr(p, "ds_tensor", None)
-    if part is None:
-        p.data.copy_(full.to(p.dtype))
-        return
-    import torch.distributed as dist
+    if part is not None:
+        import torch.distributed as dist
 
-    rank = dist.get_rank(group=getattr(p, "ds_process_group", None))
-    n = part.numel()
-    seg = full.reshape(-1)[rank * n : rank * n + n]
-    part.data.reshape(-1)[: seg.numel()].copy_(seg.to(part.dtype))
+        rank = dist.get_rank(group=getattr(p, "ds_process_group", None))
+        n = part.numel()
+        seg = full.reshape(-1)[rank * n : rank * n + n]
+        part.data.reshape(-1)[: seg.numel()].copy_(seg.to(part.dtype))
+    if p.data.numel() == full.numel():
+        p.data.copy_(full.reshape(p.data.shape).to(p.dtype))
