@@ -21,6 +21,7 @@ from ..evaluation.compat import definitions_label
 from ..evaluation.results import load_results
 from .comparisons import grid_key, metric_value
 from .frontier import DEFAULT_BAND
+from .report_plots import plot_robustness_figure, then_prune_means  # noqa: F401  (re-exported: the report's API)
 from .report_verdicts import (
     band_comparisons,
     comparisons_table,
@@ -138,9 +139,9 @@ def write_report(ctx, eval_tasks, pending: list[str] | None = None, diverged: li
                   + _pending_section(pending))
     files = {"json": str(out / "report.json"), "markdown": str(out / "report.md")}
     if ctx.recipe.report.plot and rows:
-        plot_tradeoff(rows, out / "tradeoff.png", recipe_band(ctx.recipe.report)[0], spec)
+        plot_tradeoff(rows, out / "tradeoff.png", recipe_band(ctx.recipe.report)[0], spec, comparisons)
         files["plot"] = str(out / "tradeoff.png")
-        if plot_robustness_figure(rows, out / "robustness.png", spec):
+        if plot_robustness_figure(rows, out / "robustness.png", spec, recipe_band(ctx.recipe.report)[0]):
             files["robustness_plot"] = str(out / "robustness.png")
     return files
 
@@ -247,7 +248,10 @@ def render_markdown(rows: list[dict], recipe, comparisons: list[dict] | None = N
               "with a pruning was unlearned first, then pruned)",
               *[f"- {note}" for note in spec.notes], "- measured sparsity: exact zeros in the saved weights "
               "over the prunable matrices",
-              "- plots: tradeoff.png (the curves; robustness.png: unlearn-then-prune and attacks, when run)", ""]
+              "- plots: tradeoff.png (each method's mean curve over learning rates; in the grey utility band, the "
+              "thick line is its frontier averaged over seeds, what the verdicts compare); robustness.png (when "
+              "unlearn-then-prune or attacks were run: the runs inside the utility band only, mean over seeds with "
+              "±1 s.d. bars)", ""]
     metric_cols = [(label, lambda r, k=key: r["metrics"].get(k)) for label, key in spec.columns]
     common = [("name", lambda r: r["name"]), ("pruning", lambda r: r["pruning"]),
               ("target sparsity", lambda r: r["target_sparsity"]),
@@ -264,7 +268,7 @@ def render_markdown(rows: list[dict], recipe, comparisons: list[dict] | None = N
         lines += _then_prune_section(runs, spec)
         from .robustness import markdown_section
 
-        lines += markdown_section(rows, spec)
+        lines += markdown_section(rows, spec, band)
     return "\n".join(lines) + "\n"
 
 
@@ -330,17 +334,22 @@ def _mean_sd(values: list) -> tuple[float | None, float]:
 
 
 def plot_tradeoff(rows: list[dict], path: Path, band: float | tuple[float, float] = DEFAULT_BAND,
-                  spec: ReportSpec = TOFU_REPORT) -> None:
+                  spec: ReportSpec = TOFU_REPORT, comparisons: list[dict] | None = None) -> None:
     """The trade-off curves: one column per pruning (dense, each sparse model), one row per forget metric; in each
     panel, per objective, plain (dashed, open markers) and SAU (solid) as mean curves over learning rates (each
     point labelled with its learning rate) with bars of one standard deviation over seeds on both axes; the
     start model (before unlearning) and the retain model as labelled markers; the comparisons' utility band (`band`:
-    fractions of the panel's start model's utility; one number: a floor) as a shaded span.
+    fractions of the panel's start model's utility; one number: a floor) as a shaded span, and inside it each
+    method's frontier averaged over seeds (`report_plots.mean_frontier`: a thick step line, a diamond at a single
+    floor), the line the verdicts are read on (on the band and points of `comparisons` where given).
     More forgetting is to the right in every panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from .report_plots import mean_frontier, panel_band
 
     runs = [r for r in rows if not r["reference"] and not r.get("unlearn_then_prune") and not r.get("attack_of")]
     prunings = sorted({(r["pruning"], r["target_sparsity"]) for r in runs},
@@ -360,6 +369,13 @@ def plot_tradeoff(rows: list[dict], path: Path, band: float | tuple[float, float
         points = _seed_points(rows, spec, metric)
         for col, (pruning, sp) in enumerate(prunings):
             ax = axes[row_i][col]
+            start = refs.get("finetuned" if pruning is None else
+                             next((n for n, r in refs.items() if r["model"] == "finetuned" and r["pruning"] == pruning
+                                   and r["target_sparsity"] == sp), "finetuned"))
+            u0 = start["metrics"].get(spec.utility) if start is not None else None
+            panel_runs = [r for r in runs if (r["pruning"], r["target_sparsity"]) == (pruning, sp)]
+            read = panel_band(comparisons, pruning, sp) or (
+                (lo * u0, hi * u0, bool(panel_runs) and all(r.get("trajectory") for r in panel_runs)) if u0 else None)
             for key, by_lr in sorted(points.items(), key=lambda kv: (str(kv[0][3]), str(kv[0][6]), kv[0][4])):
                 if (key[1], key[2]) != (pruning, sp):
                     continue
@@ -379,9 +395,19 @@ def plot_tradeoff(rows: list[dict], path: Path, band: float | tuple[float, float
                 for x, y, lr in zip(xs, ys, lrs, strict=True):
                     ax.annotate(_short_lr(lr), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6,
                                 color=colour)
-            start = refs.get("finetuned" if pruning is None else
-                             next((n for n, r in refs.items() if r["model"] == "finetuned" and r["pruning"] == pruning
-                                   and r["target_sparsity"] == sp), "finetuned"))
+                if read is not None:  # the frontier the verdicts read, inside the band
+                    fu, fv = mean_frontier([r for r in panel_runs if method_key(r) == key], metric=metric.key,
+                                           utility=spec.utility, log=metric.log, better=metric.better, lo=read[0],
+                                           hi=read[1], trajectories_only=read[2])
+                    flabel = "frontier over the band (mean over seeds): what the verdicts read"
+                    if len(fu) > 1:
+                        ax.plot(fv, fu, color=colour, lw=4.0, alpha=0.45, solid_capstyle="butt")
+                        handles.setdefault(flabel, Line2D([], [], color="0.4", lw=4.0, alpha=0.45))
+                    elif fu:
+                        ax.plot(fv, fu, color=colour, marker="D", markersize=9, alpha=0.6, linestyle="none")
+                        handles.setdefault("frontier at the floor (mean over seeds): what the verdicts read",
+                                           Line2D([], [], color="0.4", marker="D", markersize=9, alpha=0.6,
+                                                  linestyle="none"))
             for ref, marker, colour, label in ((start, "*", "black", "start model (before unlearning)"),
                                                (refs.get("retain"), "P", "tab:green", "retain model (never saw the "
                                                                                        "forget set)")):
@@ -394,12 +420,13 @@ def plot_tradeoff(rows: list[dict], path: Path, band: float | tuple[float, float
                 handles.setdefault(label, h)
                 ax.annotate(ref["name"], (x, y), textcoords="offset points", xytext=(6, -10), fontsize=7,
                             color=colour)
-            u0 = start["metrics"].get(spec.utility) if start is not None else None
-            if u0:
+            if read is not None:  # the comparisons' band (from a trajectory's step-0 start where they used it)
+                lo_abs, hi_abs = read[0], read[1]
                 label = (f"utility floor ({lo:.0%} of the start model's)" if lo == hi else
                          f"utility band ({lo:.0%}-{hi:.0%} of the start model's)")
-                handles.setdefault(label, ax.axhspan(lo * u0, hi * u0, color="grey", alpha=0.15, label=label)
-                                   if hi > lo else ax.axhline(lo * u0, color="grey", lw=1.0, ls=":", label=label))
+                handles.setdefault(label, ax.axhspan(lo_abs, hi_abs, color="grey", alpha=0.15, label=label)
+                                   if hi_abs > lo_abs else ax.axhline(lo_abs, color="grey", lw=1.0, ls=":",
+                                                                       label=label))
             if metric.better == "min":
                 ax.invert_xaxis()
             ax.grid(alpha=0.3)
@@ -411,8 +438,9 @@ def plot_tradeoff(rows: list[dict], path: Path, band: float | tuple[float, float
             ax.set_xlabel(f"{name} ({'higher is better' if metric.better == 'max' else 'lower = more forgotten'}; "
                           "better to the right)", fontsize=8)
     seeds = f"mean over {n_seeds} seeds, bars: ±1 s.d." if n_seeds > 1 else "one seed"
-    fig.suptitle(f"Forget / utility trade-off: each curve is one method over learning rates (numbers: lr; {seeds})",
-                 fontsize=10)
+    fig.suptitle(f"Forget / utility trade-off: each curve is one method over learning rates (numbers: lr; {seeds});\n"
+                 "thick lines in the grey band: each method's frontier there (mean over seeds), what the verdicts "
+                 "compare", fontsize=10)
     if handles:  # nothing drawn (rows without the metrics): no legend, which matplotlib refuses empty
         fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)),
                    fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
@@ -433,78 +461,3 @@ def _save(fig, path: Path) -> None:
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
     os.replace(tmp, path)
-
-
-def then_prune_means(rows: list[dict], spec: ReportSpec = TOFU_REPORT) -> list[dict]:
-    """Per dense method and pruning: the second forget metric (TOFU: forget ROUGE) of the unlearned dense runs, the
-    same runs pruned afterwards, and the same objective run on the pruned model (prune-then-unlearn, None where
-    the grid has no such run), as means over the runs (learning rates and seeds)."""
-    m1 = spec.forget[1]
-    runs = [r for r in rows if not r["reference"]]
-    by_name = {r["name"]: r for r in runs}
-    groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for r in runs:
-        if not r.get("unlearn_then_prune"):
-            continue
-        dense_name, pid = r["name"].rsplit("+", 1)
-        dense, sparse = by_name.get(dense_name), by_name.get(f"{pid}-{dense_name.split('-', 1)[1]}")
-        values = [x and x["metrics"].get(m1.key) for x in (dense, r, sparse)]
-        if None in values[:2]:
-            continue
-        g = groups[(method_label(dense), f"{r['pruning']} {r['target_sparsity']:.0%}")]
-        for k, v in zip(("dense", "then_pruned", "pruned_first"), values, strict=True):
-            if v is not None:
-                g[k].append(v)
-    return [{"method": m, "pruning": p, "runs": len(g["dense"]),
-             **{k: sum(g[k]) / len(g[k]) if g[k] else None for k in ("dense", "then_pruned", "pruned_first")}}
-            for (m, p), g in groups.items()]
-
-
-def _without(rows: list[dict], attacks: set[str]) -> list[dict]:
-    """`rows` with these attacks left out of every row's ``robustness``."""
-    return [{**r, "robustness": {a: v for a, v in r["robustness"].items() if a not in attacks}}
-            if r.get("robustness") else r for r in rows]
-
-
-def plot_robustness_figure(rows: list[dict], path: Path, spec: ReportSpec = TOFU_REPORT) -> bool:
-    """robustness.png: the unlearn-then-prune check and the attacks of evaluate.robustness, as bars of the second
-    forget metric. Returns False (no file written) when the run has neither."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from .robustness import robustness_table
-
-    tp = then_prune_means(rows, spec)
-    # the unlearn-then-prune rows are prune attacks of their dense runs too: drawn once, in the first panel
-    then_prune_attacks = {"prune-" + r["name"].rsplit("+", 1)[1] for r in rows if r.get("unlearn_then_prune")}
-    attacked = any(not t["skipped"] for t in robustness_table(_without(rows, then_prune_attacks), spec))
-    if not tp and not attacked:
-        return False
-    fig, axes = plt.subplots(int(bool(tp)) + int(attacked), 1, figsize=(12, 5 * (int(bool(tp)) + int(attacked))),
-                             squeeze=False)
-    m1 = spec.forget[1]
-    if tp:
-        ax = axes[0][0]
-        x = np.arange(len(tp))
-        for j, (key, label, colour) in enumerate((("dense", "unlearned dense", "0.55"),
-                                                  ("then_pruned", "unlearned dense, then pruned", "tab:red"),
-                                                  ("pruned_first", "pruned first, then unlearned", "tab:blue"))):
-            ax.bar(x - 0.27 + 0.27 * j, [math.nan if t[key] is None else t[key] for t in tp], 0.27, color=colour,
-                   label=label)
-        ax.set_xticks(x)
-        ax.set_xticklabels([f"{t['method']}\nthen {t['pruning']} ({t['runs']} runs)" for t in tp], fontsize=7)
-        ax.set_ylabel(f"{m1.label} ({'lower' if m1.better == 'min' else 'higher'} = more forgotten)")
-        ax.set_title("Unlearn, then prune: does the forgotten data come back? (means over learning rates and seeds)",
-                     fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8, frameon=False)
-    if attacked:
-        from .robustness import plot_robustness
-
-        plot_robustness(axes[-1][0], _without(rows, then_prune_attacks), spec)
-    fig.tight_layout()
-    _save(fig, path)
-    return True

@@ -382,8 +382,12 @@ def _percent(v: float | None) -> str | None:
     return f"{v:.0%}" if abs(v) >= 0.095 else f"{v:.1%}"
 
 
-def markdown_section(rows: list[dict], spec) -> list[str]:
-    """report.md: how much of the forgetting each attack undoes, per method."""
+def markdown_section(rows: list[dict], spec, band=None) -> list[str]:
+    """report.md: how much of the forgetting each attack undoes, per method, and what robustness.png shows (the runs
+    inside the utility band `band`, fractions of each run's start model's utility; default `frontier.DEFAULT_BAND`)."""
+    from .frontier import DEFAULT_BAND
+
+    band = DEFAULT_BAND if band is None else (band, band) if isinstance(band, int | float) else tuple(band)
     table = robustness_table(rows, spec)
     if not table:
         return []
@@ -403,52 +407,100 @@ def markdown_section(rows: list[dict], spec) -> list[str]:
              f"unlearned) / (start - unlearned) on {m1.label}, each a mean over the runs, where start is the "
              "model the run unlearned (0%: the attack brought nothing back, 100%: all of it; negative: it forgot "
              "more). The relearning attack finetunes on part of the forget set and is judged on the rest of it "
-             "(unless evaluate.relearn_judge_on_relearned_rows). Per run: report.json, `robustness`.", ""]
+             "(unless evaluate.relearn_judge_on_relearned_rows). Per run: report.json, `robustness`.", "",
+             f"robustness.png compares the methods at matched utility instead: only the runs whose final "
+             f"{spec.utility_label} lies in the band ({band[0]:.0%} to {band[1]:.0%} of their start model's), each "
+             "seed's runs averaged, then the mean over seeds with error bars of ±1 s.d. over seeds; methods: "
+             + "; ".join(f"{m}: {len(rs)} run(s) in the band" for m, rs in matched_runs(rows, spec, band).items())
+             + ".", ""]
     lines += _table([r for r in table if not r["skipped"]], cols) + [""]
     for attack, reason in skipped:
         lines.append(f"- {attack}: skipped ({reason})")
     return lines + ([""] if skipped else [])
 
 
-def plot_robustness(ax, rows: list[dict], spec) -> bool:
-    """Bars per method: the second forget metric unlearned and after each attack; the start and retain models'
-    values as markers. Returns False (nothing drawn) without attacked runs."""
+def matched_runs(rows: list[dict], spec, band) -> dict[str, list[dict]]:
+    """Per method label: its attacked unlearning runs whose final utility lies in the utility band (`band`: fractions
+    of each run's starting model's utility, `report_plots.in_band`): the runs robustness.png compares, so methods
+    are compared at matched utility rather than averaged over every learning rate. A method without such a run maps
+    to an empty list."""
+    from .report import method_label
+    from .report_plots import in_band
+
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["reference"] or r.get("unlearn_then_prune") or not r.get("robustness"):
+            continue
+        out.setdefault(method_label(r), [])
+        if in_band(rows, r, spec.utility, band):
+            out[method_label(r)].append(r)
+    return out
+
+
+def plot_robustness(ax, rows: list[dict], spec, band=None) -> bool:
+    """Bars per method at matched utility: the second forget metric of the method's runs inside the utility band
+    (`matched_runs`), unlearned and after each attack, as the mean over seeds (each seed's runs averaged first) with
+    bars of one standard deviation over seeds; the start and retain models' values as lines. A method with no run in
+    the band is named, not drawn. Returns False (nothing drawn) without attacked runs."""
     import numpy as np
 
+    from .frontier import DEFAULT_BAND
+    from .report_plots import seed_mean_sd
+    from .report_verdicts import start_reference
+
+    band = DEFAULT_BAND if band is None else (band, band) if isinstance(band, int | float) else tuple(band)
     table = [r for r in robustness_table(rows, spec) if not r["skipped"]]
     if not table:
         return False
+    m1 = spec.forget[1]
+    chosen = matched_runs(rows, spec, band)
     methods = list(dict.fromkeys(r["method"] for r in table))
     attacks = list(dict.fromkeys(r["attack"] for r in table))
-    m1 = spec.forget[1]
     width = 0.8 / (len(attacks) + 1)
     x = np.arange(len(methods))
-    cell = {(r["method"], r["attack"]): r for r in table}
-    before = [next((cell[(m, a)]["before1"] for a in attacks if (m, a) in cell), None) for m in methods]
-    ax.bar(x - 0.4 + width / 2, [b or 0 for b in before], width, color="0.55", label="unlearned")
     import matplotlib.pyplot as plt
 
     cmap = plt.get_cmap("tab10")
-    for j, a in enumerate(attacks):
-        vals = [cell[(m, a)]["after1"] if (m, a) in cell else None for m in methods]
-        ax.bar(x - 0.4 + width * (j + 1.5), [v or 0 for v in vals], width, color=cmap(j % 10), label=f"after {a}")
+    series = [("unlearned", "0.55", lambda r: r["metrics"].get(m1.key))]
+    series += [(f"after {a}", cmap(j % 10), lambda r, a=a: (r["robustness"].get(a) or {}).get(m1.key))
+               for j, a in enumerate(attacks)]
+    ticks = []
     for i, m in enumerate(methods):
-        r = next(cell[(m, a)] for a in attacks if (m, a) in cell)
-        if r["start1"] is not None:
-            ax.plot([i - 0.42, i + 0.42], [r["start1"]] * 2, color="black", lw=1.5,
-                    label="start model (before unlearning)" if i == 0 else None)
-        if r["retain1"] is not None:
-            ax.plot([i - 0.42, i + 0.42], [r["retain1"]] * 2, color="tab:green", lw=1.5, ls="--",
-                    label="retain model" if i == 0 else None)
+        runs = chosen.get(m, [])
+        n_seeds = len({r["seed"] for r in runs})
+        ticks.append(f"{m}\n({len(runs)} runs in the band, {n_seeds} seeds)" if runs else f"{m}\n(no run in the band)")
+        if not runs:
+            ax.text(i, 0.02, "no run in the band", ha="center", va="bottom", fontsize=7, rotation=90,
+                    transform=ax.get_xaxis_transform())
+            continue
+        for j, (label, colour, get) in enumerate(series):
+            mean, sd, _ = seed_mean_sd((r["seed"], get(r)) for r in runs)
+            if mean is None:
+                continue
+            ax.bar(i - 0.4 + width * (j + 0.5), mean, width, yerr=sd, capsize=2, color=colour,
+                   label=label if label not in ax.get_legend_handles_labels()[1] else None,
+                   error_kw={"elinewidth": 0.8})
+        ref = start_reference(rows, runs[0])
+        s0 = ref and ref["metrics"].get(m1.key)
+        if s0 is not None:
+            ax.plot([i - 0.42, i + 0.42], [s0] * 2, color="black", lw=1.5,
+                    label="start model (before unlearning)" if "start model (before unlearning)" not in
+                    ax.get_legend_handles_labels()[1] else None)
+        retain = next((r for r in rows if r["reference"] and r["name"] == "retain"), None)
+        if retain is not None and retain["metrics"].get(m1.key) is not None:
+            ax.plot([i - 0.42, i + 0.42], [retain["metrics"][m1.key]] * 2, color="tab:green", lw=1.5, ls="--",
+                    label="retain model" if "retain model" not in ax.get_legend_handles_labels()[1] else None)
     ax.set_xticks(x)
-    ax.set_xticklabels(methods, rotation=25, ha="right", fontsize=8)
+    ax.set_xticklabels(ticks, rotation=25, ha="right", fontsize=8)
     ax.set_ylabel(f"{m1.label} ({'lower' if m1.better == 'min' else 'higher'} = more forgotten)")
-    ax.set_title("Robustness of forgetting: does an attack bring the forgotten data back? (means over runs)",
-                 fontsize=10)
+    lo, hi = band
+    where = f"{lo:.0%} to {hi:.0%}" if hi > lo else f"at {lo:.0%}"
+    ax.set_title(f"Robustness of forgetting at matched utility: the runs with utility {where} of their start "
+                 "model's;\nbars: mean over seeds, error bars: ±1 s.d. over seeds", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return True
 
 
 __all__ = ["ROBUSTNESS_KEYS", "attacks_of", "check", "evaluation_settings", "fold_attacks", "markdown_section",
-           "plan_attacks", "plot_robustness", "robustness_table", "run_attack", "run_attack_evaluate"]
+           "matched_runs", "plan_attacks", "plot_robustness", "robustness_table", "run_attack", "run_attack_evaluate"]

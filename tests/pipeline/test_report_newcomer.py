@@ -7,6 +7,7 @@ import pytest
 from sau_trainer.data.benchmarks import BENCHMARKS, TOFU_REPORT
 from sau_trainer.pipeline import validate
 from sau_trainer.pipeline.report import lr_text, render_markdown
+from sau_trainer.pipeline.report_plots import mean_frontier
 from sau_trainer.pipeline.report_summary import agreement, bottom_line, continuous_companion
 from sau_trainer.pipeline.report_verdicts import band_comparisons
 from sau_trainer.pipeline.resolution import RESOLUTIONS
@@ -153,3 +154,84 @@ def test_every_benchmark_compares_a_continuous_metric_beside_a_stepped_one(name)
     companion = continuous_companion(spec)
     assert companion is not None and RESOLUTIONS[companion] == "mean"
     assert companion in [m.key for m in spec.forget]  # band_comparisons reads every forget metric of the spec
+
+
+# ----------------------------------------------------------------------------------------- d. tradeoff.png
+def capture(monkeypatch, module):
+    figs = []
+
+    def keep(fig, path):
+        figs.append(fig)
+
+    monkeypatch.setattr(module, "_save", keep)
+    return figs
+
+
+def test_mean_frontier_is_the_step_function_the_verdicts_integrate():
+    rows = [run(True, s, lr, u, v) for s in range(2) for lr, u, v in ((1e-4, 0.58, 0.5 + 0.1 * s), (3e-4, 0.53, 0.35))]
+    us, vs = mean_frontier(rows, metric="forget_rouge", utility="model_utility", log=False, better="min", lo=0.51,
+                           hi=0.57, n=7)
+    assert us == pytest.approx([0.51, 0.52, 0.53, 0.54, 0.55, 0.56, 0.57])
+    # at u <= 0.53 both seeds reach 0.35; above, only the lr 1e-4 points: 0.5 and 0.6, mean 0.55
+    assert vs == pytest.approx([0.35, 0.35, 0.35, 0.55, 0.55, 0.55, 0.55])
+    us, _ = mean_frontier(rows, metric="forget_rouge", utility="model_utility", log=False, better="min", lo=0.51,
+                          hi=0.60, n=10)
+    assert max(us) <= 0.58 + 1e-12  # above the best utility the frontier is undefined: not drawn
+
+
+def test_tradeoff_marks_each_methods_frontier_inside_the_band(monkeypatch, tmp_path):
+    from sau_trainer.pipeline import report
+
+    figs = capture(monkeypatch, report)
+    rows = sau_vs_plain((0.1,) * 3, (0.1,) * 3)
+    report.plot_tradeoff(rows, tmp_path / "t.png", (0.85, 0.95), TOFU_REPORT, band_comparisons(rows, TOFU_REPORT))
+    rouge_ax = figs[0].axes[1]  # second row: forget ROUGE
+    thick = [ln for ln in rouge_ax.get_lines() if ln.get_linewidth() == 4.0]
+    # band [0.51, 0.57] x the pruned model's 0.6; inside it only the lr 1e-4 points (utility 0.58) count: SAU's
+    # frontier is the mean of 0.5 / 0.48 / 0.52, plain's 0.6, at every utility of the band
+    assert sorted(round(set(ln.get_xdata()).pop(), 6) for ln in thick) == [0.5, 0.6]
+    for ln in thick:
+        assert min(ln.get_ydata()) == pytest.approx(0.51) and max(ln.get_ydata()) == pytest.approx(0.57)
+    legend = [t.get_text() for t in figs[0].legends[0].get_texts()]
+    assert "frontier over the band (mean over seeds): what the verdicts read" in legend
+
+
+# ----------------------------------------------------------------------------------------- c. robustness.png
+def matched_rows():
+    """Dense NPO plain and SAU, 3 seeds; start utility 1.0, band [0.85, 0.95]. Per seed a run in the band (utility
+    0.9) and one that broke the model (0.3, forget ROUGE 0.0, relearned to 0.9): averaging over all learning rates
+    mixes them."""
+    rows = [ref("finetuned", 1.0, rouge=1.0)]
+    for sau in (False, True):
+        for s in range(3):
+            base = 0.4 if not sau else 0.2
+            good = run(sau, s, 1e-4, 0.9, base + 0.02 * s, pruning=None)
+            good["robustness"] = {"relearn": {"model_utility": 0.9, "forget_rouge": base + 0.1 + 0.04 * s}}
+            broke = run(sau, s, 1e-3, 0.3, 0.0, pruning=None)
+            broke["robustness"] = {"relearn": {"model_utility": 0.3, "forget_rouge": 0.9}}
+            rows += [good, broke]
+    return rows
+
+
+def test_robustness_plot_compares_runs_at_matched_utility_with_error_bars_over_seeds(monkeypatch, tmp_path):
+    from sau_trainer.pipeline import report
+    from sau_trainer.pipeline.robustness import matched_runs
+
+    rows = matched_rows()
+    chosen = matched_runs(rows, TOFU_REPORT, (0.85, 0.95))
+    assert {m: sorted(r["learning_rate"] for r in rs) for m, rs in chosen.items()} == {
+        "dense · NPO plain": [1e-4] * 3, "dense · NPO+SAU": [1e-4] * 3}
+    figs = capture(monkeypatch, report)
+    assert report.plot_robustness_figure(rows, tmp_path / "r.png", TOFU_REPORT, (0.85, 0.95))
+    ax = figs[0].axes[0]
+    heights = sorted(round(p.get_height(), 6) for p in ax.patches)
+    # unlearned: 0.42 (plain: 0.4, 0.42, 0.44) and 0.22 (SAU); after relearning: 0.54 and 0.34; the broken runs
+    # (0.0 -> 0.9) are not in them
+    assert heights == [0.22, 0.34, 0.42, 0.54]
+    caps = [c for c in ax.containers if getattr(c, "errorbar", None) is not None]
+    sds = sorted(round(float(seg[1][1] - seg[0][1]) / 2, 6) for c in caps for seg in c.errorbar.lines[2][0].get_segments())
+    assert sds == pytest.approx(sorted([0.02, 0.02, 0.04, 0.04]))  # ±1 s.d. over seeds
+    assert "error bars: ±1 s.d. over seeds" in ax.get_title()
+    md = render_markdown(rows, RECIPE)
+    assert "robustness.png compares the methods at matched utility" in md
+    assert "dense · NPO plain: 3 run(s) in the band" in md
