@@ -3,7 +3,7 @@
 What belongs here: everything that differs between the ways a model is spread over processes, and nothing else:
 which rows of a parameter this rank holds, the all-reduce of sums and counts, the gather of a full tensor where a
 computation needs one, the exact threshold search over shards, how a gradient or a weight is read and written
-under each setup, the launch contract (`sau_trainer.distributed`). `backend.Backend` is the interface; the SAU
+under each setup, the launch contract (`launch`). `backend.Backend` is the interface; the SAU
 state is built once (`sau_trainer.sau.build_sau_state`) and asks a backend only these questions.
 
 What it may import: `sau_trainer.core`, torch (``torch.distributed``), accelerate and DeepSpeed. What may import
