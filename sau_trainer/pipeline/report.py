@@ -19,9 +19,19 @@ from typing import Any
 from ..data.benchmarks import TOFU_REPORT, ReportSpec, get_benchmark
 from ..evaluation.compat import definitions_label
 from ..evaluation.results import load_results
-from .comparisons import grid_key, metric_value
+from .comparisons import metric_value
 from .frontier import DEFAULT_BAND
-from .report_plots import plot_robustness_figure, then_prune_means  # noqa: F401  (re-exported: the report's API)
+from .report_format import (  # noqa: F401  (re-exported: the report's API)
+    _fmt,
+    _save,
+    _short_lr,
+    _table,
+    grid_label,
+    lr_text,
+    method_key,
+    method_label,
+    objective_label,
+)
 from .report_verdicts import (
     band_comparisons,
     comparisons_table,
@@ -29,17 +39,10 @@ from .report_verdicts import (
     findings_section,
     recipe_band,
 )
+from .robustness_report import plot_robustness_figure, then_prune_means  # noqa: F401  (re-exported)
 
 ROW_KEYS = ("name", "model", "pruning", "target_sparsity", "measured_sparsity", "objective", "sau",
             "learning_rate", "seed", "metrics")
-
-
-def objective_label(name: Any) -> str:
-    """The objective's display name (its class's `label`), else its registry name."""
-    from ..objectives import OBJECTIVES
-
-    cls = OBJECTIVES.get(name)
-    return (cls.label if cls is not None else "") or str(name)
 
 
 def build_report(rows: list[dict], comparisons: list[dict] | None = None) -> dict:
@@ -147,27 +150,6 @@ def write_report(ctx, eval_tasks, pending: list[str] | None = None, diverged: li
 
 
 # ----------------------------------------------------------------------------------------- methods
-def method_key(row: dict) -> tuple:
-    """Rows of one method differ only in learning rate and seed."""
-    return (row["model"], row["pruning"], row["target_sparsity"], row["objective"], row["sau"],
-            row.get("unlearn_then_prune", False), grid_key(row.get("grid")))
-
-
-def grid_label(grid: dict | None) -> str:
-    """`` (sau_alpha=1, ...)`` for the extra grid axes' values, empty without."""
-    return f" ({', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in grid.items())})" \
-        if grid else ""
-
-
-def method_label(row: dict) -> str:
-    obj = objective_label(row["objective"])
-    obj += ("+SAU" if row["sau"] else " plain") + grid_label(row.get("grid"))
-    if row.get("unlearn_then_prune"):
-        return f"dense {obj}, then {row['pruning']} {row['target_sparsity']:.0%}"
-    where = "dense" if row["pruning"] is None else f"{row['pruning']} {row['target_sparsity']:.0%}"
-    return f"{where} · {obj}"
-
-
 def curves(rows: list[dict], spec: ReportSpec = TOFU_REPORT) -> dict[tuple, list[dict]]:
     """Per method: one point per learning rate, metrics averaged over seeds, sorted by learning rate."""
     by_method: dict[tuple, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
@@ -191,33 +173,6 @@ def _mean(values: list) -> float | None:
 
 
 # ----------------------------------------------------------------------------------------- markdown
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e4):
-            return f"{v:.2e}"
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def lr_text(lr: Any) -> str:
-    """A learning rate as the report prints it: the shortest text that reads back as the same float (``0.0012``,
-    ``4.5e-05``), so distinct rates never print alike (``_fmt``'s 3 decimals made 1.2e-3 read ``0.001``)."""
-    if lr is None:
-        return "–"
-    return repr(float(lr)) if isinstance(lr, int | float) and not isinstance(lr, bool) else str(lr)
-
-
-def _table(rows: list[dict], columns: list[tuple[str, Any]]) -> list[str]:
-    lines = ["| " + " | ".join(c for c, _ in columns) + " |", "|" + "---|" * len(columns)]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(get(r)) for _, get in columns) + " |")
-    return lines
-
-
 def render_markdown(rows: list[dict], recipe, comparisons: list[dict] | None = None) -> str:
     """report.md: what the run concludes (in words), what every column means, the comparisons at the utility floor,
     then the references, the runs, the unlearn-then-prune check and the robustness of forgetting."""
@@ -446,18 +401,3 @@ def plot_tradeoff(rows: list[dict], path: Path, band: float | tuple[float, float
                    fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
     fig.tight_layout(rect=(0, 0.04 + 0.025 * math.ceil(len(handles) / 4), 1, 0.97))
     _save(fig, path)
-
-
-def _short_lr(lr: float) -> str:
-    """``4e-4`` for 0.0004, ``1.2e-3`` for 0.0012 (a learning rate as a plot label)."""
-    mantissa, exponent = f"{lr:.2e}".split("e")
-    return f"{float(mantissa):g}e{int(exponent)}"
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)

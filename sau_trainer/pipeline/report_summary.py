@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from .report_format import SIDE_NAMES
 from .resolution import RESOLUTIONS
 
 STEPPED = ("ks", "accuracy")  # resolution kinds with a fixed step; "mean" is continuous
@@ -41,8 +42,6 @@ def agreement(cs: Sequence[Mapping]) -> str:
 
 
 def _side(name: str) -> str:
-    from .report_verdicts import SIDE_NAMES
-
     return SIDE_NAMES.get(name, name)
 
 

@@ -32,10 +32,8 @@ from typing import Any
 
 from .comparisons import MIN_SEEDS, comparison_pairs, grid_key, metric_name
 from .frontier import DEFAULT_BAND, compare_band
+from .report_format import SIDE_NAMES, start_reference  # noqa: F401  (re-exported)
 from .resolution import below_resolution, metric_resolution
-
-SIDE_NAMES = {"sau": "SAU", "plain": "plain", "sparse-plain": "plain on the sparse model",
-              "dense-plain": "plain on the dense model"}
 
 
 # ----------------------------------------------------------------------------------------- the recipe's band
@@ -70,19 +68,6 @@ def check_recipe(recipe, errors: list[str]) -> None:
 
 
 # ----------------------------------------------------------------------------------------- starting utilities
-def start_reference(rows: Sequence[Mapping], run: Mapping) -> Mapping | None:
-    """The reference row of the model `run` started from: the finetuned model for a dense run, the finetuned model
-    pruned the same way (same pruning label and target sparsity) for a sparse one."""
-    for r in rows:
-        if r.get("reference") and r.get("model") == "finetuned":
-            if run.get("model") == "dense" and r.get("pruning") is None:
-                return r
-            if run.get("model") == "sparse" and r.get("pruning") == run.get("pruning") and \
-                    r.get("target_sparsity") == run.get("target_sparsity"):
-                return r
-    return None
-
-
 def _step0_utility(runs: Sequence[Mapping], utility: str) -> float | None:
     vals = [e.get(utility) for r in runs for e in r.get("trajectory") or () if e.get("step") == 0]
     vals = [float(v) for v in vals if isinstance(v, int | float) and math.isfinite(v)]

@@ -214,14 +214,14 @@ def matched_rows():
 
 
 def test_robustness_plot_compares_runs_at_matched_utility_with_error_bars_over_seeds(monkeypatch, tmp_path):
-    from sau_trainer.pipeline import report
+    from sau_trainer.pipeline import report, robustness_report
     from sau_trainer.pipeline.robustness import matched_runs
 
     rows = matched_rows()
     chosen = matched_runs(rows, TOFU_REPORT, (0.85, 0.95))
     assert {m: sorted(r["learning_rate"] for r in rs) for m, rs in chosen.items()} == {
         "dense · NPO plain": [1e-4] * 3, "dense · NPO+SAU": [1e-4] * 3}
-    figs = capture(monkeypatch, report)
+    figs = capture(monkeypatch, robustness_report)
     assert report.plot_robustness_figure(rows, tmp_path / "r.png", TOFU_REPORT, (0.85, 0.95))
     ax = figs[0].axes[0]
     heights = sorted(round(p.get_height(), 6) for p in ax.patches)
