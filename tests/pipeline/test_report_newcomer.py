@@ -235,3 +235,25 @@ def test_robustness_plot_compares_runs_at_matched_utility_with_error_bars_over_s
     md = render_markdown(rows, RECIPE)
     assert "robustness.png compares the methods at matched utility" in md
     assert "dense · NPO plain: 3 run(s) in the band" in md
+
+
+def test_tradeoff_frontier_uses_the_trajectory_points_when_the_comparisons_do(monkeypatch, tmp_path):
+    from sau_trainer.pipeline import report
+
+    rows = list(REFS)
+    for s in range(3):  # the final metrics (plain: forget ROUGE 0.0 at utility 0.59) must not enter the frontier
+        sau = run(True, s, 1e-4, 0.3, 0.9)
+        sau["trajectory"] = [{"step": t, "model_utility": u, "forget_rouge": v, "forget_quality": 0.1}
+                             for t, u, v in ((0, 0.62, 1.0), (5, 0.60, 0.4 + 0.01 * s), (10, 0.5, 0.1))]
+        plain = run(False, s, 1e-4, 0.59, 0.0)
+        plain["trajectory"] = [{"step": t, "model_utility": u, "forget_rouge": v, "forget_quality": 0.1}
+                               for t, u, v in ((0, 0.62, 1.0), (5, 0.60, 0.7), (10, 0.5, 0.2))]
+        rows += [sau, plain]
+    cs = band_comparisons(rows, TOFU_REPORT)
+    assert {c["points"] for c in cs} == {"trajectories"}
+    figs = capture(monkeypatch, report)
+    report.plot_tradeoff(rows, tmp_path / "t.png", (0.85, 0.95), TOFU_REPORT, cs)
+    thick = [ln for ln in figs[0].axes[1].get_lines() if ln.get_linewidth() == 4.0]
+    # band [0.527, 0.589] from the step-0 utility 0.62: SAU's step-5 values (mean 0.41), plain's 0.7
+    assert sorted(round(set(ln.get_xdata()).pop(), 6) for ln in thick) == [0.41, 0.7]
+    assert min(thick[0].get_ydata()) == pytest.approx(0.85 * 0.62)
