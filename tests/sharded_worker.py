@@ -28,7 +28,7 @@ SALIENCY_PASSES = [0]
 
 
 def _count_saliency_passes() -> None:
-    import sau_trainer.callbacks as cb
+    import sau_trainer.training.callbacks as cb
 
     inner = cb.compute_saliency
 
