@@ -16,11 +16,13 @@ from .sparsity_setup import ZERO_KEEPING_OPTIMIZERS
 # Update mode under DeepSpeed ZeRO: the mechanical reason it is refused (SPEC section 2, "Where W acts").
 UPDATE_MODE_UNDER_ZERO = (
     "sau_redistribution_target='update' cannot run under DeepSpeed ZeRO-2/3: update mode scales each selected "
-    "entry's optimizer step, p_old + W * (p_new - p_old), or, for one W per matrix, gives the matrix its own "
-    "learning rate; DeepSpeed's engine steps its own fp32 master partitions inside the backward (flat slices cut "
-    "across rows and matrices), so the trainer never holds p_old between the gradient and the step, and the "
-    "optimizer's parameter groups are flattened when the engine is built, before the saliency pass gives W. Use "
-    "sau_redistribution_target='grad', or update mode with FSDP2 (recipes/accelerate/fsdp2.yaml), DDP or one process.")
+    "entry's optimizer step, p_old + W * (p_new - p_old), or, for one W per matrix, gives the matrix its own learning "
+    "rate. DeepSpeed's engine steps its own fp32 master partitions inside the backward: the learning-rate form needs "
+    "a parameter group per matrix, which ZeRO flattens when the engine is built, before the saliency pass gives W; "
+    "the step-scaling form needs p_old of every masked matrix at every step, read and written back through "
+    "DeepSpeed's full-parameter accessors (under ZeRO-3 a gather of the whole model per step, what ZeRO-3 exists to "
+    "avoid). Use sau_redistribution_target='grad', or update mode with FSDP2 (recipes/accelerate/fsdp2.yaml), DDP "
+    "or one process.")
 
 
 class ParallelSteps:
