@@ -75,9 +75,9 @@ def model_problem(model: str, flag: str = "--model") -> str | None:
     return hub_problem(model, flag)
 
 
-def hub_problem(model: str, flag: str = "--model") -> str | None:
-    """One request for ``model``'s ``config.json`` on the Hub, without retries: a Hub that cannot be reached or a
-    repository it does not have is a problem (None otherwise; other errors are left to ``from_pretrained``)."""
+def _ask_hub(model: str) -> tuple[str, str]:
+    """One request for ``model``'s ``config.json`` on the Hub, without retries: ("ok" | "gated" | "missing" |
+    "other" | "unreachable", the error's first line)."""
     import inspect
 
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
@@ -89,19 +89,56 @@ def hub_problem(model: str, flag: str = "--model") -> str | None:
     try:
         get_hf_file_metadata(hf_hub_url(model, "config.json"), timeout=constants.HF_HUB_ETAG_TIMEOUT, **kwargs)
     except GatedRepoError:
-        return None  # from_pretrained says how to get access
+        return "gated", ""
     except RepositoryNotFoundError:
+        return "missing", ""
+    except HfHubHTTPError as err:
+        return "other", str(err)
+    except Exception as err:  # no network, DNS, proxy, timeout: said once, not retried
+        return "unreachable", (" ".join(str(err).split()) or type(err).__name__)[:200]
+    return "ok", ""
+
+
+def hub_problem(model: str, flag: str = "--model") -> str | None:
+    """Why an uncached Hub id cannot be downloaded, asked once (`_ask_hub`): a Hub that cannot be reached or a
+    repository it does not have (None otherwise; a gated repo and other errors are left to ``from_pretrained``)."""
+    from huggingface_hub import constants
+
+    kind, text = _ask_hub(model)
+    if kind == "missing":
         return (f"{flag} {model}: not a local directory, not in the Hugging Face cache, and not a model on the "
                 f"Hub ({constants.ENDPOINT}; or a private one: log in with `hf auth login`); give a saved model "
                 "directory or a Hub id.")
-    except HfHubHTTPError:
-        return None
-    except Exception as err:  # no network, DNS, proxy, timeout: said once, not retried
-        text = " ".join(str(err).split()) or type(err).__name__
+    if kind == "unreachable":
         return (f"{flag} {model}: not a local directory, not in the Hugging Face cache, and the Hub "
-                f"({constants.ENDPOINT}) cannot be reached ({text[:200]}); connect, set HF_HUB_OFFLINE=1 to use "
+                f"({constants.ENDPOINT}) cannot be reached ({text}); connect, set HF_HUB_OFFLINE=1 to use "
                 "only the cache, or give a saved model directory.")
     return None
+
+
+def cached_snapshot(model: str) -> str | None:
+    """The local folder of a Hub id's cached snapshot, to load from instead of the id when the Hub is offline or
+    cannot be reached (asked once); None otherwise (a local path, an uncached id, a reachable Hub). Loading the
+    id there retries every file ``from_pretrained`` looks for that the cache lacks (``adapter_config.json``: 5
+    retries each, minutes of warnings; transformers' adapter lookup ignores ``local_files_only``)."""
+    if Path(model).expanduser().exists() or _looks_like_path(model):
+        return None
+    from huggingface_hub import snapshot_download, try_to_load_from_cache
+
+    try:
+        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
+            return None
+    except Exception:
+        return None
+    if not _offline():
+        kind, text = _ask_hub(model)
+        if kind != "unreachable":
+            return None
+        logger.info("%s: the Hugging Face Hub cannot be reached (%s); loading the cached copy.", model, text)
+    try:
+        return snapshot_download(model, local_files_only=True)
+    except Exception:  # an incomplete snapshot: from_pretrained says what is missing
+        return None
 
 
 def load_problem(model: str, err: BaseException, flag: str = "--model") -> str:

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -20,14 +22,14 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def prune(tmp_path, *args, offline: bool) -> subprocess.CompletedProcess:
+def prune(tmp_path, *args, offline: bool, model: str = "no-such-owner/no-such-model") -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(tmp_path / "hf" / "hub"), OMP_NUM_THREADS="1",
                CUDA_VISIBLE_DEVICES="", HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}",
                PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
-    return subprocess.run([sys.executable, "-m", "sau_trainer", "prune", "--model", "no-such-owner/no-such-model",
+    return subprocess.run([sys.executable, "-m", "sau_trainer", "prune", "--model", model,
                            "--output-dir", str(tmp_path / "out"), *args], capture_output=True, text=True, env=env,
                           timeout=300)
 
@@ -55,3 +57,20 @@ def test_wanda_names_the_missing_model_and_the_missing_calibration_together(tmp_
     line = one_line(prune(tmp_path, "--method", "wanda", offline=False))
     assert "cannot be reached" in line and "--method wanda needs --calibration" in line
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+@pytest.mark.slow  # saves and prunes a model in a subprocess (about 7 s)
+def test_a_cached_hub_id_without_network_loads_from_the_cache_without_retries(tmp_path, tokenizer):
+    from sau_trainer.modeling import build_llama
+
+    snapshot = tmp_path / "hf/hub/models--me--tiny/snapshots" / ("a" * 40)  # the Hub cache's layout
+    build_llama("tiny", tokenizer).save_pretrained(snapshot)
+    tokenizer.save_pretrained(snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs/main").write_text("a" * 40)
+    proc = prune(tmp_path, "--method", "magnitude", "--sparsity", "0.5", "--no-progress", offline=False,
+                 model="me/tiny")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Retry" not in proc.stderr, proc.stderr[-3000:]  # was 5 retries per file the cache lacks: minutes
+    assert "cannot be reached" in proc.stderr and "loading the cached copy" in proc.stderr
+    assert (tmp_path / "out/model.safetensors").is_file()

@@ -95,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from ..clitools import CommandError, load_problem, set_threads
+    from ..clitools import CommandError, cached_snapshot, load_problem, set_threads
     from ..modeling import CheckpointError, load_causal_lm
     from .api import prune_model, save_sparse_model
     from .perplexity import perplexity
@@ -110,10 +110,12 @@ def _run(args: argparse.Namespace) -> int:
 
     local = os.path.isdir(os.path.expanduser(args.model))
     set_threads(args.threads, os.path.expanduser(args.model) if local else None)
+    source = cached_snapshot(args.model) or args.model  # a cached Hub id without a Hub: its folder, no requests
     try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        tokenizer = AutoTokenizer.from_pretrained(source)
         dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
-        model = load_causal_lm(args.model, dtype=dtype)
+        model = load_causal_lm(source, dtype=dtype)
+        model.config._name_or_path = args.model  # the id, not the cache folder
     except CheckpointError as err:  # a pickle checkpoint torch's safe loader refuses
         raise CommandError(str(err)) from None
     except OSError as err:
