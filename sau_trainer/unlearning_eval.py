@@ -2,8 +2,16 @@
 `sau_trainer.training.eval_state` (its helpers). This path stays and re-exports their names; new code imports from
 the new homes."""
 
-from .training.eval_state import agree, load_snapshot, numeric_metrics, snapshot
+from .training.eval_state import (
+    agree,
+    load_snapshot,
+    numeric_metrics,
+    reshard,
+    rng_state,
+    set_rng_state,
+    snapshot,
+)
 from .training.unlearning_eval import BEST_FILE, MODES, STATE_KEY, UnlearningEvaluationCallback
 
 __all__ = ["BEST_FILE", "MODES", "STATE_KEY", "UnlearningEvaluationCallback", "agree", "load_snapshot",
-           "numeric_metrics", "snapshot"]
+           "numeric_metrics", "reshard", "rng_state", "set_rng_state", "snapshot"]
