@@ -12,7 +12,7 @@ compiled call. Each matrix is one ``torch.compile``'d kernel (C++/OpenMP on CPU,
 once and writing it once; nothing in them reads a value back to the host. Where compiling is unavailable or
 fails, an eager version with the same results runs instead (it unpacks the mask to a bool tensor, one matrix at
 a time: slower, never different). The products are computed in fp32 and rounded once to the tensor's dtype, as the eager
-reference `sau.apply_sau_` does, so both give bit-identical gradients.
+reference `selection.apply_sau_` does, so both give bit-identical gradients.
 
 ``SAU_TRAINER_KERNELS`` (environment) chooses: ``auto`` (default: compiled for tensors of at least
 `COMPILE_MIN_NUMEL` entries when a compiler is present, eager below: compiling costs seconds once per process and

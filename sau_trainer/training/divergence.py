@@ -134,7 +134,7 @@ class DivergenceGuard:
 
 
 class DivergenceChecks:
-    """Trainer mixin (`sparsity.SparsityPreserving` is one): the Trainer's side of `DivergenceGuard`. Expects
+    """Trainer mixin (`training.sparsity.SparsityPreserving` is one): the Trainer's side of `DivergenceGuard`. Expects
     ``self._divergence`` (a `DivergenceGuard`) and sets ``self._step_skipped``."""
 
     def _get_grad_norm(self, model, grad_norm=None):

@@ -127,7 +127,7 @@ class SparsityMasks:
         return packed if device is None else packed.to(device)
 
     def replace(self, name: str, mask: torch.Tensor) -> None:
-        """Set the mask of one matrix (same shape; the moving mask, `sau_trainer.moving_mask`, stores its
+        """Set the mask of one matrix (same shape; the moving mask, `sau_trainer.training.moving_mask`, stores its
         projections here), kept on the device the old one was on."""
         if tuple(mask.shape) != self._shapes[name]:
             raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, expected {self._shapes[name]}")
