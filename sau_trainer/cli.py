@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # the Hub library writes its lines with a handler of its own: passed on to ours as well, each came out twice
+    logging.getLogger("huggingface_hub").propagate = False
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

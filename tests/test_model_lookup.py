@@ -74,3 +74,13 @@ def test_a_cached_hub_id_without_network_loads_from_the_cache_without_retries(tm
     assert "Retry" not in proc.stderr, proc.stderr[-3000:]  # was 5 retries per file the cache lacks: minutes
     assert "cannot be reached" in proc.stderr and "loading the cached copy" in proc.stderr
     assert (tmp_path / "out/model.safetensors").is_file()
+
+
+def test_a_hub_library_warning_is_printed_once():
+    code = ("import logging, huggingface_hub\n"
+            "from sau_trainer.cli import main\n"
+            "main(['run', 'no-such-recipe.yaml'])\n"
+            "logging.getLogger('huggingface_hub.utils._http').warning('a retry warning')\n")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.stderr.count("a retry warning") == 1, proc.stderr  # was twice: the Hub's handler and ours
