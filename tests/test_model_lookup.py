@@ -84,3 +84,22 @@ def test_a_hub_library_warning_is_printed_once():
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.stderr.count("a retry warning") == 1, proc.stderr  # was twice: the Hub's handler and ours
+
+
+@pytest.mark.slow  # a `sau-trainer run` subprocess (about 8 s)
+def test_a_recipe_naming_an_uncached_hub_id_without_network_fails_before_any_stage(tmp_path):
+    recipe = tmp_path / "hub.yaml"
+    recipe.write_text("name: hub\nmodel: {name_or_path: no-such-owner/no-such-model}\n"
+                      "data: {benchmark: synthetic, preset: tiny}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
+               HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}",
+               PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    proc = subprocess.run([sys.executable, "-m", "sau_trainer", "run", str(recipe), "--output-dir",
+                           str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Retry" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("sau-trainer run: error: model.name_or_path no-such-owner/")
+    assert "cannot be reached" in lines[0]
+    assert not (tmp_path / "out").exists()

@@ -73,6 +73,10 @@ def main(args: argparse.Namespace) -> int:
     if bad_output:
         print(f"sau-trainer run: error: {bad_output}", file=sys.stderr)
         return 2
+    bad_models = [] if args.dry_run else _hub_model_problems(recipe)
+    if bad_models:
+        print(f"sau-trainer run: error: {' '.join(bad_models)}", file=sys.stderr)
+        return 2
     if any(getattr(recipe, sec).args.get("disable_tqdm") for sec in ("train_target", "train_retain", "unlearn")):
         from ..progress import disable_bars
 
@@ -91,6 +95,25 @@ def main(args: argparse.Namespace) -> int:
                 f", {len(summary.not_selected)} not selected by --tasks" if summary.not_selected else "",
                 output_dir / "report.md")
     return 0
+
+
+def _hub_model_problems(recipe) -> list[str]:
+    """The Hub ids the recipe names that cannot be had (not cached, and the Hub offline, unreachable or without
+    them), found before any stage runs: one line, not a stage failing after a minute of retried requests."""
+    import os
+
+    from ..clitools import _looks_like_path, model_problem
+
+    named = [("model.name_or_path", recipe.model.name_or_path), ("model.tokenizer", recipe.model.tokenizer)]
+    named += [(f"{sec}.model", getattr(recipe, sec).model) for sec in ("train_target", "train_retain")
+              if not getattr(recipe, sec).enabled]
+    problems = []
+    for flag, name in named:
+        if name and not os.path.exists(os.path.expanduser(name)) and not _looks_like_path(name):
+            problem = model_problem(name, flag)
+            if problem:
+                problems.append(problem)
+    return problems
 
 
 def _dry_run(recipe, output_dir: Path, args=None) -> int:
