@@ -17,7 +17,7 @@ import logging
 import os
 from typing import Any
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sau_trainer.distributed")  # its name before the move: users and tests set its level
 
 FSDP, DEEPSPEED = "FSDP", "DEEPSPEED"
 DEEPSPEED_STAGES = (2, 3)

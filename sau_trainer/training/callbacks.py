@@ -14,7 +14,7 @@ from .masks import LazyMasks
 from .saliency import compute_saliency
 from .state import build_sau_state
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sau_trainer.callbacks")  # its name before the move: users and tests set its level
 
 
 def console_logs(logs: dict) -> dict:

@@ -33,7 +33,7 @@ from .sparsity_setup import optimizer_keeps_zeros
 from .state import SAUState
 from .update_mode import UpdateModeSteps
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sau_trainer.sparsity")  # its name before the move: users and tests set its level
 
 
 class SparsityCallback(TrainerCallback):

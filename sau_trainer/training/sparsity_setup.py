@@ -13,7 +13,7 @@ from ..core.prunable import Layout, check_trainable_weights, prunable_weights
 from .compensated import unwrap_optimizer
 from .masks import SparsityMasks
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sau_trainer.sparsity")  # its name before the move: users and tests set its level
 
 
 def resolve_sparsity_masks(

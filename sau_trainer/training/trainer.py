@@ -29,7 +29,7 @@ from .sparsity import SparsityPreserving
 from .sparsity_setup import resolve_sparsity_masks, zero_pruned_entries
 from .state import STATE_FILE, SAUState
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sau_trainer.trainer")  # its name before the move: users and tests set its level
 
 
 class _ObjectiveCallback(TrainerCallback):
