@@ -71,12 +71,12 @@ def project_zero_(moving, params: Mapping[str, torch.Tensor], masks) -> None:
         keep = moving.new_mask(name, full)
         full = full.masked_fill(~keep, 0.0)
         safe_set_full_fp32_param(p, full)
-        _write_model_copy(p, full)
+        write_model_copy(p, full)
         masks.replace(name, keep.cpu())
     moving.steps += 1
 
 
-def _write_model_copy(p: torch.Tensor, full: torch.Tensor) -> None:
+def write_model_copy(p: torch.Tensor, full: torch.Tensor) -> None:
     """The model's own copy of a parameter from its full fp32 value: ZeRO-3's flat partition of this rank (padded at
     the end of the last one), and the whole tensor where the rank holds it whole (ZeRO-2, or a ZeRO-3 parameter
     below ``stage3_param_persistence_threshold``, which stays gathered and is what the forward reads)."""

@@ -15,14 +15,13 @@ from .sparsity_setup import ZERO_KEEPING_OPTIMIZERS
 
 # Update mode under DeepSpeed ZeRO: the mechanical reason it is refused (SPEC section 2, "Where W acts").
 UPDATE_MODE_UNDER_ZERO = (
-    "sau_redistribution_target='update' cannot run under DeepSpeed ZeRO-2/3: update mode scales each selected "
-    "entry's optimizer step, p_old + W * (p_new - p_old), or, for one W per matrix, gives the matrix its own learning "
-    "rate. DeepSpeed's engine steps its own fp32 master partitions inside the backward: the learning-rate form needs "
-    "a parameter group per matrix, which ZeRO flattens when the engine is built, before the saliency pass gives W; "
-    "the step-scaling form needs p_old of every masked matrix at every step, read and written back through "
-    "DeepSpeed's full-parameter accessors (under ZeRO-3 a gather of the whole model per step, what ZeRO-3 exists to "
-    "avoid). Use sau_redistribution_target='grad', or update mode with FSDP2 (recipes/accelerate/fsdp2.yaml), DDP "
-    "or one process.")
+    "sau_redistribution_target='update' cannot run under DeepSpeed ZeRO-3: update mode scales each selected entry's "
+    "optimizer step, p_old + W * (p_new - p_old), and DeepSpeed's engine steps every matrix at once inside the "
+    "backward, so p_old of every masked matrix must be held through the step: under ZeRO-3 that is the whole model's "
+    "fp32 weights gathered on every rank at every step, the memory ZeRO-3 exists to avoid (a learning rate per matrix "
+    "is no way out: ZeRO flattens the parameter groups when the engine is built, before the saliency pass gives W). "
+    "Use ZeRO-2 (the model is whole on every rank there, and update mode works), FSDP2 "
+    "(recipes/accelerate/fsdp2.yaml), DDP or one process, or sau_redistribution_target='grad'.")
 
 
 class ParallelSteps:
@@ -85,7 +84,10 @@ class ParallelSteps:
                              "backward): leave it off (a non-finite step then raises TrainingDiverged), or use FSDP2, "
                              "DDP or one process.")
         if self._sau_update_mode():
-            raise ValueError(UPDATE_MODE_UNDER_ZERO)
+            from ..parallel.launch import deepspeed_stage
+
+            if deepspeed_stage(self) == 3:
+                raise ValueError(UPDATE_MODE_UNDER_ZERO)
         opt = self.optimizer
         for _ in range(4):  # accelerate's wrapper -> DeepSpeed's ZeRO optimizer -> the torch optimizer
             if getattr(opt, "optimizer", None) is None:
@@ -104,11 +106,49 @@ class ParallelSteps:
             # in the gradients)
             self._divergence.note_grad_norm(self._mask_gradients_deepspeed())
             self._step_is_finite()
-            return step(*args, **kwargs)
+            old = self._snapshot_zero_update()
+            out = step(*args, **kwargs)
+            if old:
+                self._scale_zero_update(old)
+            return out
 
         engine.step = masked_step
         self.backend = DeepSpeedBackend(engine, self.args.world_size, self.args.process_index)
         return True
+
+    @torch.no_grad()
+    def _snapshot_zero_update(self) -> dict[str, torch.Tensor]:
+        """``update`` mode under ZeRO-2, before the engine's step: the fp32 master weights of every parameter with a
+        ``W`` (whole, from DeepSpeed's accessor; every rank calls it in the same order)."""
+        if self.sau_state is None or not self._sau_update_mode():
+            return {}
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        params = self.masked_parameters()
+        return {n: safe_get_full_fp32_param(params[n]).clone() for n in self.sau_state.weights if n in params}
+
+    @torch.no_grad()
+    def _scale_zero_update(self, old: dict[str, torch.Tensor]) -> None:
+        """After the engine's step: ``p = p_old + W * (p - p_old)``, as one process does it (a scalar ``W`` of a plain
+        matrix scales the whole matrix's step, as its learning-rate scaling does there, decoupled weight decay
+        included; any other ``W`` the selected entries' step), written to the master partitions and the model."""
+        from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+
+        from ..core.fused import scale_update_
+        from ..parallel.weights import write_model_copy
+
+        params, state = self.masked_parameters(), self.sau_state
+        for name, o in old.items():
+            p = params[name]
+            new = safe_get_full_fp32_param(p).clone()
+            w = state.weight(name).to(new.device)
+            layout = self.layouts.get(name)
+            if w.numel() == 1 and not (layout and layout.experts):
+                new = o + w.float() * (new - o)
+            else:
+                scale_update_(new, o, state.planes(name, new.device), w)
+            safe_set_full_fp32_param(p, new)
+            write_model_copy(p, new)
 
     @torch.no_grad()
     def _mask_gradients_deepspeed(self) -> torch.Tensor | None:
