@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .objectives import OBJECTIVES
+from .objectives.params import check_objective_args
 from .precision import OPTIMIZER_CHOICES, POLICIES
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -81,6 +82,11 @@ class SAUConfig(TrainingArguments):
 
     objective: str = field(
         default="graddiff", metadata={"help": f"Unlearning objective, one of: {', '.join(OBJECTIVES)}."}
+    )
+    objective_args: dict = field(
+        default_factory=dict, metadata={"help": "Objectives' own settings, {objective: {param: value}}: the fields of "
+                                        "that objective class's `params` dataclass (a plugin's, e.g. "
+                                        "{'scaled_ga': {'scale': 0.5}}); it reads them as `self.params`."}
     )
     sau: bool = field(
         default=True,
@@ -308,6 +314,7 @@ class SAUConfig(TrainingArguments):
     def _validate_sau_fields(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective={self.objective!r} is not known; choose one of {sorted(OBJECTIVES)}.")
+        check_objective_args(self.objective_args, OBJECTIVES)  # each objective's `params`: once, here
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value not in allowed:
@@ -420,6 +427,8 @@ class SAUConfig(TrainingArguments):
                                                         "alternate_column", "alternate_prompt",
                                                         "alternate_max_new_tokens")
                          if getattr(self, k) != type(self).__dataclass_fields__[k].default}
+        if self.saliency_loss == "objective" and self.objective_args.get(self.objective):
+            settings["objective_args"] = {self.objective: self.objective_args[self.objective]}
         if self.objective == "rmu":  # RMU's trainable parameters are the saliency targets
             settings["rmu_trainable_params"] = self.rmu_trainable_params
         return settings

@@ -42,8 +42,14 @@ class Objective:
     default_retain_weight = 1.0
     default_retain_loss = "nll"
     trainable_names: set[str] | None = None  # set by `bind_model` to train only these parameters; None: all
+    #: the objective's own settings, a dataclass (fields with `help`); an instance is `self.params`, set from
+    #: ``SAUConfig(objective_args={name: {...}})`` (`objectives.params`)
+    params: Any = None
 
     def __init__(self, args: Any):
+        from .params import build_params
+
+        self.params = build_params(type(self), (getattr(args, "objective_args", None) or {}).get(self.name) or {})
         self.forget_weight = args.forget_weight if args.forget_weight is not None else self.default_forget_weight
         self.retain_weight = args.retain_weight if args.retain_weight is not None else self.default_retain_weight
         self.retain_loss = args.retain_loss or self.default_retain_loss

@@ -363,13 +363,14 @@ def training_estimate(counts: ModelCounts, precision: Precision, dist: Distribut
 
 def prune_estimate(counts: ModelCounts, dtype: str, method: str, num_samples: int, seq_len: int,
                    overhead: float = 0.0, offload: bool = False) -> Estimate:
-    """Pruning on the main process: the whole model in its dtype on one device (with `offload`, prune.offload:
-    one decoder block, the rest in CPU memory), the calibration inputs and outputs of one block (wanda,
-    sparsegpt: fp32), SparseGPT's Hessian and its inverse (fp32, the widest input), and a working copy of the
-    largest matrix."""
-    d = DTYPE_BYTES.get(dtype, 2)
-    calib = 0.0 if method == "magnitude" else 2 * num_samples * seq_len * counts.hidden * 4
-    hessian = 2 * counts.max_in_features ** 2 * 4 if method == "sparsegpt" else 0.0
+    """Pruning on the main process: the whole model in its dtype on one device (with `offload`: one decoder block),
+    the calibration inputs and outputs of one block (fp32) if the pruner (`PRUNERS[method].statistic`) calibrates,
+    a Hessian and its inverse (fp32, the widest input) if it needs one, and a working copy of the largest matrix."""
+    from ..pruning.registry import PRUNERS
+
+    d, statistic = DTYPE_BYTES.get(dtype, 2), PRUNERS[method].statistic
+    calib = 0.0 if statistic is None else 2 * num_samples * seq_len * counts.hidden * 4
+    hessian = 2 * counts.max_in_features ** 2 * 4 if statistic == "hessian" else 0.0
     work = counts.largest_matrix * 4
     weights = counts.largest_layer * d if offload else counts.total * d
     est = Estimate({"weights": weights, "activations": calib + hessian + work, "overhead": overhead})

@@ -108,8 +108,8 @@ class PruneSection:
     """Pruning the target model (and the retain model, as a forget-quality reference)."""
 
     enabled: bool = opt(True, "Prune. False: only dense runs.")
-    method: list[str] = opt(["magnitude", "wanda"], "Pruning methods (a grid axis): magnitude, wanda, sparsegpt.",
-                            choices=("magnitude", "wanda", "sparsegpt"))
+    method: list[str] = opt(["magnitude", "wanda"], "Pruning methods (a grid axis): keys of "
+                            "sau_trainer.pruning.PRUNERS (magnitude, wanda, sparsegpt, or a plugin's).")
     sparsity: list[float] = opt([0.5], "Target sparsities (a grid axis), each in [0, 1); ignored for N:M.")
     structure: str = opt("unstructured", "unstructured or N:M, e.g. '2:4'.")
     calibration_split: str = opt("full", "Benchmark split whose prompt+answer texts calibrate wanda/sparsegpt.")
@@ -245,6 +245,10 @@ class Recipe:
                                      "while the main process prunes or evaluates.")
     torch_threads: int | None = opt(None, "torch.set_num_threads for this run (None: torch's default). 1 is "
                                     "fastest for tiny models on a small or busy CPU.")
+    plugins: list[str] | None = opt(None, "Python files (.py, relative to the recipe file) or module names "
+                                    "imported before the recipe is checked, in every process: their "
+                                    "register_objective / register_pruner / register_benchmark entries are then "
+                                    "usable in the recipe (README: Plugins).")
     model: ModelSection = opt(None, "The model.", section=True)
     data: DataSection = opt(None, "The benchmark.", section=True)
     train_target: TrainSection = opt(None, "Training the target model.", section=True)
@@ -460,6 +464,9 @@ def _check(recipe: Recipe, errors: list[str]) -> None:
                           "leave it unset for the package's own set)")
     _check_sau_grid(u, errors)
     p = recipe.prune
+    from ..pruning.registry import PRUNERS
+
+    errors += [f"prune.method[{i}]: {_not_one_of(x, list(PRUNERS))}" for i, x in enumerate(p.method) if x not in PRUNERS]
     for i, s in enumerate(p.sparsity):
         if isinstance(s, float) and not 0 <= s < 1:
             errors.append(f"prune.sparsity[{i}]: must be in [0, 1), got {s!r}")
@@ -507,6 +514,8 @@ OBJECTIVE_ARG_FIELDS = tuple(f for f in TrainerSettings.__dataclass_fields__ if 
 
 def _check_objective_args(u: UnlearnSection, errors: list[str], objectives: dict) -> None:
     """unlearn.objective_args: known objectives; per key a section field (coerced in place) or an SAUConfig field."""
+    from ..objectives.params import param_fields
+
     hints = typing.get_type_hints(UnlearnSection)
     fields = UnlearnSection.__dataclass_fields__
     sau_names = _sau_config_names()
@@ -527,8 +536,8 @@ def _check_objective_args(u: UnlearnSection, errors: list[str], objectives: dict
                     lrs = over[key]
                     if any(isinstance(lr, float) and not lr > 0 for lr in lrs) or len(set(map(repr, lrs))) != len(lrs):
                         errors.append(f"{where}.learning_rate: values must be > 0 and distinct, got {lrs!r}")
-            elif key not in sau_names:
-                valid = sorted(set(OBJECTIVE_ARG_FIELDS) | set(sau_names))
+            elif key not in sau_names and key not in param_fields(objectives[obj]):  # SAUConfig checks values
+                valid = sorted(set(OBJECTIVE_ARG_FIELDS) | set(sau_names) | set(param_fields(objectives[obj])))
                 errors.append(f"unknown key '{where}.{key}'; {_closest(str(key), valid, where + '.')}")
 
 
@@ -539,8 +548,14 @@ def objective_settings(u_settings: dict, objective_args: dict, objective: str) -
     if not over:
         return u_settings, lrs
     out = dict(u_settings)
-    extra = {k: v for k, v in over.items() if k not in OBJECTIVE_ARG_FIELDS}
+    from ..objectives import OBJECTIVES
+    from ..objectives.params import param_fields
+
+    own = set(param_fields(OBJECTIVES[objective])) if objective in OBJECTIVES else set()
+    extra = {k: v for k, v in over.items() if k not in OBJECTIVE_ARG_FIELDS and k not in own}
     out.update({k: v for k, v in over.items() if k in OBJECTIVE_ARG_FIELDS})
+    if params := {k: v for k, v in over.items() if k in own}:  # the objective's params: SAUConfig.objective_args
+        extra["objective_args"] = {objective: params}
     if extra:
         out["args"] = {**u_settings.get("args", {}), **extra}
     return out, lrs
@@ -794,6 +809,10 @@ def validate(data: dict | None) -> Recipe:
     version = data.pop("version", RECIPE_VERSION)
     if version != RECIPE_VERSION:
         errors.append(f"version: this sau-trainer reads recipe version {RECIPE_VERSION}, got {version!r}")
+    from ..plugins import load_plugins
+
+    if problems := load_plugins(data.get("plugins")):  # before any name is checked: they register names
+        raise RecipeError("invalid recipe:\n  - " + "\n  - ".join(problems))
     _lift_sau_config_fields(data, errors)
     recipe = _build(Recipe, data, "", errors)
     guards.check_numbers(recipe, errors)  # NaN/inf: nothing below runs on them
@@ -823,7 +842,9 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     if data is not None and not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
     try:
-        return validate(apply_overrides(data or {}, overrides or []))
+        from ..plugins import resolve_paths
+
+        return validate(apply_overrides(resolve_paths(data or {}, path.parent), overrides or []))
     except RecipeError as err:
         raise RecipeError(f"{path}: {err}") from None
 

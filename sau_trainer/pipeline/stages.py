@@ -600,11 +600,15 @@ def default_splits(recipe: Recipe, role: str) -> list[str]:
 
 def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
     """The tasks of a recipe in an order that respects their dependencies (`load` gives the data if needed)."""
+    from ..plugins import plugin_fingerprints
+
     tasks: list[Task] = []
     fp = data_fingerprint(recipe, load)
     m, d = recipe.model, recipe.data
 
     def add(task: Task) -> Task:
+        if recipe.plugins and task.kind in ("prune", "unlearn", "attack"):  # only then: existing hashes unchanged
+            task.settings["plugins"] = plugin_fingerprints(recipe.plugins)  # a changed plugin recomputes
         tasks.append(task)
         return task
 

@@ -21,7 +21,12 @@ _DTYPES = ("auto", "float32", "bfloat16", "float16")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the ``prune`` subcommand."""
     parser.add_argument("--model", required=True, help="model directory or Hub id (must be available offline)")
-    parser.add_argument("--method", required=True, choices=sorted(PRUNERS), help="pruning method")
+    parser.add_argument("--method", required=True, metavar="METHOD",
+                        help=f"pruning method: a key of PRUNERS ({', '.join(sorted(PRUNERS))}, or one a --plugin "
+                             "registers)")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                        help="import this Python file or module first (repeatable): its register_pruner entries "
+                             "are then valid --method names (as a recipe's plugins:)")
     parser.add_argument("--sparsity", type=finite_float, default=None,
                         help="fraction of each matrix set to zero, in [0, 1) (default 0.5; implied by --structure N:M)")
     parser.add_argument("--structure", default="unstructured",
@@ -62,9 +67,13 @@ def main(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> None:
     """Every cheap check, before anything loads; all the problems found are named together."""
     from ..clitools import CommandError, device_problem, model_problem, output_dir_problem
+    from ..plugins import load_plugins
     from .nm import parse_structure, resolve_sparsity
 
-    problems = []
+    problems = load_plugins(getattr(args, "plugin", None) or [])
+    if args.method not in PRUNERS:
+        problems.append(f"--method {args.method!r} is not a registered pruner; choose one of {sorted(PRUNERS)} "
+                        "(or pass --plugin FILE that registers it).")
     out = args.output_dir
     bad_out = output_dir_problem(out)
     if bad_out:
@@ -81,7 +90,7 @@ def _check(args: argparse.Namespace) -> None:
         resolve_sparsity(args.sparsity, parse_structure(args.structure))
     except ValueError as err:
         problems.append(str(err))
-    if PRUNERS[args.method].statistic is not None and args.calibration is None:
+    if args.method in PRUNERS and PRUNERS[args.method].statistic is not None and args.calibration is None:
         problems.append(f"--method {args.method} needs --calibration (a text/jsonl file or a dataset directory).")
     for flag, path in (("--calibration", args.calibration), ("--eval-ppl", args.eval_ppl)):
         if path is not None and not os.path.exists(path):
