@@ -161,6 +161,10 @@ class UnlearnSection(TrainerSettings):
     eval_rows: int | None = opt(
         None, "Rows per split of the evaluations during unlearning, except the forget set's (kept whole, so forget "
         "quality is computed as in the final evaluation); default: every row.")
+    exclude: list[dict] | None = opt(
+        None, "Partial grid points left out of the grid, as in CI build matrices: [{model: dense, sau: true}] plans no "
+        "SAU run on the dense model. Keys: the grid's axes (model, objective, sau, learning_rate, seed, method and "
+        "sparsity of sparse runs, every SAUConfig field given as a list); other tasks keep their hashes.")
 
 
 @dataclass
@@ -463,6 +467,9 @@ def _check(recipe: Recipe, errors: list[str]) -> None:
             errors.append(f"{where}.idk_path: no file at {given['idk_path']!r} (one \"I don't know\" answer per line; "
                           "leave it unset for the package's own set)")
     _check_sau_grid(u, errors)
+    from .grid import check_exclude
+
+    check_exclude(recipe, objective_grids(u), errors)  # unlearn.exclude: partial points of this recipe's grid
     p = recipe.prune
     from ..pruning.registry import PRUNERS
 
@@ -569,7 +576,17 @@ def section_settings(u: UnlearnSection) -> dict:
     """The unlearn settings every run of the grid shares (trainer settings, sau_topk, sau_alpha, args)."""
     return {k: v for k, v in dataclasses.asdict(u).items()
             if k not in ("enabled", "model", "objective", "sau", "learning_rate", "seed", "then_prune",
-                         "retain_split", "objective_args", "eval_steps", "eval_max_new_tokens", "eval_rows")}
+                         "retain_split", "objective_args", "eval_steps", "eval_max_new_tokens", "eval_rows",
+                         "exclude")}
+
+
+def objective_grids(u: UnlearnSection) -> dict[str, tuple[list, list | None]]:
+    """Per known objective of the grid: its points of the SAUConfig axes (`grid_points`) and its learning rates."""
+    from ..objectives import OBJECTIVES
+
+    base = section_settings(u)
+    return {o: (grid_points(s), lrs) for o in u.objective if o in OBJECTIVES and isinstance(u.objective_args.get(o)
+            or {}, dict) for s, lrs in [objective_settings(base, u.objective_args, o)]}
 
 
 def _sau_config_fields() -> dict[str, dataclasses.Field]:

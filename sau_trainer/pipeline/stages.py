@@ -16,15 +16,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .grid import Start, grid_runs, start_axes
 from .schema import (
     Recipe,
     RecipeError,
     TrainerSettings,
     TrainSection,
     grid_name,
-    grid_points,
-    objective_settings,
-    section_settings,
+    objective_grids,
 )
 
 logger = logging.getLogger(__name__)
@@ -679,42 +678,35 @@ def plan(recipe: Recipe, load: Callable[[], dict] | None = None) -> list[Task]:
     bench = get_benchmark(d.benchmark)
     forget_split = d.forget_split
     unlearn_forget, retain_split = bench.unlearning_splits(forget_split, u.retain_split, d.subset)
-    u_settings = section_settings(u)
     from .trajectories import retain_eval_first, trajectory_settings
 
     traj = trajectory_settings(recipe)  # unlearn.eval_steps; None (off): no key, existing hashes unchanged
     runs = []  # (row name, task name, start, pid, target sparsity, objective, sau, lr, seed)
     point_settings: dict[str, dict] = {}  # run name -> its unlearn settings (the extra axes set to its values)
     if u.enabled:
-        starts = []
-        if "dense" in u.model:
-            starts.append(("dense", None, 0.0, refs["target"]))
+        starts = [Start("dense", None, 0.0, refs["target"], start_axes())] if "dense" in u.model else []
         if "sparse" in u.model:
-            starts += [(pid, pid, ts, f"task:models/finetuned+{pid}") for pid, _, _, ts in prunings]
-        for start, pid, ts, ref in starts:
-            for obj in u.objective:
-                obj_settings, obj_lrs = objective_settings(u_settings, u.objective_args, obj)
-                for sau in u.sau:
-                    for grid, point in grid_points(obj_settings):  # SAUConfig fields given as lists
-                        for lr in obj_lrs or u.learning_rate:
-                            for seed in u.seed:
-                                name = run_name(start, obj, sau, lr, seed, grid)
-                                settings = {**src_settings(ref), "objective": obj, "sau": sau,
-                                            "learning_rate": lr, "seed": seed, "unlearn": point,
-                                            "forget_split": unlearn_forget, "retain_split": retain_split,
-                                            "dtype": m.dtype, "data": fp}
-                                if defs := objective_definitions(obj, point.get("args") or {}):
-                                    settings["definitions"] = defs  # changed definitions: a new hash, recomputed
-                                if traj:
-                                    settings["trajectory"] = traj
-                                add(Task("unlearn", f"models/{name}", settings,
-                                         {**deps_of(ref, "source"), **tok_deps,
-                                          **({"retain_eval": "eval/retain"} if traj and refs["retain"] else {})}))
-                                point_settings[name] = point
-                                runs.append(dict(name=name, model="sparse" if pid else "dense",
-                                                 pruning=labels.get(pid), prune_id=pid, target_sparsity=ts,
-                                                 objective=obj, sau=sau, learning_rate=lr, seed=seed,
-                                                 **({"grid": grid} if grid else {})))
+            starts += [Start(pid, pid, ts, f"task:models/finetuned+{pid}", start_axes(method, sp, p.structure))
+                       for pid, method, sp, ts in prunings]
+        # every point of model x objective x sau x SAUConfig axes x learning rate x seed, less unlearn.exclude's
+        for r in grid_runs(u, starts, objective_grids(u), u.exclude):
+            obj, sau, lr, seed, grid, point, ref, pid = (r.objective, r.sau, r.learning_rate, r.seed, r.grid,
+                                                         r.settings, r.start.ref, r.start.pid)
+            name = run_name(r.start.name, obj, sau, lr, seed, grid)
+            settings = {**src_settings(ref), "objective": obj, "sau": sau, "learning_rate": lr, "seed": seed,
+                        "unlearn": point, "forget_split": unlearn_forget, "retain_split": retain_split,
+                        "dtype": m.dtype, "data": fp}
+            if defs := objective_definitions(obj, point.get("args") or {}):
+                settings["definitions"] = defs  # changed definitions: a new hash, recomputed
+            if traj:
+                settings["trajectory"] = traj
+            add(Task("unlearn", f"models/{name}", settings,
+                     {**deps_of(ref, "source"), **tok_deps,
+                      **({"retain_eval": "eval/retain"} if traj and refs["retain"] else {})}))
+            point_settings[name] = point
+            runs.append(dict(name=name, model="sparse" if pid else "dense", pruning=labels.get(pid), prune_id=pid,
+                             target_sparsity=r.start.target_sparsity, objective=obj, sau=sau, learning_rate=lr,
+                             seed=seed, **({"grid": grid} if grid else {})))
         # robustness attacks (evaluate.robustness) and the unlearn-then-prune check: pipeline/robustness.py
         from .robustness import plan_attacks
 
