@@ -155,6 +155,8 @@ def test_every_name_the_schema_planner_memory_estimate_and_cli_accept_comes_from
         def prune(self, weight, stat, sparsity, structure, **options):
             return weight, weight != 0, {}
 
+    register_benchmark(TofuStyleBenchmark("runtime-tofu", "TOFU's protocol on local files"))
+    assert validate({"model": {"shape": "tiny"}, "data": {"benchmark": "runtime-tofu"}}).data.benchmark == "runtime-tofu"
     recipe = {"model": {"shape": "tiny"}, "prune": {"method": ["runtime_pruner"]},
               "unlearn": {"objective": ["runtime_ga"], "sau": [True]}}
     tasks = plan(validate(recipe))  # the schema, then the planner
@@ -166,6 +168,8 @@ def test_every_name_the_schema_planner_memory_estimate_and_cli_accept_comes_from
     lines, _ = memory_report(validate(recipe), tasks, Distributed(), (2**40, "a test device"))
     text = "\n".join(lines)
     assert "models/finetuned+runtime_pruner-50" in text and "runtime_ga" in text
+    row = next(line for line in lines if "models/finetuned+runtime_pruner-50" in line).split()
+    assert float(row[7]) < 5  # activations in MiB: no calibration pass, its statistic is None (was 64.1)
     assert objective_label("runtime_ga") == "Run-time GA"
     argv = ["prune", "--model", str(tmp_path / "no-model"), "--output-dir", str(tmp_path / "o"), "--method"]
     assert cli_main([*argv, "runtime_pruner"]) == 2  # the model is missing; the method is fine
