@@ -168,11 +168,13 @@ def break_if_stale(path: Path, stale_s: float = STALE_S) -> bool:
         os.unlink(breaker)
 
 
-def acquire(path: Path, is_done, *, heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S,
-            poll_s: float = POLL_S, name: str = "") -> TaskLock | None:
-    """Wait until this process holds the lock at `path` (returned) or `is_done()` says another process finished
-    the task (None: reuse its output). Stale locks are broken on the way."""
-    waiting_since = None
+HELD = "held"  # claim(): another live process holds the lock
+
+
+def claim(path: Path, is_done, *, heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S) -> TaskLock | str | None:
+    """One attempt, without waiting: the lock (this process runs the task), None when `is_done()` says another
+    process finished the task (reuse its output), or `HELD` while another live process holds the lock. Stale
+    locks are broken on the way."""
     while True:
         if is_done():
             return None
@@ -182,11 +184,26 @@ def acquire(path: Path, is_done, *, heartbeat_s: float = HEARTBEAT_S, stale_s: f
                 lock.release()
                 return None
             return lock
-        if break_if_stale(path, stale_s):
-            continue
-        if waiting_since is None:
-            waiting_since = time.monotonic()
-            holder = read_lock(path) or {}
-            logger.info("%s: running in another process (pid %s on %s); waiting for it", name or path,
-                        holder.get("pid", "?"), holder.get("host", "?"))
-        time.sleep(poll_s)
+        if not break_if_stale(path, stale_s):
+            return HELD
+
+
+def holder_text(path: Path) -> str:
+    """``pid 12 on host`` of a lock's holder, for the log."""
+    holder = read_lock(path) or {}
+    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
+
+
+def acquire(path: Path, is_done, *, heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S,
+            poll_s: float | None = None, name: str = "") -> TaskLock | None:
+    """Wait until this process holds the lock at `path` (returned) or `is_done()` says another process finished
+    the task (None: reuse its output). Stale locks are broken on the way."""
+    waiting = False
+    while True:
+        got = claim(path, is_done, heartbeat_s=heartbeat_s, stale_s=stale_s)
+        if got is not HELD:
+            return got
+        if not waiting:
+            waiting = True
+            logger.info("%s: running in another process (%s); waiting for it", name or path, holder_text(path))
+        time.sleep(POLL_S if poll_s is None else poll_s)

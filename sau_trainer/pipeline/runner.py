@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from . import checksums, cleanup, diverged, locks
+from . import checksums, cleanup, diverged, locks, scheduling
 from .schema import Recipe, RecipeError, recipe_to_yaml
 from .stages import STAGES, Context, Task, plan
 
@@ -247,17 +247,6 @@ def _sync_ok(state, ok: bool, error: str | None, reason: str | None = None) -> t
     return box[0]
 
 
-def _sync_decision(state, run: bool) -> bool:
-    """Main process tells every process whether it holds the task's lock (run) or reuses another's output."""
-    if state is None or state.num_processes == 1:
-        return run
-    from accelerate.utils import broadcast_object_list
-
-    box = [run]
-    broadcast_object_list(box, from_process=0)
-    return bool(box[0])
-
-
 def run_recipe(recipe: Recipe, output_dir: str | os.PathLike, force: bool = False,
                state=None, tasks: str | list[str] | None = None) -> RunSummary:
     """Run every task of `recipe` into `output_dir`, skipping finished ones (all of them again with `force`).
@@ -310,19 +299,31 @@ def run_recipe(recipe: Recipe, output_dir: str | os.PathLike, force: bool = Fals
                 len(selected) - len(todo), len(todo), out, ctx.num_processes,
                 "es" if ctx.num_processes > 1 else "", getattr(state, "distributed_type", "single"))
     bad: dict[str, str] = {}  # diverged tasks and the tasks that read them -> the diverged task
-    for i, task in enumerate(planned, 1):
+
+    def blocker_of(task: Task) -> str | None:
+        return next((bad[d] for d in task.deps.values() if d in bad), None) if task.kind != "report" else None
+
+    def needs_claim(task: Task) -> bool:
+        return task.name in selected and task.name in todo and blocker_of(task) is None
+
+    def claim(task: Task):  # one lock per task across every run sharing the output directory
+        return locks.claim(locks.lock_path(ctx.task_dir(task.name)),
+                           lambda: finished(task) or recorded_diverged(task))
+
+    steps = scheduling.steps(state, ctx.is_main, planned, needs_claim, claim)
+    for i, (task, got) in enumerate(steps, 1):
         stage = STAGES[task.kind]
         final = ctx.task_dir(task.name)
         if task.name not in selected:
             summary.not_selected.append(task.name)
             continue
-        blocker = next((bad[d] for d in task.deps.values() if d in bad), None) if task.kind != "report" else None
+        blocker = blocker_of(task)
         if blocker is not None:  # reads a diverged model: cannot run (the report says so)
             bad[task.name] = blocker
             summary.blocked[task.name] = blocker
             logger.info("[%d/%d] %s: not run, %s diverged", i, len(planned), task.name, blocker)
             continue
-        if task.name not in todo:
+        if got == scheduling.NO_CLAIM:
             if recorded_diverged(task):
                 bad[task.name] = task.name
                 summary.diverged_before.append(task.name)
@@ -332,11 +333,8 @@ def run_recipe(recipe: Recipe, output_dir: str | os.PathLike, force: bool = Fals
             summary.skipped.append(task.name)
             logger.debug("[%d/%d] %s: cached (%s)", i, len(planned), task.name, task.hash)
             continue
-        lock = None
-        if ctx.is_main:  # one lock per task across every run sharing the output directory
-            lock = locks.acquire(locks.lock_path(final), lambda t=task: finished(t) or recorded_diverged(t),
-                                 name=task.name)
-        if not _sync_decision(state, lock is not None or not ctx.is_main):
+        lock = got if isinstance(got, locks.TaskLock) else None
+        if got is None:  # finished by another process (under its lock)
             if recorded_diverged(task):
                 bad[task.name] = task.name
                 summary.diverged_before.append(task.name)
