@@ -467,9 +467,10 @@ def _check(recipe: Recipe, errors: list[str]) -> None:
             errors.append(f"{where}.idk_path: no file at {given['idk_path']!r} (one \"I don't know\" answer per line; "
                           "leave it unset for the package's own set)")
     _check_sau_grid(u, errors)
-    from .grid import check_exclude
+    if u.exclude:  # partial points of this recipe's grid (pipeline/grid.py)
+        from .grid import check_exclude
 
-    check_exclude(recipe, objective_grids(u), errors)  # unlearn.exclude: partial points of this recipe's grid
+        check_exclude(recipe, objective_grids(u), errors)
     p = recipe.prune
     from ..pruning.registry import PRUNERS
 
