@@ -24,6 +24,9 @@ class _DropMessage(_logging.Filter):
 
 # DeepSpeed, when installed (transformers imports it), says on every CPU-only start that it fell back to the CPU.
 _logging.getLogger("DeepSpeed").addFilter(_DropMessage("Setting accelerator to CPU"))
+# transformers imports the `kernels` package (its Hub kernels), which says on every offline start that it skipped
+# a publisher check of a kernel repository; this package loads no Hub kernel, so that line is not its output.
+_logging.getLogger("kernels._internals.hf_hub").addFilter(_DropMessage("Skipping publisher trust check"))
 
 __version__ = "0.1.0"
 

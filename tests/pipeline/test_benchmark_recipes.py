@@ -18,7 +18,8 @@ DEMO = ROOT / "recipes/demo.yaml"
 @pytest.mark.parametrize("override, message", [
     ("data.benchmark=synthetic-musee", "data.benchmark: 'synthetic-musee' is not one of .*did you mean 'synthetic-muse'"),
     ("data.subset=news", "data: synthetic has no subset 'news' \\(it has no subsets\\)"),
-    ("data.preset=huge", "data: synthetic has no preset 'huge'; choose one of \\['tiny', 'demo', 'tofu'\\]"),
+    ("data.preset=huge", "data: synthetic has no preset 'huge'; choose one of \\['tiny', 'demo', 'tofu', 'study', "
+                         "'study-large'\\]"),
 ])
 def test_benchmark_options_are_validated_against_the_registry(override, message):
     with pytest.raises(RecipeError, match=message):
