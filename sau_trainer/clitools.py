@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -83,11 +84,16 @@ def _ask_hub(model: str) -> tuple[str, str]:
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
     from huggingface_hub.utils import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
-    kwargs = {}
-    if "retry_on_errors" in inspect.signature(get_hf_file_metadata).parameters:
-        kwargs["retry_on_errors"] = False  # the library's default; older versions never retry here
+    url = hf_hub_url(model, "config.json")
     try:
-        get_hf_file_metadata(hf_hub_url(model, "config.json"), timeout=constants.HF_HUB_ETAG_TIMEOUT, **kwargs)
+        if "retry_on_errors" in inspect.signature(get_hf_file_metadata).parameters:
+            get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT, retry_on_errors=False)
+        else:  # huggingface_hub < 1.0 retries a failed HEAD there (5 times, with backoff): one plain request
+            from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+            response = get_session().head(url, headers=build_hf_headers(), timeout=constants.HF_HUB_ETAG_TIMEOUT,
+                                          allow_redirects=False)
+            hf_raise_for_status(response)
     except GatedRepoError:
         return "gated", ""
     except RepositoryNotFoundError:
@@ -95,7 +101,9 @@ def _ask_hub(model: str) -> tuple[str, str]:
     except HfHubHTTPError as err:
         return "other", str(err)
     except Exception as err:  # no network, DNS, proxy, timeout: said once, not retried
-        return "unreachable", (" ".join(str(err).split()) or type(err).__name__)[:200]
+        text = " ".join(str(err).split()) or type(err).__name__
+        cause = re.search(r"\[Errno -?\d+\] [^'\")(]+", text)  # urllib3 wraps it: "MaxRetryError(...(Caused by"
+        return "unreachable", (cause.group(0).strip() if cause else text)[:200]
     return "ok", ""
 
 

@@ -64,7 +64,10 @@ def load_causal_lm(source: str, **kwargs):
 
     try:
         return AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except pickle.UnpicklingError as err:
+    except (pickle.UnpicklingError, OSError) as caught:
+        err = _unpickling_error(caught)  # transformers < 5 wraps it in an OSError
+        if err is None:
+            raise
         first = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line),
                      str(err).splitlines()[0] if str(err) else type(err).__name__)
         raise CheckpointError(
@@ -72,6 +75,19 @@ def load_causal_lm(source: str, **kwargs):
             "loads only safetensors checkpoints and plain-tensor pickles, and never runs code from a checkpoint. "
             "Convert the model to safetensors where you trust it (from_pretrained, then save_pretrained) and "
             "point to that copy.") from None
+
+
+def _unpickling_error(err: BaseException):
+    """The `pickle.UnpicklingError` that `err` is or was raised from (its cause or context chain), else None."""
+    import pickle
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, pickle.UnpicklingError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code")
