@@ -4,6 +4,8 @@ MUSE loading, and the benchmark registry."""
 from importlib import import_module
 from typing import Any
 
+from ..lazy import lazy_exports
+
 # Public name -> module, imported on first use: `sau-trainer eval --help` lists the options without torch.
 _EXPORTS = {
     "BENCHMARKS": "benchmarks",
@@ -28,16 +30,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    try:  # a submodule not imported yet, e.g. `package.module.name` after `import package`
-        return import_module(f".{name}", __name__)
-    except ModuleNotFoundError as err:
-        if err.name != f"{__name__}.{name}":
-            raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
