@@ -1,8 +1,6 @@
 """Data: QA tokenisation (the prompt format), tokenizers for small models, the built-in benchmarks, TOFU and
 MUSE loading, and the benchmark registry."""
 
-from importlib import import_module
-from typing import Any
 
 from ..lazy import lazy_exports
 

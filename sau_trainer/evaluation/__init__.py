@@ -1,7 +1,5 @@
 """Evaluation: pure metric functions, membership inference, the TOFU and MUSE evaluators, the results file."""
 
-from importlib import import_module
-from typing import Any
 
 from ..lazy import lazy_exports
 

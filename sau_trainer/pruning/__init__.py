@@ -9,7 +9,6 @@ model walking in `calibration`; which matrices are prunable is defined once, in 
 """
 
 import sys
-from importlib import import_module
 from types import ModuleType
 from typing import Any
 
