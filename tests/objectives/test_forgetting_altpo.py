@@ -3,14 +3,14 @@ memorised model forget, dense and 50% sparse, plain and SAU: the forget answers'
 retain term alone does by interference (GradDiff with forget_weight=0 under the same settings), the loss stays
 finite, pruned entries stay exactly zero and the retain NLL stays within 1 nat/token of its start.
 
-Settings as the idk/undial/ceu checks (forgetting_idk_undial_ceu.py): lr 3e-3, 16 steps of batch 4 over
+Settings as the idk/undial/ceu checks (forgetting.py): lr 3e-3, 16 steps of batch 4 over
 forget10 (20 rows), constant schedule, AdamW, clipping at 1. One fast case (sparse + SAU); the rest slow.
 """
 
 import math
 
 import pytest
-from forgetting_idk_undial_ceu import BATCH, LR, STEPS, answer_nll, control
+from forgetting import BATCH, LR, STEPS, answer_nll, control
 from sau_testing import make_trainer, qa
 
 from sau_trainer.data.alternates import attach_perturbed

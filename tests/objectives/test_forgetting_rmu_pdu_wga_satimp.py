@@ -3,7 +3,7 @@ SAU: the forget answers' NLL rises well beyond what the retain term alone does b
 forget_weight=0 under the same settings, the control run shared with the other objectives' checks), the loss
 stays finite, pruned entries stay exactly zero, and the retain NLL stays within 1 nat/token of its start.
 
-Settings (forgetting_idk_undial_ceu.py): lr 3e-3, 16 steps of batch 4 over forget10 (20 rows), constant
+Settings (forgetting.py): lr 3e-3, 16 steps of batch 4 over forget10 (20 rows), constant
 schedule, AdamW, clipping at 1. SatImp's token weight p^5 (1 - p) is about 0 on tokens the model is sure of,
 so on this fully memorised model it starts very slowly: for it only the direction is asserted (the forget NLL
 rises, by more than the control's).
@@ -18,7 +18,7 @@ One fast case per objective (sparse + SAU); the rest are marked slow.
 """
 
 import pytest
-from forgetting_idk_undial_ceu import control, run
+from forgetting import control, run
 
 OBJECTIVES = ("rmu", "pdu", "wga", "satimp")
 FAST = [(obj, True, True) for obj in OBJECTIVES]

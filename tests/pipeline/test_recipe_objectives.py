@@ -66,3 +66,21 @@ def test_an_idk_file_that_does_not_exist_is_rejected_with_the_recipe(tmp_path, w
         validate({**MINIMAL, "unlearn": {"objective": ["idkdpo"], **unlearn}})
     (tmp_path / "idk.jsonl").write_text("No idea.\n")
     validate({**MINIMAL, "unlearn": {"objective": ["idkdpo"], **unlearn}})
+
+def test_rmu_pdu_wga_satimp_fields_reach_their_runs():
+    over = {"rmu": {"rmu_layer": 1, "rmu_trainable_params": r"model\.layers\.1\..*", "rmu_steering_coeff": 6.5},
+            "pdu": {"pdu_epsilon": 0.3, "retain_weight": 100.0, "pdu_dual_lr": 5.0, "pdu_dual_update_upon": "epoch"},
+            "satimp": {"forget_weight": 1.0, "retain_weight": 0.1, "num_train_epochs": 5}}
+    recipe = validate({**MINIMAL, "unlearn": {"objective": ["rmu", "pdu", "wga", "satimp"], "objective_args": over}})
+    tasks = [t for t in plan(recipe) if t.kind == "unlearn"]
+    assert {t.settings["objective"] for t in tasks} == {"rmu", "pdu", "wga", "satimp"}
+    for t in tasks:
+        obj, args = t.settings["objective"], t.settings["unlearn"]["args"]
+        want = {k: v for k, v in over.get(obj, {}).items() if k != "num_train_epochs"}
+        assert args == want, obj
+    assert {t.settings["unlearn"]["num_train_epochs"] for t in tasks if t.settings["objective"] == "satimp"} == {5.0}
+
+
+def test_a_misspelled_objective_field_is_named():
+    with pytest.raises(RecipeError, match=r"unknown key 'unlearn.objective_args.rmu.rmu_layers'.*rmu_layer"):
+        validate({**MINIMAL, "unlearn": {"objective": ["rmu"], "objective_args": {"rmu": {"rmu_layers": 7}}}})

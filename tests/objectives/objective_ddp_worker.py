@@ -1,4 +1,4 @@
-"""Run by test_distributed_rmu_pdu.py under torchrun (2 CPU processes, gloo): a short RMU or PDU run per rank."""
+"""Run by test_objectives_ddp.py under torchrun (2 CPU processes, gloo): a short RMU or PDU run per rank."""
 
 import hashlib
 import json

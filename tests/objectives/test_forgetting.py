@@ -3,13 +3,13 @@ plain and SAU: the forget answers' NLL rises well beyond what the retain term al
 (GradDiff with forget_weight=0 under the same settings), the loss stays finite, pruned entries stay exactly
 zero, and where there is a retain term the retain NLL stays within 1 nat/token of its start.
 
-Settings (forgetting_idk_undial_ceu.py): lr 3e-3, 16 steps of batch 4 over forget10 (20 rows), constant
+Settings (forgetting.py): lr 3e-3, 16 steps of batch 4 over forget10 (20 rows), constant
 schedule, AdamW, clipping at 1. One fast case per objective (sparse + SAU, the full machinery); the other
 three combinations are marked slow.
 """
 
 import pytest
-from forgetting_idk_undial_ceu import control, run
+from forgetting import control, run
 
 # (objective, has a retain term at its defaults)
 OBJECTIVES = {"idkdpo": True, "idknll": True, "undial": False, "ceu": False}
