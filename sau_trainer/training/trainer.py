@@ -61,9 +61,10 @@ class SAUTrainer(SparsityPreserving, Trainer):
     Args:
         model: a causal LM whose prunable matrices are sparse (or dense).
         args: an `SAUConfig`.
-        forget_dataset / retain_dataset: rows with ``question``/``answer`` (loss on the answer and EOS)
-            or ``text`` (a `datasets.Dataset` or a list of dicts). The retain set is needed by objectives
-            with a retain term; one retain batch is drawn per forget batch, seeded per rank and step.
+        forget_dataset: rows with ``question``/``answer`` (loss on the answer and EOS) or ``text`` (a
+            `datasets.Dataset` or a list of dicts).
+        retain_dataset: rows as ``forget_dataset``'s, needed by objectives with a retain term; one retain
+            batch is drawn per forget batch, seeded per rank and step.
         processing_class: the tokenizer.
         sparsity_masks: a `SparsityMasks`, a path to a saved mask file, or None to infer them from the
             model's exact zeros.

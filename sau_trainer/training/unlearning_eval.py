@@ -98,7 +98,8 @@ class UnlearningEvaluationCallback(TrainerCallback):
         best: the metric that picks the best evaluation (None: no best model).
         mode: ``"max"`` (higher is better, e.g. forget quality) or ``"min"`` (e.g. forget ROUGE).
         utility: the utility metric the floor applies to.
-        utility_floor / utility_fraction: the floor, absolute or as a fraction of the step-0 utility (at most one).
+        utility_floor: the floor as an absolute utility (at most one of this and ``utility_fraction``).
+        utility_fraction: the floor as a fraction of the step-0 utility.
         load_best_model_at_end: load the best evaluation's weights when training ends (with `best`).
         metric_key_prefix: logged names are ``<prefix>_<metric>``.
 
