@@ -1,27 +1,32 @@
-"""The study of issue 17 (README "Does SAU help?"): run its recipes and print its verdict tables.
+"""The study (README "Does SAU help?"): run its recipes and print its verdict tables.
 
-    python benchmarks/study.py run [NAME ...] [--root outputs/study]   # run the study's recipes (all by default)
-    python benchmarks/study.py report [--root outputs/study]          # the tables, from the report.json files
-    python benchmarks/study.py list                                    # each part's command
+    python benchmarks/study.py run [NAME ...] [--root outputs/study] [--workers 2]   # run the study's parts
+    python benchmarks/study.py report [--root outputs/study]                          # the tables, from report.json
+    python benchmarks/study.py list                                                   # each part's command
 
 Each part is a committed recipe under ``recipes/study/`` plus overrides, run into ``ROOT/NAME``. ``run`` first
 hard-links the target, retain and pruned models (and their evaluations) of ``ROOT/base`` into the part's
 ``stages/`` folder: the stage cache checks each task's hash, so they are reused exactly where the settings
-match and recomputed otherwise (SPEC section 8: one output folder's cache keeps runs consistent).
+match and recomputed otherwise (SPEC section 8: one output folder's cache keeps runs consistent). ``--workers N``
+runs N processes on each part's output directory at once (``--tasks '*'``: each takes the tasks the others are
+not running).
 
-The tables follow SPEC section 7: for each seed, each side's curve over learning rates is read where its model
-utility falls to the floor (linear interpolation), the two sides are paired by seed, and the verdict comes
-from a 95% t interval of the paired difference (``sau_trainer.pipeline.comparisons.compare``). The floor is 90%
-of the *starting* model's utility (the pruned model before unlearning), so a pruned model that already lies
-below 90% of the dense model's utility still has a curve to read; ``--floor dense`` uses the dense finetuned
-model's utility as the report does. Forget quality is compared as log10 (higher: closer to the retain model),
-forget ROUGE as is (lower: more forgotten). A difference whose whole interval lies within +-0.001 is "same".
+The verdicts are the pipeline's own (report.json ``comparisons``, SPEC section 7): each method x seed pools the
+evaluations of all its runs (the trajectories: at step 0, every quarter of the run, at the end), its frontier
+(the most forgetting at utility >= u) is averaged over the utility band [0.85, 0.95] x the comparison's starting
+model's utility, the two methods are paired by seed, and the verdict comes from a 95% t interval of the paired
+difference; ``fragile`` marks a verdict that flips at a single floor inside the band or with one learning rate
+left out. ``report`` also re-reads every comparison of ``base`` on other grids (the first study's 4 rates, the 5
+rates that flipped its verdict), on seed subsets and on two other bands, and says whether its verdict holds.
+Forget quality is compared as log10 (higher: closer to the retain model), forget ROUGE as is (lower: more
+forgotten).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -33,42 +38,35 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the package of this checkout, also when run as a script from anywhere
 RECIPES = ROOT / "recipes" / "study"
 
-# name -> (recipe, overrides, what it measures). "base" holds the plain baseline every SAU variant is compared with.
+# name -> (recipe, overrides, what it measures). "base" holds the plain runs every SAU setting on the magnitude-70
+# model is compared with, and the dense plain runs (the sparsity penalty).
 PARTS: dict[str, tuple[str, list[str], str]] = {
+    "base": ("base.yaml", [], "NPO, magnitude 70%: plain and SAU (defaults), 7 learning rates; dense plain"),
+    "graddiff": ("base.yaml", ["unlearn.objective=[graddiff]", "unlearn.model=[sparse]",
+                               "unlearn.learning_rate=[3.0e-4,6.0e-4,1.0e-3,2.0e-3]"],
+                 "GradDiff, magnitude 70%: plain and SAU, 4 learning rates"),
+    "wanda": ("base.yaml", ["prune.method=[wanda]", "unlearn.model=[sparse]",
+                            "unlearn.learning_rate=[1.0e-4,3.0e-4,6.0e-4,1.0e-3]"],
+              "NPO, wanda 70% (a calibrated pruner): plain and SAU, 4 learning rates"),
     "capacity": ("capacity.yaml", [], "what pruning costs: magnitude/wanda/sparsegpt at 50/70/90%, no unlearning"),
-    "capacity-2of4": ("capacity.yaml", ["prune.structure=2:4"], "what 2:4 pruning costs"),
-    "base": ("base.yaml", [], "plain and SAU (k 0.3, alpha 0.1, grad mode, matrix scope); dense plain"),
+}
+# The first study's variants, one SAU setting changed at a time (SAU runs only, against base's plain runs); not run
+# by default (`run k0.1 ...` runs them).
+VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "k0.1": ("variant.yaml", ["unlearn.sau_topk=0.1"], "k = 0.1"),
-    "k0.5": ("variant.yaml", ["unlearn.sau_topk=0.5"], "k = 0.5"),
     "k1.0": ("variant.yaml", ["unlearn.sau_topk=1.0"], "k = 1.0 (every survivor, W only)"),
-    "alpha0.1-update": ("variant.yaml", ["unlearn.sau_alpha=0.1", "unlearn.sau_redistribution_target=update"],
-                        "alpha 0.1, update mode"),
     "alpha1-update": ("variant.yaml", ["unlearn.sau_alpha=1.0", "unlearn.sau_redistribution_target=update"],
                       "alpha 1, update mode"),
-    "alpha3-update": ("variant.yaml", ["unlearn.sau_alpha=3.0", "unlearn.sau_redistribution_target=update"],
-                      "alpha 3, update mode"),
     "row": ("variant.yaml", ["unlearn.sau_topk_scope=row", "unlearn.sau_redistribution=row"],
             "row scope (G and W per output row)"),
     "retain-aware": ("variant.yaml", ["unlearn.saliency_retain_aware=true"], "(a) retain-aware saliency"),
     "moving": ("variant.yaml", ["unlearn.sau=[false,true]", "unlearn.sau_moving_mask=matrix"],
                "(b) moving mask (plain and SAU)"),
     "mass0.5": ("variant.yaml", ["unlearn.sau_topk_mass=0.5"], "(c) adaptive k: half the saliency mass"),
-    "sparsity": ("base.yaml", ["prune.sparsity=[0.5,0.9]", "unlearn.model=[sparse]"],
-                 "magnitude 50% and 90%: plain and SAU"),
-    "pruners": ("base.yaml", ["prune.method=[wanda,sparsegpt]", "unlearn.model=[sparse]"],
-                "wanda and sparsegpt 70%: plain and SAU"),
-    "2of4": ("base.yaml", ["prune.structure=2:4", "unlearn.model=[sparse]"], "magnitude 2:4: plain and SAU"),
+    "capacity-2of4": ("capacity.yaml", ["prune.structure=2:4"], "what 2:4 pruning costs"),
 }
-# A second objective for the settings that looked best with NPO (same design; GradDiff's learning rates, chosen
-# from the demo so that the curves cross the floor).
-GRADDIFF = ["unlearn.objective=[graddiff]", "unlearn.learning_rate=[3.0e-4,6.0e-4,1.0e-3,2.0e-3]"]
-PARTS |= {
-    "graddiff": ("base.yaml", GRADDIFF, "GradDiff: plain and SAU; dense plain"),
-    "graddiff-k0.1": ("variant.yaml", [*GRADDIFF, "unlearn.sau_topk=0.1"], "GradDiff, k = 0.1"),
-    "graddiff-retain-aware": ("variant.yaml", [*GRADDIFF, "unlearn.saliency_retain_aware=true"],
-                              "GradDiff, (a) retain-aware saliency"),
-    "graddiff-mass0.5": ("variant.yaml", [*GRADDIFF, "unlearn.sau_topk_mass=0.5"], "GradDiff, (c) adaptive k 0.5"),
-}
+DEFAULT_PARTS = tuple(PARTS)
+PARTS |= VARIANTS
 # The GPU suite (recipes/study/gpu-llama-3.2-1b.yaml): the same parts on a 1B model, and bf16-kahan: the plain grid
 # with bf16 weights and Kahan-compensated AdamW instead of fp32 master weights (the sparsity penalty both ways).
 GPU_RECIPE = "gpu-llama-3.2-1b.yaml"
@@ -76,11 +74,6 @@ GPU_ONLY_PARTS = {"bf16-kahan": (GPU_RECIPE, ["unlearn.sau=[false]", "unlearn.lo
                                               "unlearn.compensated_optimizer=kahan_adamw"],
                                  "plain, bf16 weights with Kahan-compensated AdamW (vs fp32 master weights)")}
 SHARED_STAGES = ("tokenizer", "models/finetuned", "models/retain", "eval/finetuned", "eval/retain")
-# A difference whose whole 95% interval lies within +-SAME_MARGIN is reported as "same", whatever its sign: settings
-# that change almost nothing (k = 1 in grad mode, a mask that never moves) give runs that differ in the fourth decimal
-# with a tiny spread over seeds, and a bare t interval would call that "better" or "worse".
-SAME_MARGIN = 1e-3
-METRICS = (("forget_quality", "max", True, "log10 FQ"), ("forget_rouge", "min", False, "forget ROUGE"))
 
 
 def part(name: str, suite: str = "cpu") -> tuple[str, list[str], str]:
@@ -97,8 +90,10 @@ def part(name: str, suite: str = "cpu") -> tuple[str, list[str], str]:
     return GPU_RECIPE, overrides, what
 
 
-def suite_parts(suite: str) -> list[str]:
-    return list(PARTS) + (list(GPU_ONLY_PARTS) if suite == "gpu" else [])
+def suite_parts(suite: str, everything: bool = True) -> list[str]:
+    """The parts of a suite: every part (`everything`), else the ones `run` runs by default."""
+    parts = list(PARTS) if everything else list(DEFAULT_PARTS)
+    return parts + (list(GPU_ONLY_PARTS) if suite == "gpu" else [])
 
 
 def command(name: str, root: Path, suite: str = "cpu") -> list[str]:
@@ -128,103 +123,115 @@ def seed_cache(base: Path, out: Path) -> int:
     return linked
 
 
-def run(names: list[str], root: Path, suite: str = "cpu") -> None:
-    for name in names or suite_parts(suite):
+def run(names: list[str], root: Path, suite: str = "cpu", workers: int = 1) -> None:
+    for name in names or suite_parts(suite, everything=False):
         out = root / name
         for src in ("capacity", "base"):
             if src != name and (root / src).is_dir():
                 print(f"[{name}] linked {seed_cache(root / src, out)} stages of {root / src}", flush=True)
         start = time.time()
-        cmd = command(name, root, suite)
-        print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
-        rc = subprocess.run(cmd, cwd=ROOT).returncode
-        print(f"[{name}] exit {rc} after {time.time() - start:.0f} s", flush=True)
+        cmd = command(name, root, suite) + (["--tasks", "*"] if workers > 1 else [])
+        print(f"[{name}] {' '.join(cmd[1:])}" + (f" (x{workers} workers)" if workers > 1 else ""), flush=True)
+        procs = []
+        for i in range(workers):
+            procs.append(subprocess.Popen(cmd, cwd=ROOT))
+            if i + 1 < workers:
+                time.sleep(5)  # the first worker takes the first task's lock before the next one looks
+        rcs = [p.wait() for p in procs]
+        print(f"[{name}] exit {max(rcs)} after {time.time() - start:.0f} s", flush=True)
 
 
 # ----------------------------------------------------------------------------------------- tables
-def load_rows(root: Path) -> tuple[list[dict], dict[tuple, float]]:
-    """Every run row of every part (tagged with ``part``), and the starting models' utility by (pruning, sparsity)."""
-    rows, start_utility = [], {}
-    for name in [*PARTS, *GPU_ONLY_PARTS]:
-        path = root / name / "report.json"
-        if not path.is_file():
-            continue
-        report = json.loads(path.read_text())
-        rows += [dict(r, part=name) for r in report["runs"] if not r.get("unlearn_then_prune")]
-        for ref in report["references"]:
-            if ref["model"] == "finetuned":
-                start_utility[(ref["pruning"], ref["target_sparsity"])] = ref["metrics"]["model_utility"]
-    return rows, start_utility
+def load_report(root: Path, name: str) -> dict | None:
+    path = root / name / "report.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _fmt(x, digits=3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-FIXED_PLAIN_PARTS = ("base", "sparsity", "pruners", "2of4", "graddiff")  # whose plain runs are the fixed-mask baseline
+def _ci(c: dict) -> str:
+    ci = c.get("ci95")
+    return "n/a" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
-def _compare(a_rows: list[dict], b_rows: list[dict], floor: float) -> dict:
-    from sau_trainer.pipeline.comparisons import compare
-
-    ids_a, ids_b = {id(r) for r in a_rows}, {id(r) for r in b_rows}
-    out = {}
-    for metric, better, log, _ in METRICS:
-        res = compare(a_rows + b_rows, lambda r: id(r) in ids_a, lambda r: id(r) in ids_b, metric=metric,
-                      floor=floor, better=better, log=log)
-        ci = res.get("ci95")
-        if ci and res["paired_seeds"] >= 3 and -SAME_MARGIN <= ci[0] and ci[1] <= SAME_MARGIN:
-            res["verdict"] = "same"  # near-deterministic runs: a tiny interval off 0 is no practical difference
-        out[metric] = res
-    return out
+def _label(c: dict) -> str:
+    start = "dense" if c["pruning"] is None else f"{c['pruning']} {c['target_sparsity']:.0%}"
+    return f"{c['objective']}, {start}"
 
 
-def comparison_rows(rows: list[dict], start_utility: dict, floor_of: str) -> list[dict]:
-    """Every SAU setting (and plain with the moving mask) against the fixed-mask plain runs on the same pruned
-    model; then every sparse plain and SAU default against the dense plain runs (at the dense model's floor)."""
-    out = []
-    dense_u = start_utility.get((None, 0.0))
-    sparse = [r for r in rows if r["model"] == "sparse"]
-    for obj, pruning, sp in sorted({(r["objective"], r["pruning"], r["target_sparsity"]) for r in sparse}, key=str):
-        u0 = start_utility.get((pruning, sp)) if floor_of == "start" else dense_u
-        same = [r for r in sparse if r["pruning"] == pruning and r["target_sparsity"] == sp and r["objective"] == obj]
-        plain = [r for r in same if r["part"] in FIXED_PLAIN_PARTS and not r["sau"]]
-        if u0 is None or not plain:
-            continue
-        for part in sorted({r["part"] for r in same} - set(GPU_ONLY_PARTS), key=list(PARTS).index):
-            for sau in (True, False):
-                if part in FIXED_PLAIN_PARTS and not sau:
-                    continue
-                a_rows = [r for r in same if r["part"] == part and r["sau"] == sau]
-                if a_rows:
-                    label = ("SAU" if sau else "plain") + ("" if part in FIXED_PLAIN_PARTS else f" [{part}]")
-                    out.append({"start": f"{pruning} {sp:.0%}", "start_utility": u0, "setting": label,
-                                "objective": obj, "against": "plain", **_compare(a_rows, plain, 0.9 * u0)})
-                    sau_default = [r for r in same if r["part"] in FIXED_PLAIN_PARTS and r["sau"]]
-                    if sau and part not in FIXED_PLAIN_PARTS and sau_default:  # which choices matter
-                        out.append({"start": f"{pruning} {sp:.0%}", "start_utility": u0, "setting": label,
-                                    "objective": obj, "against": "SAU",
-                                    **_compare(a_rows, sau_default, 0.9 * u0)})
-    # the sparsity penalty: sparse runs against the dense plain runs of the same part (base, or bf16-kahan)
-    for dense_part in ("base", "graddiff", *GPU_ONLY_PARTS):
-        dense_plain = [r for r in rows if r["model"] == "dense" and not r["sau"] and r["part"] == dense_part]
-        if dense_u is None or not dense_plain:
-            continue
-        obj = dense_plain[0]["objective"]
-        parts = tuple(p for p in FIXED_PLAIN_PARTS if p != "graddiff") if dense_part == "base" else (dense_part,)
-        tag = "" if dense_part in ("base", "graddiff") else f" [{dense_part}]"
-        sparse_obj = [r for r in sparse if r["objective"] == obj]
-        for pruning, sp in sorted({(r["pruning"], r["target_sparsity"]) for r in sparse_obj}, key=str):
-            # one floor for both sides: the sparse start's (a pruned model below the dense floor never reaches it)
-            u0 = start_utility.get((pruning, sp)) if floor_of == "start" else dense_u
-            for sau in (False, True):
-                a_rows = [r for r in sparse_obj if r["pruning"] == pruning and r["target_sparsity"] == sp
-                          and r["sau"] == sau and r["part"] in parts]
-                if a_rows and u0 is not None:
-                    out.append({"start": f"{pruning} {sp:.0%}", "start_utility": u0, "objective": obj,
-                                "setting": ("SAU" if sau else "plain") + tag, "against": "dense plain" + tag,
-                                **_compare(a_rows, dense_plain, 0.9 * u0)})
-    return out
+def _verdict(c: dict) -> str:
+    v = c["verdict"]
+    return f"{v} (fragile)" if c.get("fragile") else v
+
+
+def comparison_lines(root: Path, names: list[str]) -> list[str]:
+    """One table row per comparison (pair of methods x forget metric) of every part's report.json."""
+    lines = ["| part | objective, start | a vs b | metric | a / b (band mean) | a - b [95% CI] | one step | verdict "
+             "| paired seeds |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        report = load_report(root, name)
+        for c in (report or {}).get("comparisons", []):
+            res = c.get("resolution") or {}
+            step = res.get("step")
+            lines.append(f"| {name} | {_label(c)} | {c['a']} vs {c['b']} | {c['metric']} | {_fmt(c['a_mean'])} / "
+                         f"{_fmt(c['b_mean'])} | {'n/a' if c['diff_mean'] is None else format(c['diff_mean'], '+.3f')} "
+                         f"{_ci(c)} | {_fmt(step)} | {_verdict(c)} | {c['paired_seeds']}/{c['seeds']} |")
+    return lines
+
+
+# Other readings of the same runs: the verdict must survive a different grid, floor and seed set.
+CHECKS: dict[str, dict] = {
+    "first study's 4 rates (1e-4, 3e-4, 6e-4, 1e-3)": {"lrs": (1e-4, 3e-4, 6e-4, 1e-3)},
+    "the 5 rates that flipped it (1e-4, 2e-4, 4.5e-4, 8e-4, 1e-3)": {"lrs": (1e-4, 2e-4, 4.5e-4, 8e-4, 1e-3)},
+    "seeds 0-2": {"seeds": (0, 1, 2)},
+    "seeds 2-4": {"seeds": (2, 3, 4)},
+    "band [0.80, 0.90]": {"band": (0.80, 0.90)},
+    "band [0.90, 0.98]": {"band": (0.90, 0.98)},
+}
+
+
+def _key(c: dict) -> tuple:
+    return (c["pruning"], c["target_sparsity"], c["objective"], c["a"], c["b"], c["metric"])
+
+
+def robustness_lines(root: Path, name: str = "base") -> list[str]:
+    """The comparisons of one part re-read on sub-grids, seed subsets and other bands (`CHECKS`): a verdict holds
+    when no reading gives the opposite decisive verdict."""
+    from sau_trainer.data.benchmarks import TOFU_REPORT
+    from sau_trainer.pipeline.frontier import DEFAULT_BAND
+    from sau_trainer.pipeline.report_verdicts import band_comparisons
+
+    report = load_report(root, name)
+    if not report or not report.get("comparisons"):
+        return []
+    spec = TOFU_REPORT  # every part runs the built-in benchmark (the TOFU protocol)
+    runs = [r for r in report["runs"] if not r.get("unlearn_then_prune") and not r.get("attack_of")]
+    main = {_key(c): c for c in report["comparisons"]}
+    readings: dict[str, dict] = {}
+    for label, check in CHECKS.items():
+        rows = [r for r in runs if ("lrs" not in check or any(math.isclose(r["learning_rate"], x, rel_tol=1e-6)
+                                                              for x in check["lrs"]))
+                and ("seeds" not in check or r["seed"] in check["seeds"])]
+        readings[label] = {_key(c): c for c in band_comparisons(rows, spec, check.get("band", DEFAULT_BAND))}
+    lines = [f"Each comparison of `{name}` re-read from the same runs (a - b, verdict):", "",
+             "| a vs b, metric | all (" + name + ") | " + " | ".join(readings) + " | holds |",
+             "|---|---|" + "---|" * len(readings) + "---|"]
+    for key, c in main.items():
+        cells, verdicts = [], [c["verdict"]]
+        for r in readings.values():
+            o = r.get(key)
+            if o is None or o["diff_mean"] is None:
+                cells.append("n/a")
+                continue
+            cells.append(f"{o['diff_mean']:+.3f} {_verdict(o)}")
+            verdicts.append(o["verdict"])
+        holds = not ("better" in verdicts and "worse" in verdicts)
+        lines.append(f"| {_label(c)}: {c['a']} vs {c['b']}, {c['metric']} | "
+                     f"{'n/a' if c['diff_mean'] is None else format(c['diff_mean'], '+.3f')} {_verdict(c)} | "
+                     + " | ".join(cells) + f" | {'yes' if holds else 'NO'} |")
+    return lines + [""]
 
 
 CAPACITY_COLUMNS = (("model utility", "model_utility"), ("forget ROUGE", "forget_rouge"),
@@ -251,38 +258,28 @@ def render_capacity(root: Path) -> list[str]:
     return lines + [""]
 
 
-def render(root: Path, floor_of: str = "start") -> str:
-    rows, start_utility = load_rows(root)
+def render(root: Path) -> str:
     capacity = render_capacity(root)
-    if not rows:
+    names = [n for n in [*PARTS, *GPU_ONLY_PARTS] if load_report(root, n) and load_report(root, n).get("comparisons")]
+    if not names:
         return "\n".join(capacity) or f"no report.json under {root}: run `python benchmarks/study.py run` first"
-    lines = capacity + [f"Utility floor: 90% of the {'starting (pruned) model' if floor_of == 'start' else 'dense finetuned model'}"
-             "'s model utility; mean over seeds where a curve reaches it; diff = setting - baseline, 95% t interval "
-             "over paired seeds.", ""]
-    lines.append("| objective | start (floor utility / 0.9) | setting | vs | log10 FQ: setting / base | diff [95% CI] | verdict "
-                 "| forget ROUGE: setting / base | diff [95% CI] | verdict | seeds |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
-    for c in comparison_rows(rows, start_utility, floor_of):
-        fq, fr = c["forget_quality"], c["forget_rouge"]
-
-        def cells(r):
-            ci = r.get("ci95")
-            ci_s = "n/a" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
-            return [f"{_fmt(r.get('a_mean'))} / {_fmt(r.get('b_mean'))}",
-                    f"{'n/a' if r.get('diff_mean') is None else format(r['diff_mean'], '+.3f')} {ci_s}", r["verdict"]]
-
-        lines.append("| " + " | ".join([c["objective"], f"{c['start']} ({c['start_utility']:.3f})", c["setting"], c["against"],
-                                        *cells(fq), *cells(fr), f"{fq['paired_seeds']}/{fq['seeds']}"]) + " |")
+    lines = capacity + ["Comparisons (report.json of each part): band mean of each method's frontier over [0.85, 0.95] "
+                        "x the starting model's utility, paired by seed; a - b with its 95% t interval; one step: the "
+                        "smallest move of the metric near the compared values (one forget example changing rank).",
+                        ""]
+    lines += comparison_lines(root, names) + [""]
+    for name in names:
+        lines += robustness_lines(root, name)
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("action", choices=("run", "report", "list"))
-    p.add_argument("names", nargs="*", help=f"parts to run (default: all of the suite): {', '.join(PARTS)}; gpu "
+    p.add_argument("names", nargs="*", help=f"parts to run (default: {', '.join(DEFAULT_PARTS)}; also {', '.join(VARIANTS)}); gpu "
                    f"also {', '.join(GPU_ONLY_PARTS)}")
     p.add_argument("--root", type=Path, default=ROOT / "outputs" / "study")
-    p.add_argument("--floor", choices=("start", "dense"), default="start")
+    p.add_argument("--workers", type=int, default=1, help="run: processes per part, sharing its output directory")
     p.add_argument("--suite", choices=("cpu", "gpu"), default="cpu",
                    help="cpu: the built-in benchmark's tiny Llama; gpu: recipes/study/gpu-llama-3.2-1b.yaml")
     a = p.parse_args(argv)
@@ -294,9 +291,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name:16s} {part(name, a.suite)[2]}\n    sau-trainer "
                   f"{' '.join(command(name, Path('outputs/study' + ('-gpu' if a.suite == 'gpu' else '')), a.suite)[3:])}")
     elif a.action == "run":
-        run(a.names, a.root, a.suite)
+        run(a.names, a.root, a.suite, a.workers)
     else:
-        print(render(a.root, a.floor))
+        print(render(a.root))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,10 @@ many (step, utility, forget metric) points instead of one, so which learning rat
   benchmark with every split except the forget set's cut to ``unlearn.eval_rows`` rows (the forget set, its
   perturbed/paraphrased versions and the holdout stay whole: forget quality and the membership attacks are computed
   as in the final evaluation), generating ``unlearn.eval_max_new_tokens`` tokens (default
-  ``evaluate.max_new_tokens``; TOFU's and MUSE's utility needs generated answers, so 0 is refused).
+  ``evaluate.max_new_tokens``; TOFU's and MUSE's utility needs generated answers, so 0 is refused). Under the TOFU
+  protocol the holdout split is left out unless ``unlearn.eval_membership_inference`` is true, so the
+  membership-inference attacks (about two thirds of an evaluation's time on the built-in benchmark, per-example
+  gradient norms included) are not run: no comparison reads them, and the final evaluation always runs them.
 - **Output.** ``trajectory.json`` in the unlearn task's directory: the list of evaluations (``step`` and the
   metrics), written by the main process; the report attaches it to the run's row as ``trajectory``.
 """
@@ -69,7 +72,8 @@ def trajectory_settings(recipe) -> dict | None:
     from .robustness import evaluation_settings
 
     return {"eval_steps": u.eval_steps, "max_new_tokens": _eval_tokens(recipe), "rows": u.eval_rows,
-            "evaluate": evaluation_settings(recipe.evaluate), "definitions": DEFINITIONS_VERSION}
+            "evaluate": evaluation_settings(recipe.evaluate), "definitions": DEFINITIONS_VERSION,
+            "membership_inference": bool(u.eval_membership_inference)}
 
 
 def retain_eval_first(tasks: list) -> None:
@@ -82,9 +86,12 @@ def retain_eval_first(tasks: list) -> None:
     tasks.insert(first, retain)
 
 
-def cut_benchmark(benchmark: dict, forget_split: str, rows: int | None) -> dict:
+def cut_benchmark(benchmark: dict, forget_split: str, rows: int | None, holdout: bool = True) -> dict:
     """The benchmark with every split cut to its first `rows` rows, except the forget set's (names starting with the
-    forget split, e.g. ``forget10_perturbed``) and the holdout (the membership attacks' non-members)."""
+    forget split, e.g. ``forget10_perturbed``) and the holdout (the membership attacks' non-members); without
+    `holdout`, the holdout splits are left out (TOFU then runs no membership-inference attack)."""
+    if not holdout:
+        benchmark = {k: v for k, v in benchmark.items() if not k.startswith("holdout")}
     if rows is None:
         return benchmark
 
@@ -104,7 +111,8 @@ def evaluation_callback(ctx, task, tokenizer):
     t = task.settings["trajectory"]
     e = t["evaluate"]
     forget_split = ctx.recipe.data.forget_split
-    data = cut_benchmark(ctx.benchmark, forget_split, t["rows"])
+    holdout = t.get("membership_inference", True) or ctx.bench.protocol != "tofu"
+    data = cut_benchmark(ctx.benchmark, forget_split, t["rows"], holdout=holdout)
     retain = ctx.task_dir(task.dep("retain_eval")) if "retain_eval" in task.deps else None
 
     def evaluate(model):
@@ -151,8 +159,10 @@ def trajectory_note(recipe) -> str | None:
     rows = ("every row" if u.eval_rows is None else
             f"the first {u.eval_rows} rows of each split except the forget set's (kept whole)")
     return (f"The frontiers use the evaluations during unlearning (unlearn.eval_steps: step 0, {every} and the last "
-            f"step), on {rows}, generating {_eval_tokens(recipe)} tokens; the tables below show the final "
-            "evaluations, which are not mixed into the frontiers (their utility may be computed on other rows).")
+            f"step), on {rows}, generating {_eval_tokens(recipe)} tokens"
+            + ("" if u.eval_membership_inference else ", without the membership-inference attacks")
+            + "; the tables below show the final evaluations, which are not mixed into the frontiers (their utility "
+            "may be computed on other rows).")
 
 
 __all__ = ["TRAJECTORY_FILE", "check_recipe", "cut_benchmark", "evaluation_callback", "read_trajectory",

@@ -38,11 +38,17 @@ def test_on_every_grid_run_evaluates_during_unlearning_after_the_retain_models_e
         assert traj["eval_steps"] == 3 and isinstance(traj["eval_steps"], int)  # an int stays optimizer steps
         assert traj["rows"] == 8 and traj["max_new_tokens"] == 24  # evaluate.max_new_tokens by default
         assert traj["evaluate"]["max_new_tokens"] == 24 and t.deps["retain_eval"] == "eval/retain"
+        assert traj["membership_inference"] is False  # off by default: a cheaper evaluation, said in the note
     fraction = plan(recipe(eval_steps=0.2, eval_max_new_tokens=8))
     traj = next(t for t in fraction if t.kind == "unlearn").settings["trajectory"]
     assert traj["eval_steps"] == 0.2 and traj["max_new_tokens"] == 8 and traj["rows"] is None
     note = trajectory_note(recipe(eval_steps=0.2, eval_rows=8))
     assert "every 0.2 of each run's steps" in note and "the first 8 rows of each split" in note
+    assert "without the membership-inference attacks" in note
+    with_mia = plan(recipe(eval_steps=3, eval_membership_inference=True))
+    traj_mia = next(t for t in with_mia if t.kind == "unlearn").settings["trajectory"]
+    assert traj_mia["membership_inference"] is True and traj_mia != traj  # its own task hash
+    assert "membership" not in trajectory_note(recipe(eval_steps=3, eval_membership_inference=True))
 
 
 @pytest.mark.parametrize("unlearn,message", [
@@ -63,3 +69,7 @@ def test_the_evaluation_cuts_every_split_but_the_forget_sets_and_the_holdout():
     assert {k: len(v) for k, v in cut.items()} == {"forget10": 20, "forget10_perturbed": 20, "holdout10": 20,
                                                    "retain_perturbed": 5, "real_authors_perturbed": 5}
     assert cut_benchmark(data, "forget10", None) is data
+    # without the membership attacks the holdout (their non-members) is left out, whatever the rows
+    assert set(cut_benchmark(data, "forget10", None, holdout=False)) == set(data) - {"holdout10"}
+    assert {k: len(v) for k, v in cut_benchmark(data, "forget10", 5, holdout=False).items()} == {
+        "forget10": 20, "forget10_perturbed": 20, "retain_perturbed": 5, "real_authors_perturbed": 5}
