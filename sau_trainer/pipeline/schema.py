@@ -161,6 +161,10 @@ class UnlearnSection(TrainerSettings):
     eval_rows: int | None = opt(
         None, "Rows per split of the evaluations during unlearning, except the forget set's (kept whole, so forget "
         "quality is computed as in the final evaluation); default: every row.")
+    eval_membership_inference: bool = opt(
+        False, "TOFU protocol: also run the membership-inference attacks (forget vs holdout answers, gradient norms "
+        "included) in each evaluation during unlearning. Off by default: they are about two thirds of an "
+        "evaluation's time and no comparison reads them; the final evaluation always runs them.")
     exclude: list[dict] | None = opt(
         None, "Partial grid points left out of the grid, as in CI build matrices: [{model: dense, sau: true}] plans no "
         "SAU run on the dense model. Keys: the grid's axes (model, objective, sau, learning_rate, seed, method and "
@@ -578,7 +582,7 @@ def section_settings(u: UnlearnSection) -> dict:
     return {k: v for k, v in dataclasses.asdict(u).items()
             if k not in ("enabled", "model", "objective", "sau", "learning_rate", "seed", "then_prune",
                          "retain_split", "objective_args", "eval_steps", "eval_max_new_tokens", "eval_rows",
-                         "exclude")}
+                         "eval_membership_inference", "exclude")}
 
 
 def objective_grids(u: UnlearnSection) -> dict[str, tuple[list, list | None]]:
