@@ -7,7 +7,6 @@ from .core.selection import (
     REDISTRIBUTIONS,
     SCOPES,
     _check_saliency,
-    _fraction,
     _selection_rows,
     _stable_desc_order,
     apply_sau_,
@@ -17,8 +16,8 @@ from .core.selection import (
     select_mass,
     select_topk,
     select_topk_global,
-    topk_count,
 )
+from .core.topk import _fraction, topk_count
 from .training.state import STATE_FILE, SAUState, _selected_range, build_sau_state
 
 __all__ = ["PARAM_W_CAP", "REDISTRIBUTIONS", "SCOPES", "STATE_FILE", "SAUState", "_check_saliency", "_fraction",

@@ -1,6 +1,6 @@
 """Moved (issue 24's layers): row shards to `sau_trainer.parallel.shards`, the threshold search to
-`sau_trainer.parallel.search`, the FSDP2 backend to `sau_trainer.parallel.backend`. This path stays and re-exports
-their names; `build_sharded_sau_state` is `sau.build_sau_state` with an FSDP2 backend (there is one build)."""
+`sau_trainer.core.topk` (one owner, for one process and for shards), the FSDP2 backend to
+`sau_trainer.parallel.backend`. This path stays and re-exports their names; `build_sharded_sau_state` is `sau.build_sau_state` with an FSDP2 backend (there is one build)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from collections.abc import Mapping
 import torch
 
 from .core.prunable import Layout
+from .core.topk import threshold_select
 from .parallel.backend import ShardedBackend
-from .parallel.search import threshold_select
 from .parallel.shards import RowShard, is_sharded, local, spans_ranks
 from .sau import SAUState, build_sau_state
 

@@ -20,27 +20,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from fractions import Fraction
 
 import torch
 
 from .prunable import PLAIN, Layout
+from .topk import threshold_select, topk_count
 
 SCOPES = ("matrix", "row", "global")
 REDISTRIBUTIONS = ("matrix", "row", "param", "none")
 PARAM_W_CAP = 10.0
-
-
-def _fraction(k: float) -> Fraction:
-    if not 0 < k <= 1:
-        raise ValueError(f"sau_topk must be in (0, 1], got {k}")
-    return Fraction(repr(float(k)))
-
-
-def topk_count(n: int, k: float) -> int:
-    """``ceil(k * n)`` with `k` taken as its decimal value (no float round-up surprises)."""
-    f = _fraction(k)
-    return -((-f.numerator * n) // f.denominator)
 
 
 def _stable_desc_order(values: torch.Tensor) -> torch.Tensor:
@@ -87,37 +75,15 @@ def select_topk_global(
 ) -> dict[str, torch.Tensor]:
     """Top ``ceil(k |S|)`` over all matrices together, ties by (matrix order, flat index).
 
-    Finds the threshold by a binary search over the float bit patterns (monotone for s >= 0),
-    one matrix at a time: no concatenated or masked copy of the saliencies is made. `surviving`
-    may be a lazy mapping that unpacks one mask per lookup.
+    The exact threshold search of `sau_trainer.core.topk` on one process (the same function the sharded backends
+    run with their reductions): no sorted, concatenated or masked copy of the saliencies is made. `surviving` may
+    be a lazy mapping that unpacks one mask per lookup; it is looked up again on every count.
     """
     names = list(saliency)
     for n in names:
         _check_saliency(saliency[n])
-    bits = {n: saliency[n].float().contiguous().view(torch.int32) for n in names}  # no copy for fp32
-
-    def count(b: int, strict: bool = False) -> int:
-        return sum(int(((bits[n] > b) if strict else (bits[n] >= b)).logical_and_(surviving[n]).sum()) for n in names)
-
-    quota = topk_count(sum(int(surviving[n].sum()) for n in names), k)
-    lo, hi = 0, 0x7F800000  # count(lo) >= quota: every saliency is >= +0.0
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if count(mid) >= quota:
-            lo = mid
-        else:
-            hi = mid - 1
-    out, remaining = {}, quota - count(lo, strict=True)
-    for n in names:
-        alive = surviving[n]
-        sel = (bits[n] > lo).logical_and_(alive)
-        ties = (bits[n] == lo).logical_and_(alive).reshape(-1)
-        if remaining > 0 and ties.any():
-            idx = ties.nonzero().squeeze(1)[:remaining]
-            sel.view(-1)[idx] = True
-            remaining -= idx.numel()
-        out[n] = sel
-    return out
+    (picked,) = threshold_select([[(saliency[n], lambda n=n: surviving[n]) for n in names]], k)
+    return dict(zip(names, picked, strict=True))
 
 
 def select_mass(

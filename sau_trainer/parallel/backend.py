@@ -5,7 +5,7 @@ the saliency pass all-reduces its sums, so building ``G`` and ``W`` asks nothing
 (`DataParallelBackend` only names itself). Under DeepSpeed ZeRO-2/3 the saliency pass reads DeepSpeed's full,
 reduced gradients on every rank (`DeepSpeedBackend`): the tensors are again whole and equal on every rank. Under
 FSDP2 a parameter is a row shard (`ShardedBackend`): a selection unit may span ranks, and then the sums and counts
-are all-reduced and the top-k is the exact threshold search of `sau_trainer.parallel.search`.
+are all-reduced and the top-k is the exact threshold search of `sau_trainer.core.topk`.
 
 The interface (every backend answers all of it):
 * ``local_rows(name, full)`` / ``gather(name, part)`` / ``full_shape(name, part)``: this rank's part of a full

@@ -7,7 +7,7 @@ when ``n`` is not divisible by the world size (torch.chunk's split). A `RowShard
 mask passes run on local shards with no communication.
 
 How SAU's selection and redistribution run on these shards with the one-process semantics: `sau.build_sau_state`
-with a `backend.ShardedBackend`, and `search.threshold_select` for the units that span ranks.
+with a `backend.ShardedBackend`, and `core.topk.threshold_select` for the units that span ranks.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ DDP that is `MovingMask.project_` on whole tensors. Here:
 
 * FSDP2 (`project_sharded_`): a unit within one rank's rows (an output row, a group of M inputs, an expert) is
   projected on the local rows with the same functions; a unit that spans ranks (a whole plain matrix) by the exact
-  threshold search over the shards' magnitudes (`parallel.search.threshold_select` with the unit's count as the
+  threshold search over the shards' magnitudes (`core.topk.threshold_select` with the unit's count as the
   quota; ties to the lower flat index, as `core.projection` breaks them). The new full mask is gathered to every
   rank (the saved mask file is one process's).
 * DeepSpeed ZeRO-2/3 (`project_zero_`): the optimizer's fp32 master copy is the weight that the next step starts
@@ -24,7 +24,7 @@ import torch
 from ..core.bits import pack_planes
 from ..core.projection import project_nm, project_topk
 from ..core.prunable import PLAIN
-from .search import threshold_select
+from ..core.topk import threshold_select
 from .shards import local
 
 

@@ -28,7 +28,7 @@ from ..core.selection import (
     select_topk,
     select_topk_global,
 )
-from ..parallel.search import threshold_select
+from ..core.topk import threshold_select
 
 STATE_FILE = "sau_state.safetensors"
 
@@ -153,7 +153,7 @@ def build_sau_state(
     `backend` (`sau_trainer.parallel.backend`; None: one process): under FSDP2 `saliency`, `surviving`, `retain`
     and `candidates` hold this rank's rows of every parameter. A unit within one rank's rows (an output row, an
     expert) is selected locally; a unit that spans ranks by the exact threshold search over shards
-    (`parallel.search.threshold_select`), or, for `mass` (a cumulative sum in the ``(-s, index)`` order, which a
+    (`core.topk.threshold_select`), or, for `mass` (a cumulative sum in the ``(-s, index)`` order, which a
     search over shards would reproduce only up to the float64 summation order), by `select_mass` on the unit
     gathered to every rank, one parameter at a time. The retain mean of `retain_aware_score` and the sums of ``W``
     are all-reduced. Every rank gets the full state (on the CPU), equal to one process's.
