@@ -45,8 +45,8 @@ import re
 import torch
 from torch import nn
 
+from ..core.prunable import decoder_layers
 from ..data.qa import IGNORE_INDEX
-from ..masks import decoder_layers
 from .base import Objective
 from .losses import mean_token_nll, sequence_nll
 
