@@ -23,8 +23,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import torch
+import torch.distributed as dist
 
 from ..core.prunable import Layout
+from .shards import local, spans_ranks
 
 
 class Backend:
@@ -116,8 +118,6 @@ class ShardedBackend(Backend):
 
     @staticmethod
     def _local_grad(p: torch.Tensor) -> torch.Tensor | None:
-        from .shards import local
-
         return None if p.grad is None else local(p.grad.detach())
 
     def local_rows(self, name, full):
@@ -130,16 +130,12 @@ class ShardedBackend(Backend):
         return tuple(self.shards[name].shape)
 
     def spans(self, name, layout, ndim, unit):
-        from .shards import spans_ranks
-
         return spans_ranks(layout, ndim, unit)
 
     def _device(self, t: torch.Tensor):
         return t.device if self.device is None else torch.device(self.device)
 
     def all_reduce_sum(self, t):
-        import torch.distributed as dist
-
         dev = self._device(t)
         moved = t if t.device == dev else t.to(dev)
         dist.all_reduce(moved, op=dist.ReduceOp.SUM, group=self.group)
@@ -148,8 +144,6 @@ class ShardedBackend(Backend):
         return t
 
     def all_gather(self, t):
-        import torch.distributed as dist
-
         send = t.to(self._device(t)).contiguous()
         bufs = [torch.empty_like(send) for _ in range(self.world)]
         dist.all_gather(bufs, send, group=self.group)

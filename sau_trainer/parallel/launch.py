@@ -17,6 +17,9 @@ import logging
 import os
 from typing import Any
 
+from accelerate.state import PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
 logger = logging.getLogger("sau_trainer.distributed")  # its name before the move: users and tests set its level
 
 FSDP, DEEPSPEED = "FSDP", "DEEPSPEED"
@@ -55,9 +58,6 @@ def enable_fsdp_on_cpu(trainer: Any, requested: str | None) -> bool:
 
     Only when FSDP was asked for, the processes are CPU ones forming a data-parallel group (``MULTI_CPU``) and no
     FSDP plugin is active. Returns whether it changed the accelerator."""
-    from accelerate.state import PartialState
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-
     acc = trainer.accelerator
     if requested != FSDP or acc.distributed_type != DistributedType.MULTI_CPU:
         return False
@@ -79,8 +79,6 @@ def enable_fsdp_on_cpu(trainer: Any, requested: str | None) -> bool:
 
 def check_distributed_type(trainer: Any, requested: str | None) -> None:
     """Raise when the Trainer's accelerator runs something other than the requested FSDP2 or DeepSpeed ZeRO-2/3."""
-    from accelerate.utils import DistributedType
-
     acc = trainer.accelerator
     got = acc.distributed_type
     got_name = getattr(got, "name", str(got))
@@ -113,8 +111,6 @@ def check_distributed_type(trainer: Any, requested: str | None) -> None:
 
 def check_supported(trainer: Any) -> None:
     """Refuse sharded setups that the masking does not handle: FSDP1 and DeepSpeed stages other than 2 and 3."""
-    from accelerate.utils import DistributedType
-
     acc = trainer.accelerator
     if acc.distributed_type == DistributedType.FSDP:
         version = getattr(acc.state.fsdp_plugin, "fsdp_version", 1)

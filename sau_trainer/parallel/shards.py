@@ -19,14 +19,15 @@ import torch.distributed as dist
 
 from ..core.prunable import Layout
 
+try:  # public since torch 2.5; FSDP2 (the only user of sharded tensors here) needs a newer torch anyway
+    from torch.distributed.tensor import DTensor, Shard
+except ImportError:  # pragma: no cover - torch without DTensor: no tensor is sharded
+    DTensor = Shard = None
+
 
 def is_sharded(t) -> bool:
     """True for a DTensor (a sharded parameter or gradient)."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - torch without DTensor
-        return False
-    return isinstance(t, DTensor)
+    return DTensor is not None and isinstance(t, DTensor)
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
@@ -47,8 +48,6 @@ class RowShard:
 
     @classmethod
     def of(cls, name: str, p: torch.Tensor) -> RowShard:
-        from torch.distributed.tensor import Shard
-
         mesh, placements = p.device_mesh, tuple(p.placements)
         if mesh.ndim != 1 or placements != (Shard(0),):
             raise ValueError(

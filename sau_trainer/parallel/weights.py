@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.distributed as dist
 
 from ..core.bits import pack_planes
 from ..core.projection import project_nm, project_topk
@@ -82,8 +83,6 @@ def write_model_copy(p: torch.Tensor, full: torch.Tensor) -> None:
     below ``stage3_param_persistence_threshold``, which stays gathered and is what the forward reads)."""
     part = getattr(p, "ds_tensor", None)
     if part is not None:
-        import torch.distributed as dist
-
         rank = dist.get_rank(group=getattr(p, "ds_process_group", None))
         n = part.numel()
         seg = full.reshape(-1)[rank * n : rank * n + n]

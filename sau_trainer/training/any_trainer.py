@@ -8,8 +8,12 @@ from typing import Any
 
 import torch
 
+from ..data.qa import QACollator, tokenize_rows
+from ..objectives import forward_nll
+from ..objectives.losses import mean_token_nll
 from .masks import LazyMasks, SparsityMasks
 from .precision import apply_precision_plan, check_precision
+from .saliency import compute_saliency
 from .sparsity import SparsityPreserving
 from .sparsity_setup import resolve_sparsity_masks, zero_pruned_entries
 from .state import SAUState, build_sau_state
@@ -64,9 +68,6 @@ def compute_sau_state(
     ``text``): the SAU selection that `SAUTrainer` makes at train start, for use with any Trainer through
     `sparsity_preserving` (``sau_state=...``). The saliency loss is the forget answers' NLL; the model is left
     as it was found."""
-    from ..data.qa import QACollator, tokenize_rows
-    from .saliency import compute_saliency
-
     params, layouts, masks = resolve_sparsity_masks(model, sparsity_masks, "compute_sau_state")
     rows = tokenize_rows(forget_dataset, tokenizer, max_length, name="forget set", model=model)
     collate = QACollator(tokenizer)
@@ -75,9 +76,6 @@ def compute_sau_state(
                for i in range(0, len(rows), batch_size))
 
     def loss_fn(m, batch):
-        from ..objectives import forward_nll
-        from ..objectives.losses import mean_token_nll
-
         return mean_token_nll(*forward_nll(m, batch)[:2])
 
     saliency = compute_saliency(model, batches, loss_fn, params, granularity=granularity, show_progress=False)

@@ -10,6 +10,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ..objectives import forward_nll
 from ..objectives.losses import mean_token_nll
+from ..progress import log_metrics
 from .masks import LazyMasks
 from .saliency import compute_saliency
 from .state import build_sau_state
@@ -27,8 +28,6 @@ def console_logs(logs: dict) -> dict:
 class _ConsolePrinter(PrinterCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):  # a log line, not a dict printed on stdout
         if state.is_local_process_zero:
-            from ..progress import log_metrics
-
             log_metrics(console_logs(logs or {}), state.global_step)
 
 

@@ -9,7 +9,11 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
+
+from ..parallel.shards import is_sharded, local
 
 
 def numeric_metrics(raw: Any) -> tuple[dict[str, float], list[str]]:
@@ -33,12 +37,7 @@ def numeric_metrics(raw: Any) -> tuple[dict[str, float], list[str]]:
 def rng_state() -> dict:
     """Every random state an evaluation could draw from (restored by `set_rng_state`)."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    try:
-        import numpy as np
-
-        state["numpy"] = np.random.get_state()
-    except ImportError:  # pragma: no cover - numpy comes with transformers
-        pass
+    state["numpy"] = np.random.get_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -49,8 +48,6 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     if "numpy" in state:
-        import numpy as np
-
         np.random.set_state(state["numpy"])
     if "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -58,8 +55,6 @@ def set_rng_state(state: dict) -> None:
 
 def world() -> tuple[int, int]:
     """``(rank, world size)``: ``(0, 1)`` in one process."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -70,8 +65,6 @@ def agree(metrics: dict[str, float]) -> dict[str, float]:
     rank, size = world()
     if size == 1:
         return metrics
-    import torch.distributed as dist
-
     box = [metrics if rank == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -91,15 +84,11 @@ def reshard(model: torch.nn.Module) -> None:
 
 def model_is_sharded(model: torch.nn.Module) -> bool:
     """True when a parameter of `model` is an FSDP2 shard."""
-    from ..parallel.shards import is_sharded
-
     return any(is_sharded(p) for p in model.parameters())
 
 
 def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and buffer of `model` by name, as the local shard under FSDP2 (sharing storage)."""
-    from ..parallel.shards import local
-
     out = {f"param:{n}": local(p.detach()) for n, p in model.named_parameters()}
     out.update({f"buffer:{n}": local(b) for n, b in model.named_buffers() if b is not None})
     return out

@@ -13,7 +13,10 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 
+import safetensors
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from ..core.bits import from_planes, pack_planes, to_planes, unpack_planes
@@ -240,8 +243,6 @@ class SparsityMasks:
     # ---- files
     def save(self, path: str | os.PathLike) -> str:
         """Save to a safetensors file (a directory gets ``sparsity_masks.safetensors``); returns the file path."""
-        from safetensors.torch import save_file
-
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, MASKS_FILE)
@@ -254,9 +255,6 @@ class SparsityMasks:
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> SparsityMasks:
         """Load masks saved by `save` (a file or a directory holding one); validate against `model` if given."""
-        import safetensors
-        from safetensors import safe_open
-
         safetensors_error = getattr(safetensors, "SafetensorError", OSError)
         path = os.fspath(path)
         if os.path.isdir(path):

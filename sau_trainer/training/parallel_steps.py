@@ -8,9 +8,13 @@ from __future__ import annotations
 import torch
 
 from ..core.bits import pack_planes
-from ..core.fused import where_many_
+from ..core.fused import scale_update_, where_many_
 from ..core.prunable import prunable_weights
+from ..core.selection import apply_sau_
 from ..parallel.backend import DeepSpeedBackend, ShardedBackend
+from ..parallel.launch import deepspeed_stage
+from ..parallel.shards import RowShard, is_sharded, local
+from ..parallel.weights import write_model_copy
 from .sparsity_setup import ZERO_KEEPING_OPTIMIZERS
 
 # Update mode under DeepSpeed ZeRO: the mechanical reason it is refused (SPEC section 2, "Where W acts").
@@ -36,8 +40,6 @@ class ParallelSteps:
         """At train start, once the model is prepared: if its parameters are FSDP2 shards, keep the local rows of
         ``M`` (and of ``G`` and ``W``) on the device as bit planes; the full masks stay on the CPU for the files
         and `sau_state.mask`. Returns whether the model is sharded."""
-        from ..parallel.shards import RowShard, is_sharded, local
-
         if not self.is_fsdp_enabled:
             return False
         self._refresh_parameters()
@@ -55,8 +57,6 @@ class ParallelSteps:
 
     def _localize_state(self) -> None:
         """The local rows of ``G`` (bit planes) and ``W`` of the attached SAU state (full, on the CPU)."""
-        from ..parallel.shards import local
-
         state = self.sau_state
         if not self._shards or state is None or self._localized_state is state:
             return
@@ -84,8 +84,6 @@ class ParallelSteps:
                              "backward): leave it off (a non-finite step then raises TrainingDiverged), or use FSDP2, "
                              "DDP or one process.")
         if self._sau_update_mode():
-            from ..parallel.launch import deepspeed_stage
-
             if deepspeed_stage(self) == 3:
                 raise ValueError(UPDATE_MODE_UNDER_ZERO)
         opt = self.optimizer
@@ -134,9 +132,6 @@ class ParallelSteps:
         included; any other ``W`` the selected entries' step), written to the master partitions and the model."""
         from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
 
-        from ..core.fused import scale_update_
-        from ..parallel.weights import write_model_copy
-
         params, state = self.masked_parameters(), self.sau_state
         for name, o in old.items():
             p = params[name]
@@ -156,8 +151,6 @@ class ParallelSteps:
         give (gathered under ZeRO-3; every rank calls them in the same order), written back to its partitions.
         Returns the norm of those gradients before masking (for `DivergenceGuard`), None if there were none."""
         from deepspeed.utils import safe_get_full_grad, safe_set_full_grad
-
-        from ..core.selection import apply_sau_
 
         state = self.sau_state
         masked = self.masked_parameters() if state is not None else {}
@@ -181,8 +174,6 @@ class ParallelSteps:
 
     @torch.no_grad()
     def _mask_gradients_sharded(self) -> None:
-        from ..parallel.shards import local
-
         if self.sau_state is None:
             if self.moving_mask is None:
                 where_many_((local(p.grad), self._local_m[n], None) for n, p in self._prunable.items()

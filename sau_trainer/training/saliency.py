@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.saliency import accumulate_, mean_, split_examples
+from ..parallel.shards import local
 from ..progress import show_progress as show_bar
 
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
@@ -113,8 +114,6 @@ def compute_saliency(
         raise ValueError(f"saliency_granularity must be 'batch' or 'example', got {granularity!r}")
     targets = {id(p): name for name, p in params.items()}
     if sharded_grads is not None:
-        from ..parallel.shards import local
-
         saliency = {}  # made at the first gradient: its shape is the gradient's (ZeRO-3 parameters are empty)
     else:
         saliency = {name: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for name, p in params.items()}
@@ -168,8 +167,6 @@ def compute_saliency(
                             for p in model.parameters():
                                 p.grad = None
         if sharded_grads is not None:
-            from ..parallel.shards import local
-
             for name, p in params.items():  # never reached by a gradient: zero saliency of the gradient's shape
                 if name not in saliency:
                     shape = getattr(p, "ds_shape", None) or local(p).shape

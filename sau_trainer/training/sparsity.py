@@ -24,8 +24,15 @@ from transformers import TrainerCallback
 from ..core.fused import scale_update_, where_many_
 from ..core.prunable import Layout
 from ..parallel.backend import Backend, DataParallelBackend
+from ..parallel.launch import (
+    check_distributed_type,
+    check_request,
+    enable_fsdp_on_cpu,
+    requested_distributed_type,
+)
 from ..parallel.shards import local
-from ..progress import bars_off
+from ..parallel.weights import project_sharded_, project_zero_
+from ..progress import bars_off, log_once
 from .divergence import DivergenceChecks, DivergenceGuard
 from .masks import SparsityMasks
 from .parallel_steps import ParallelSteps
@@ -109,13 +116,6 @@ class SparsityPreserving(ParallelSteps, UpdateModeSteps, DivergenceChecks):
     def create_accelerator_and_postprocess(self) -> None:
         """The Trainer's accelerator, then FSDP on CPU processes where it was asked for and accelerate fell back
         to DDP, and a clear error when the distributed type differs from the one asked for."""
-        from ..parallel.launch import (
-            check_distributed_type,
-            check_request,
-            enable_fsdp_on_cpu,
-            requested_distributed_type,
-        )
-
         requested = requested_distributed_type(self.args)
         check_request(self.args, requested)
         super().create_accelerator_and_postprocess()
@@ -171,8 +171,7 @@ class SparsityPreserving(ParallelSteps, UpdateModeSteps, DivergenceChecks):
         if getattr(self, "_rezero_for", (None, True))[0] != key:
             keeps = optimizer is not None and optimizer_keeps_zeros(optimizer)
             self._rezero_for = (key, not keeps)
-            from ..progress import log_once  # once per process: a grid trains many models alike
-
+            # once per process: a grid trains many models alike
             log_once(logger, logging.INFO, "Re-zero after each optimizer step: %s.",
                         "skipped (the optimizer leaves zero-gradient entries exactly where they are)" if keeps
                         else "on (the optimizer is not known to leave zero-gradient entries in place)")
@@ -202,12 +201,8 @@ class SparsityPreserving(ParallelSteps, UpdateModeSteps, DivergenceChecks):
     def _project_moving_mask(self) -> None:
         """The moving mask's projection after a step, where the weights live (`sau_trainer.parallel.weights`)."""
         if self.backend.steps_in_backward:
-            from ..parallel.weights import project_zero_
-
             project_zero_(self.moving_mask, self._prunable, self.sparsity_masks)
         elif self.backend.sharded:
-            from ..parallel.weights import project_sharded_
-
             self._local_m.update(project_sharded_(self.moving_mask, self._prunable, self.sparsity_masks, self.backend))
         else:
             self.moving_mask.project_(self._prunable, self.sparsity_masks)

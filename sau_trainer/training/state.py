@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..core.bits import from_planes, pack_bool, pack_planes, to_planes, unpack_bool, unpack_planes
 from ..core.prunable import PLAIN, Layout
@@ -78,8 +80,6 @@ class SAUState:
         return self
 
     def save(self, directory: str | os.PathLike) -> str:
-        from safetensors.torch import save_file
-
         seq = (lambda k, v: from_planes(v, self.shapes[k])) if self.packing == "planes" else (lambda k, v: v)
         tensors = {f"G/{k}": seq(k, v.detach().cpu()).contiguous() for k, v in self.selected.items()}
         tensors |= {f"W/{k}": v.detach().cpu().float().contiguous() for k, v in self.weights.items()}
@@ -97,8 +97,6 @@ class SAUState:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> SAUState:
-        from safetensors import safe_open
-
         path = os.path.join(os.fspath(directory), STATE_FILE)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No SAU state at {path}")

@@ -16,13 +16,15 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 
 from ..config import SAUConfig
 from ..data.qa import QACollator, RowsDataset, tokenize_rows
 from ..objectives import OBJECTIVES, ObjectiveContext, forward_nll
 from .callbacks import SaliencyCallback, quiet_console
 from .compensated import compensated_optimizer_cls_and_kwargs
-from .masks import SparsityMasks
+from .masks import SparsityMasks, check_resume_masks
+from .moving_mask import MovingMask
 from .precision import UpdateCheckCallback, apply_precision_plan, check_precision, update_mode_rescaled
 from .saliency import require_input_grads_if_reentrant
 from .sparsity import SparsityPreserving
@@ -121,8 +123,6 @@ class SAUTrainer(SparsityPreserving, Trainer):
         )
         self._attach_sparsity(params, layouts, sparsity_masks)  # G and W come at train start (SaliencyCallback)
         if args.sau_moving_mask != "off":  # projection after each step instead of the re-zero (sparsity.py)
-            from .moving_mask import MovingMask
-
             self.moving_mask = MovingMask(sparsity_masks, layouts, args.sau_moving_mask)
         self.model_accepts_loss_kwargs = False  # compute_loss ignores num_items_in_batch: divide by GA steps
         self.objective_ctx = ObjectiveContext()
@@ -332,8 +332,6 @@ class SAUTrainer(SparsityPreserving, Trainer):
             # DeepSpeed resumes through its engine, not `_load_from_checkpoint`: M, G and W are restored here
             path = resume_from_checkpoint
             if path is True:
-                from transformers.trainer_utils import get_last_checkpoint
-
                 path = get_last_checkpoint(self.args.output_dir)
             if path:
                 self._restore_sau_files(path)
@@ -350,8 +348,6 @@ class SAUTrainer(SparsityPreserving, Trainer):
             return
         state = SAUState.load(resume_from_checkpoint)
         masks = SparsityMasks.load(resume_from_checkpoint, self.model)
-        from .masks import check_resume_masks  # differing masks are refused, or said when the mask moves
-
         check_resume_masks(self.sparsity_masks, masks, resume_from_checkpoint, moving=self.moving_mask is not None)
         self.sparsity_masks = masks.to(self.args.device)
         if "ref_forget_nll_sum" in state.extra:

@@ -64,7 +64,8 @@ import time
 from collections.abc import Callable, Mapping
 
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .eval_state import (
     agree,
@@ -152,8 +153,6 @@ class UnlearningEvaluationCallback(TrainerCallback):
         """The Trainer whose callback handler holds this callback: the caller of the event, up the stack."""
         if self._trainer is not None and self in self._trainer.callback_handler.callbacks:
             return self._trainer
-        from transformers import Trainer
-
         frame = sys._getframe(1)
         while frame is not None:
             obj = frame.f_locals.get("self")
@@ -218,8 +217,6 @@ class UnlearningEvaluationCallback(TrainerCallback):
         """A checkpoint was written: add the best weights to it if they are not its own."""
         if self.best is None or self._weights is None or self.best["step"] == state.global_step:
             return
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         name = self._best_file_name()
         if name is None or not os.path.isdir(folder):
@@ -344,8 +341,6 @@ class UnlearningEvaluationCallback(TrainerCallback):
         if self.best["step"] == state.global_step:  # the checkpoint's weights are the best ones
             self._weights = snapshot(trainer.model)
             return
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         rank, _ = world()
         name = f"unlearning_best.rank{rank}.pt" if model_is_sharded(trainer.model) else BEST_FILE
