@@ -256,7 +256,7 @@ class Recipe:
     plugins: list[str] | None = opt(None, "Python files (.py, relative to the recipe file) or module names "
                                     "imported before the recipe is checked, in every process: their "
                                     "register_objective / register_pruner / register_benchmark entries are then "
-                                    "usable in the recipe (README: Plugins).")
+                                    "usable in the recipe (docs/guides/plugins.md).")
     model: ModelSection = opt(None, "The model.", section=True)
     data: DataSection = opt(None, "The benchmark.", section=True)
     train_target: TrainSection = opt(None, "Training the target model.", section=True)
