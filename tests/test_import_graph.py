@@ -25,25 +25,11 @@ KNOWN_CIRCLES = {
         "sau_trainer/pipeline/stages.py",  # issue 25
         "sau_trainer/pipeline/trajectories.py",  # issue 25
     },
-    "data <-> evaluation: a benchmark in two packages (issue 25)": {
-        "sau_trainer/data/benchmarks.py",  # issue 25
-        "sau_trainer/data/muse.py",  # issue 25
-        "sau_trainer/data/synthetic_wmdp.py",  # issue 25
-        "sau_trainer/data/tofu.py",  # issue 25
-        "sau_trainer/data/wmdp.py",  # issue 25
-        "sau_trainer/evaluation/compat.py",  # issue 25
-        "sau_trainer/evaluation/muse.py",  # issue 25
-        "sau_trainer/evaluation/reference_rows.py",  # issue 25
-        "sau_trainer/evaluation/results.py",  # issue 25
-        "sau_trainer/evaluation/tofu.py",  # issue 25
-        "sau_trainer/evaluation/wmdp.py",  # issue 25
-    },
 }
 
 # Files over MAX_LINES left to issue 25 (the pipeline's big modules; the benchmark registry that becomes one
 # package per benchmark).
 KNOWN_LONG_FILES = {
-    "sau_trainer/data/benchmarks.py",  # issue 25
     "sau_trainer/pipeline/memory.py",  # issue 25
     "sau_trainer/pipeline/schema.py",  # issue 25
     "sau_trainer/pipeline/stages.py",  # issue 25

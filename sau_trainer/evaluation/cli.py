@@ -25,8 +25,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``sau-trainer eval``."""
-    from ..data.benchmarks import BENCHMARKS
-    from ..data.tofu import FORGET_SPLITS
+    from ..benchmarks.registry import BENCHMARKS
+    from ..benchmarks.tofu.data import FORGET_SPLITS
 
     parser.add_argument("--model", required=True, help="Directory of a saved causal LM and its tokenizer.")
     parser.add_argument("--benchmark", default="synthetic", choices=list(BENCHMARKS),
@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace, splits: dict, model_dir: Path) -> dict[str, Any]:
-    from ..data.benchmarks import get_benchmark
+    from ..benchmarks.registry import get_benchmark
     from ..data.qa import PLAIN_PROMPT
     from .results import RESULTS_VERSION, data_fingerprint, model_fingerprint
 
@@ -165,8 +165,8 @@ def main(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..benchmarks.registry import get_benchmark
     from ..clitools import device_problem, output_dir_problem, set_threads
-    from ..data.benchmarks import get_benchmark
     from .results import (
         RESULTS_FILENAME,
         attach_forget_quality,
@@ -271,11 +271,11 @@ def _run(args: argparse.Namespace) -> int:
         from ..clitools import load_problem
 
         raise CommandError(load_problem(args.model, err)) from err
-    from .muse import MuseInputError
+    from ..benchmarks.muse.evaluation import MuseInputError
 
     limits = {k: getattr(args, k) for k in ("max_rows", "max_prompt_tokens") if getattr(args, k, None) is not None}
     try:
-        evaluation = bench.evaluate(model, tokenizer, splits, forget_split=args.forget_split,
+        evaluation = bench.evaluate(model, tokenizer, splits, **bench.data_options(args),
                                     batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                                     retain_results=args.retain_results, show_progress=not args.no_progress,
                                     compat=args.compat, question_key=args.question_key, **limits)
@@ -292,9 +292,9 @@ def _run(args: argparse.Namespace) -> int:
 def _load_splits(args: argparse.Namespace, bench: Any) -> dict:
     """The benchmark's evaluation splits. For TOFU-style ones the holdout split (the membership-inference
     non-members) is optional: without it the attacks are skipped, with a log line."""
-    from ..data.benchmarks import load_benchmark
+    from ..benchmarks.registry import load_benchmark
 
-    names = list(bench.evaluation_splits(args.forget_split, args.subset))
+    names = list(bench.evaluation_splits(subset=args.subset, **bench.data_options(args)))
     kwargs = dict(data_dir=args.data_dir, preset=args.preset, seed=args.seed, subset=args.subset)
     if bench.protocol != "tofu":
         return load_benchmark(args.benchmark, splits=names, **kwargs)

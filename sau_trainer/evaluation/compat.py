@@ -86,7 +86,7 @@ QUESTION_KEYS = ("question", "paraphrased_question")  # TOFU's forget and retain
 def check_recipe(evaluate, benchmark: str, errors: list[str]) -> None:
     """Recipe checks of ``evaluate.compat`` and ``evaluate.question_key`` (called by the schema), one line each."""
     try:
-        from ..data.benchmarks import get_benchmark
+        from ..benchmarks.registry import get_benchmark
 
         protocol = get_benchmark(benchmark).protocol
     except (KeyError, ValueError):  # an unknown benchmark has its own error

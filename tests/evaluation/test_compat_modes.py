@@ -291,8 +291,8 @@ def muse_small():
 def test_muse_compat_verbmem_and_zlib_against_muse_formulas(muse_small, monkeypatch):
     from tokenizers.processors import TemplateProcessing
 
+    from sau_trainer.benchmarks.muse import evaluation as muse_module  # where evaluate_muse reads it
     from sau_trainer.evaluation import generation
-    from sau_trainer.evaluation import muse as muse_module
     from sau_trainer.modeling import build_llama
 
     splits, tok = muse_small

@@ -68,7 +68,7 @@ def test_prob_mean_aggregator_hand_values():
 def test_tofu_reports_paraphrased_and_perturbed_rouge(tok, small, monkeypatch):
     from rouge_score.rouge_scorer import RougeScorer
 
-    from sau_trainer.evaluation import tofu
+    from sau_trainer.benchmarks.tofu import evaluation as tofu  # the module evaluate_tofu reads it from
 
     para = {r["question"]: r["paraphrased_answer"] for s in ("forget10_perturbed", "retain_perturbed")
             for r in small[s]}
