@@ -102,3 +102,22 @@ def test_the_site_builds_strictly(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (tmp_path / "site" / "reference" / "recipe-keys" / "index.html").is_file()
+
+
+def test_the_files_the_docs_name_exist():
+    """A path of the repository that README.md or a docs page names (a test that shows a number, a benchmark script,
+    a recipe, a module) exists, and so does every test file named by its bare name: a file renamed without its
+    mention would leave the docs pointing at nothing."""
+    pages = [README, *sorted(DOCS.rglob("*.md"))]
+    test_files = {p.name for p in (ROOT / "tests").rglob("test_*.py")}
+    missing = []
+    for page in pages:
+        text = page.read_text()
+        for path in re.findall(r"(?<![\w/.-])((?:tests|benchmarks|recipes|sau_trainer|docs)/[\w./-]+\.(?:py|yaml|md))",
+                               text):
+            if not (ROOT / path).exists():
+                missing.append(f"{page.relative_to(ROOT)}: {path}")
+        for name in re.findall(r"(?<![\w/])(test_[\w*]+\.py)", text):
+            if not any(Path(n).match(name) for n in test_files):
+                missing.append(f"{page.relative_to(ROOT)}: {name}")
+    assert not missing, "the docs name files that do not exist:\n" + "\n".join(sorted(set(missing)))
