@@ -52,7 +52,7 @@ _EXPORTS = {
     "register_objective": "plugins",
     "register_pruner": "plugins",
     "register_benchmark": "plugins",
-    "finetune": "finetuning",
+    "finetune": "training.finetuning",
     "build_llama": "modeling",
     "train_tokenizer": "data.tokenizer",
     "prune_model": "pruning",

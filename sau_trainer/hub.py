@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from .redact import redact
+from .clitools import _looks_like_path
+from .redact import TOKEN_VALUE, local_roots, redact
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def zero_counts(model_dir: str | os.PathLike) -> dict[str, tuple[int, int]]:
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .masks import prunable_parameters
+    from .core.prunable import prunable_parameters
 
     model_dir = Path(model_dir)
     with torch.device("meta"):
@@ -150,8 +151,6 @@ def model_card(sparsity: dict, results: dict | None, recipe: dict | None, repo_i
 
     Nothing local reaches it: credentials are dropped and local absolute paths (``model.name_or_path``,
     ``data.data_dir``, ``prune.calibration_path``) shortened to their last part (`sau_trainer.redact`)."""
-    from .clitools import _looks_like_path
-
     base = ((recipe or {}).get("model") or {}).get("name_or_path")
     hub_base = isinstance(base, str) and not _looks_like_path(base)  # a Hub id, not a local directory
     sparsity, results, recipe = redact(sparsity, roots), redact(results, roots), redact(recipe, roots)
@@ -229,8 +228,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def _local_roots(model_dir: Path) -> tuple[str, ...]:
     """`sau_trainer.redact.local_roots` with the model's folder and, for a pipeline run, its output directory."""
-    from .redact import local_roots
-
     here = model_dir.resolve()
     extra = [here.parent] + [q for q in here.parents if (q / "stages").is_dir() and (q / "recipe.yaml").is_file()]
     return local_roots(*extra)
@@ -296,8 +293,6 @@ def upload(folder: str | os.PathLike, repo_id: str, private: bool = True, commit
     A text file of the folder that holds an access token (``hf_...``; e.g. a folder prepared by an older version
     and uploaded as it is) stops the upload before anything is sent."""
     from huggingface_hub import HfApi
-
-    from .redact import TOKEN_VALUE
 
     folder = Path(folder)
     for path in sorted(folder.rglob("*")):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
 from typing import Any
 
 import torch
@@ -58,8 +61,6 @@ def load_causal_lm(source: str, **kwargs):
     Only safetensors checkpoints are loaded as they are. A pickle checkpoint (``pytorch_model.bin``) goes through
     torch's ``weights_only`` loader (transformers' default), which refuses anything but tensors: such a file is
     refused with `CheckpointError` naming it, never loaded with ``weights_only=False`` (that would run its code)."""
-    import pickle
-
     from transformers import AutoModelForCausalLM
 
     try:
@@ -79,8 +80,6 @@ def load_causal_lm(source: str, **kwargs):
 
 def _unpickling_error(err: BaseException):
     """The `pickle.UnpicklingError` that `err` is or was raised from (its cause or context chain), else None."""
-    import pickle
-
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, pickle.UnpicklingError):
@@ -99,9 +98,6 @@ def strip_remote_code(model_dir: str) -> list[str]:
     The package loads models only with transformers' own classes and never runs remote code, so a model it saves
     does not point loaders at a source repository's code (kept from its source, they would invite
     ``trust_remote_code=True`` on a model that needs none)."""
-    import json
-    import os
-
     path = os.path.join(model_dir, "config.json")
     try:
         with open(path) as f:

@@ -25,6 +25,8 @@ re-applies the zeros and checks it.
 
 from __future__ import annotations
 
+import copy
+import difflib
 import math
 import random
 import re
@@ -33,6 +35,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from .core.prunable import prunable_parameters
+from .pruning import PRUNERS
 
 RTN_GROUP_SIZE = 128
 
@@ -86,8 +91,6 @@ def parse_attack(name: str) -> Attack:
         return ATTACKS[name]
     m = _PRUNE.match(name)
     if m:
-        from .pruning import PRUNERS
-
         method = m.group(1)
         if method not in PRUNERS:
             raise ValueError(f"{name!r}: {method!r} is not a pruning method; one of {sorted(PRUNERS)}")
@@ -101,8 +104,6 @@ def parse_attack(name: str) -> Attack:
         if not 0 < n < k:
             raise ValueError(f"{name!r}: N:M sparsity needs 0 < N < M (e.g. prune-{method}-2of4)")
         return Attack(name, "prune", f"{method} {n}:{k} pruning", method=method, structure=f"{n}:{k}")
-    import difflib
-
     near = difflib.get_close_matches(name, [*ATTACKS, "prune-magnitude-50", "prune-wanda-2of4"], n=1, cutoff=0.5)
     hint = f"; did you mean {near[0]!r}?" if near else ""
     raise ValueError(f"{name!r} is not a robustness attack; use one of {attack_names_help()}{hint}")
@@ -184,8 +185,6 @@ def quantize_model(model: torch.nn.Module, attack: Attack) -> dict[str, Any]:
     Returns ``{"matrices": n, "zeros_kept": True, "mean_abs_change": ...}``. Raises if a zero moved (it
     cannot by construction; the check is what makes the promise testable on any model).
     """
-    from .masks import prunable_parameters
-
     if attack.kind not in ("quant", "bnb"):
         raise ValueError(f"{attack.name} is not a quantization attack")
     params = prunable_parameters(model)
@@ -265,8 +264,6 @@ def heldout_splits(splits_data: Mapping[str, list[dict]], relearned: Sequence[Ma
 def restrict_per_example(results: Mapping, questions: set[str]) -> dict:
     """A copy of a results document whose per-example forget lists keep only `questions` (in their order), so a
     retain model's truth ratios are compared with an attacked model's on the same questions."""
-    import copy
-
     out = copy.deepcopy(dict(results))
     forget = out.get("per_example", {}).get("forget")
     if not forget or "question" not in forget:

@@ -32,7 +32,7 @@ TRAIN_SETTINGS = dict(num_train_epochs=30, learning_rate=4e-3, per_device_train_
 MODEL_SHAPE = "tiny"
 VOCAB_SIZE = 512
 _SOURCES = ("sau_trainer/data/qa.py", "sau_trainer/data/tokenizer.py", "sau_trainer/modeling.py",
-            "sau_trainer/finetuning.py", "sau_trainer/data/synthetic.py", "tests/conftest.py")
+            "sau_trainer/training/finetuning.py", "sau_trainer/data/synthetic.py", "tests/conftest.py")
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -16,7 +16,7 @@ MUSE_TRAIN_SETTINGS = dict(num_train_epochs=60, learning_rate=3e-3, per_device_t
                            lr_scheduler_type="cosine", warmup_steps=10, seed=0)
 MUSE_VOCAB_SIZE = 512
 _MUSE_SOURCES = ("sau_trainer/data/qa.py", "sau_trainer/data/tokenizer.py", "sau_trainer/modeling.py",
-                 "sau_trainer/finetuning.py", "sau_trainer/data/synthetic.py", "sau_trainer/data/synthetic_muse.py",
+                 "sau_trainer/training/finetuning.py", "sau_trainer/data/synthetic.py", "sau_trainer/data/synthetic_muse.py",
                  "tests/evaluation/conftest.py")
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -19,7 +19,7 @@ WMDP_TRAIN_SETTINGS = dict(num_train_epochs=60, learning_rate=5e-3, per_device_t
                            lr_scheduler_type="cosine", warmup_steps=10, seed=0)
 WMDP_VOCAB_SIZE = 512
 _SOURCES = ("sau_trainer/data/qa.py", "sau_trainer/data/tokenizer.py", "sau_trainer/modeling.py",
-            "sau_trainer/finetuning.py", "sau_trainer/data/synthetic_wmdp.py", "sau_trainer/data/wmdp.py",
+            "sau_trainer/training/finetuning.py", "sau_trainer/data/synthetic_wmdp.py", "sau_trainer/data/wmdp.py",
             "sau_trainer/data/benchmarks.py", "tests/evaluation/test_wmdp_trained.py")
 ROOT = Path(__file__).resolve().parents[2]
 # Unlearning: 5 epochs of batch 8 over the 128-token forget chunks, constant lr 1e-3, plain (dense) training.
