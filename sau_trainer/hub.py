@@ -120,7 +120,8 @@ _CARD_TITLES = {"tofu": "TOFU", "muse": "MUSE", "wmdp": "WMDP (with MMLU)",
 def card_benchmark(data_sec: dict, results: dict | None) -> dict[str, Any]:
     """What the model card says of the benchmark: its name, title, Hub datasets, tag, the split or subset, and
     the metrics shown (the benchmark's report columns; TOFU's with the longer labels of `CARD_METRICS`)."""
-    from .data.benchmarks import BENCHMARKS, TOFU_REPORT
+    from .benchmarks.registry import BENCHMARKS
+    from .benchmarks.tofu.report import TOFU_REPORT
 
     settings = (results or {}).get("settings") or {}
     name = data_sec.get("benchmark") or settings.get("benchmark") or "synthetic"
@@ -133,7 +134,7 @@ def card_benchmark(data_sec: dict, results: dict | None) -> dict[str, Any]:
         where = data_sec.get("subset") or settings.get("subset") or (bench.default_subset if bench else None)
     datasets = _CARD_DATASETS.get(name, ())
     if name == "muse":
-        from .data.muse import MUSE_HUB_IDS
+        from .benchmarks.muse.data import MUSE_HUB_IDS
 
         datasets = (MUSE_HUB_IDS.get(where or "news", MUSE_HUB_IDS["news"]),)
     if report is TOFU_REPORT:
