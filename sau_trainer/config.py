@@ -8,7 +8,8 @@ from transformers import TrainingArguments
 
 from .objectives import OBJECTIVES
 from .objectives.params import check_objective_args
-from .precision import OPTIMIZER_CHOICES, POLICIES
+from .training.compensated import OPTIMIZER_CHOICES
+from .training.precision import POLICIES
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "sau_topk_scope": ("matrix", "row", "global"),
@@ -176,105 +177,6 @@ class SAUConfig(TrainingArguments):
                   "sequence), answer (the supervised next-token positions: the package's former definition) or "
                   "open-unlearning (all batch x length positions, prompt and padding included, as its code)."},
     )
-    npo_beta: float = field(default=0.1, metadata={"help": "beta of NPO."})
-    simnpo_beta: float = field(default=4.5, metadata={"help": "beta of SimNPO."})
-    simnpo_delta: float = field(default=0.0, metadata={"help": "delta (reward margin) of SimNPO."})
-    rmu_layer: int | None = field(
-        default=None,
-        metadata={"help": "rmu: index (0-based) of the decoder block whose output is steered; None: 7 where the "
-                  "model has more than 7 blocks (open-unlearning), else the middle block."},
-    )
-    rmu_steering_coeff: float = field(
-        default=2.0, metadata={"help": "rmu: norm c of the control vector (open-unlearning's TOFU config: 2)."}
-    )
-    rmu_trainable_params: str = field(
-        default=".*",
-        metadata={"help": "rmu: regular expression, full-matched against parameter names; the others are frozen "
-                  r"('.*': all, OU's TOFU setting; OU's WMDP setting: 'model\.layers\.(5|6|7)\.mlp\.down_proj"
-                  r"\.weight')."},
-    )
-    rmu_mse_mean: str = field(
-        default="example",
-        metadata={"help": "rmu: how the masked activation MSE averages rows: example (mean over rows of each row's "
-                  "mean over its positions, as the WMDP paper) or open-unlearning (mean of the rows' sums x mean of "
-                  "1/positions, what its broadcast computes; differs on rows of unequal length)."},
-    )
-    pdu_epsilon: float | None = field(
-        default=None,
-        metadata={"help": "pdu: retain-loss bound epsilon of the constraint; None: 1.1 x the retain NLL of the "
-                  "starting model over the retain set, measured at train start."},
-    )
-    pdu_dual_lr: float = field(default=1.0, metadata={"help": "pdu: step size eta of the dual ascent on lambda."})
-    pdu_dual_warmup_epochs: int = field(
-        default=5, metadata={"help": "pdu: completed epochs before lambda starts to move."}
-    )
-    pdu_primal_dual: bool = field(
-        default=True, metadata={"help": "pdu: update lambda by dual ascent (False: lambda stays at retain_weight)."}
-    )
-    pdu_dual_update_upon: str = field(
-        default="step",
-        metadata={"help": "pdu: when lambda moves: step (every loss call, open-unlearning's default) or epoch (at "
-                  "each epoch end, with the retain NLL of the end-of-epoch model over the retain set)."},
-    )
-    pdu_shifted_mask: bool = field(
-        default=False,
-        metadata={"help": "pdu: flatten the logits that predict answer tokens (False: open-unlearning's unshifted "
-                  "label mask, off by one)."},
-    )
-    wga_beta: float = field(default=1.0, metadata={"help": "wga: exponent beta of the token weight p^beta."})
-    satimp_beta1: float = field(
-        default=5.0, metadata={"help": "satimp: exponent beta1 of the token weight p^beta1 (1-p)^beta2."}
-    )
-    satimp_beta2: float = field(
-        default=1.0, metadata={"help": "satimp: exponent beta2 of the token weight p^beta1 (1-p)^beta2."}
-    )
-    idk_path: str | None = field(
-        default=None,
-        metadata={"help": "idkdpo/idknll: file of \"I don't know\" answers, one per line (e.g. open-unlearning's "
-                  "data/idk.jsonl, for numbers comparable with published ones); None: the package's own 100."},
-    )
-    idk_pairing: str = field(
-        default="epoch",
-        metadata={"help": "idkdpo/idknll: epoch (a seeded draw of one idk answer per forget example and epoch, as "
-                  "open-unlearning draws afresh at every fetch) or fixed (one draw per example for the run); "
-                  "altpo: the same for the choice among a question's alternate answers."},
-    )
-    idkdpo_beta: float = field(
-        default=0.1, metadata={"help": "idkdpo: beta of DPO (open-unlearning's config: 0.1; loss scaled by 2/beta)."}
-    )
-    altpo_beta: float = field(
-        default=0.1, metadata={"help": "altpo: beta of its preference loss (open-unlearning's grid: 0.05, 0.1, 0.5)."}
-    )
-    alternate_source: str = field(
-        default="auto",
-        metadata={"help": "altpo: where each forget question's alternate answers come from: column "
-                  "(alternate_column), perturbed (the rows' perturbed_answer, e.g. TOFU's), generate (the starting "
-                  "model answers alternate_prompt) or auto (the first of these that is given or present)."},
-    )
-    alternate_column: str | None = field(
-        default=None,
-        metadata={"help": "altpo: column of the forget rows holding each question's alternate answer (a string) or "
-                  "answers (a list of strings)."},
-    )
-    alternate_prompt: str | None = field(
-        default=None,
-        metadata={"help": "altpo: prompt template with {question} and {answer} that asks the starting model (an "
-                  "instruct model) for a plausible different answer; generated greedily once at train start."},
-    )
-    alternate_max_new_tokens: int = field(
-        default=64, metadata={"help": "altpo: at most this many tokens per generated alternate answer."}
-    )
-    undial_beta: float = field(
-        default=10.0, metadata={"help": "undial: beta subtracted from the teacher's logit of the true token."}
-    )
-    undial_label_mask: bool = field(
-        default=False,
-        metadata={"help": "undial: average over supervised positions only (False: open-unlearning's variant, every "
-                  "position incl. prompt and padding, beta at token V-100 where the label is -100)."},
-    )
-    ceu_ignore_first_n: int = field(
-        default=1, metadata={"help": "ceu: leave the first n supervised tokens of each answer out of the loss."}
-    )
     low_precision_weights: str = field(
         default="upcast",
         metadata={"help": "Trainable bf16/fp16 weights whose optimizer does not compensate rounding (plain AdamW "
@@ -306,109 +208,20 @@ class SAUConfig(TrainingArguments):
         default=False, metadata={"help": "Kept False: SAUTrainer tokenises its own forget/retain rows."}
     )
 
-    def __post_init__(self):
-        check_float_fields(self)  # every float setting finite (and not a bool) before anything compares it
-        self._validate_sau_fields()
+    # The objectives' settings under their former flat names (``npo_beta=0.2``): init-only (InitVar), stored in
+    # `objective_args` ({"npo": {"beta": 0.2}}); reading ``config.npo_beta`` gives that objective's value.
+    for _name in FLAT_NAMES:
+        __annotations__[_name] = "InitVar[Any]"
+        vars()[_name] = UNSET
+    del _name
+
+    def __post_init__(self, *flat_values):
+        given = {n: v for n, v in zip(FLAT_NAMES, flat_values, strict=True) if v is not UNSET}
+        self.objective_args, spelled = merge_flat(self.objective_args, given, OBJECTIVES) \
+            if isinstance(self.objective_args, dict) else (self.objective_args, {})
+        if problems := settings_problems(self, spelled):
+            raise ValueError("; ".join(problems))
         super().__post_init__()
-
-    def _validate_sau_fields(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective={self.objective!r} is not known; choose one of {sorted(OBJECTIVES)}.")
-        check_objective_args(self.objective_args, OBJECTIVES)  # each objective's `params`: once, here
-        for name, allowed in CHOICES.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}.")
-        if not (isinstance(self.sau_topk, (int, float)) and 0 < self.sau_topk <= 1):
-            raise ValueError(f"sau_topk={self.sau_topk!r} must be in (0, 1] (the paper uses 0.3).")
-        if self.sau_alpha < 0:
-            raise ValueError(f"sau_alpha={self.sau_alpha!r} must be >= 0 (the paper uses 0.1).")
-        self._validate_study_options()
-        for name in ("saliency_max_examples", "saliency_batch_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer or None.")
-        for name in ("npo_beta", "simnpo_beta"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be > 0.")
-        self._validate_objective_fields()
-        self._validate_idk_undial_ceu_fields()
-        if self.max_length < 2:
-            raise ValueError(f"max_length={self.max_length!r} must be at least 2.")
-        if not isinstance(self.update_check_steps, int) or self.update_check_steps < 0:
-            raise ValueError(f"update_check_steps={self.update_check_steps!r} must be an integer >= 0 (0: no check).")
-
-    def _validate_study_options(self) -> None:
-        if not isinstance(self.saliency_retain_aware, bool):
-            raise ValueError(f"saliency_retain_aware={self.saliency_retain_aware!r} must be true or false.")
-        if not (isinstance(self.saliency_retain_eps, (int, float)) and self.saliency_retain_eps > 0):
-            raise ValueError(f"saliency_retain_eps={self.saliency_retain_eps!r} must be a number > 0 (default 0.01).")
-        if self.sau_topk_mass is not None:
-            if isinstance(self.sau_topk_mass, bool) or not isinstance(self.sau_topk_mass, (int, float)) \
-                    or not 0 < self.sau_topk_mass <= 1:
-                raise ValueError(f"sau_topk_mass={self.sau_topk_mass!r} must be in (0, 1] (e.g. 0.5), or None for a "
-                                 "fixed sau_topk.")
-        for name, value in (("sau_topk_mass", self.sau_topk_mass is not None),
-                            ("sau_moving_mask", self.sau_moving_mask != "off")):
-            if value and self.sau and self.sau_topk_scope == "global":
-                raise ValueError(f"{name} selects per matrix or row; it does not combine with "
-                                 "sau_topk_scope='global' (use 'matrix' or 'row').")
-
-    def _validate_objective_fields(self) -> None:
-        import re
-
-        retain_losses = ("nll", "kl", "embed_diff") if self.objective == "rmu" else ("nll", "kl")
-        if self.retain_loss is not None and self.retain_loss not in retain_losses:
-            raise ValueError(f"retain_loss={self.retain_loss!r} is not allowed; choose one of {list(retain_losses)} "
-                             f"for objective={self.objective!r} (or None for its default).")
-        if self.rmu_layer is not None and self.rmu_layer < 0:
-            raise ValueError(f"rmu_layer={self.rmu_layer!r} must be a block index >= 0, or None for the default.")
-        try:
-            re.compile(self.rmu_trainable_params)
-        except re.error as err:
-            raise ValueError(f"rmu_trainable_params={self.rmu_trainable_params!r} is not a regular expression: "
-                             f"{err}") from None
-        if self.rmu_steering_coeff <= 0:
-            raise ValueError(f"rmu_steering_coeff={self.rmu_steering_coeff!r} must be > 0.")
-        if self.pdu_epsilon is not None and self.pdu_epsilon < 0:
-            raise ValueError(f"pdu_epsilon={self.pdu_epsilon!r} must be >= 0 (a bound on the retain loss), or None.")
-        if self.objective == "pdu" and self.pdu_epsilon is None and self.retain_loss == "kl":
-            raise ValueError("objective='pdu' with retain_loss='kl' needs pdu_epsilon: its default (1.1 x the "
-                             "starting retain NLL) measures an NLL, and the starting KL is 0.")
-        if self.pdu_dual_update_upon not in ("step", "epoch"):
-            raise ValueError(f"pdu_dual_update_upon={self.pdu_dual_update_upon!r} is not allowed; choose one of "
-                             "['step', 'epoch'].")
-        if self.objective == "pdu" and self.pdu_dual_update_upon == "epoch" and self.retain_loss == "kl":
-            raise ValueError("objective='pdu' with pdu_dual_update_upon='epoch' measures the retain NLL at each "
-                             "epoch end; it does not combine with retain_loss='kl' (use 'step').")
-        if self.pdu_dual_lr < 0 or self.pdu_dual_warmup_epochs < 0:
-            raise ValueError(f"pdu_dual_lr={self.pdu_dual_lr!r} and pdu_dual_warmup_epochs="
-                             f"{self.pdu_dual_warmup_epochs!r} must be >= 0.")
-        for name in ("wga_beta", "satimp_beta1", "satimp_beta2"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0.")
-
-    def _validate_idk_undial_ceu_fields(self) -> None:
-        if self.idk_path is not None:
-            from .data.idk import load_idk_answers
-
-            load_idk_answers(self.idk_path)  # a missing, empty or non-text file is an error now, not mid-run
-        if self.idkdpo_beta <= 0:
-            raise ValueError(f"idkdpo_beta={self.idkdpo_beta!r} must be > 0 (open-unlearning uses 0.1).")
-        if self.altpo_beta <= 0:
-            raise ValueError(f"altpo_beta={self.altpo_beta!r} must be > 0 (default 0.1).")
-        if isinstance(self.alternate_max_new_tokens, bool) or not isinstance(self.alternate_max_new_tokens, int) \
-                or self.alternate_max_new_tokens < 1:
-            raise ValueError(f"alternate_max_new_tokens={self.alternate_max_new_tokens!r} must be an integer >= 1.")
-        if self.objective == "altpo":
-            from .data.alternates import check_alternate_settings
-
-            check_alternate_settings(self.alternate_source, self.alternate_column, self.alternate_prompt)
-        if self.undial_beta < 0:
-            raise ValueError(f"undial_beta={self.undial_beta!r} must be >= 0 (open-unlearning uses 10).")
-        if isinstance(self.ceu_ignore_first_n, bool) or not isinstance(self.ceu_ignore_first_n, int) \
-                or self.ceu_ignore_first_n < 0:
-            raise ValueError(f"ceu_ignore_first_n={self.ceu_ignore_first_n!r} must be an integer >= 0 (default 1).")
 
     def sau_settings(self) -> dict:
         """The settings that determine G and W (saved beside them in checkpoints)."""
