@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from ..progress import log_once
 from .compensated import (
     COMPENSATED_OPTIMIZERS,
     KAHAN,
@@ -373,8 +374,7 @@ class UpdateCheckCallback(TrainerCallback):
             return
         self.result = fraction
         comp = compensation_of(optimizer)
-        from ..progress import log_once  # once per process (each run's fraction is a logged metric)
-
+        # once per process (each run's fraction is a logged metric)
         log_once(logger, logging.INFO, "Precision: %.4f of %d probed selected entries changed after %d optimizer "
                  "step(s) with lr > 0 (precision/changed_fraction in each run's logged metrics).",
                  fraction, len(self.probe), self.counted, key="update probe")
