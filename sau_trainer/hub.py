@@ -24,6 +24,8 @@ from .clitools import _looks_like_path
 from .redact import TOKEN_VALUE, local_roots, redact
 
 logger = logging.getLogger(__name__)
+# torch, transformers, safetensors, the Hub library, the pipeline and the benchmarks are imported where they are
+# used: `sau-trainer push --help` loads this module and must not load them (tests/test_cli_startup.py).
 
 SKIP_FILES = {"stage.json", "training_args.bin", "README.md", "results.json"}
 CARD_METRICS = (

@@ -32,6 +32,7 @@ def build_llama(shape: str | dict = "tiny", tokenizer: Any = None, seed: int = 0
 
     With a tokenizer, the vocabulary size and the special token ids come from it.
     """
+    # transformers on use: MODEL_SHAPES' readers (the recipe checks) do not pay its import
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if isinstance(shape, str):
@@ -61,7 +62,7 @@ def load_causal_lm(source: str, **kwargs):
     Only safetensors checkpoints are loaded as they are. A pickle checkpoint (``pytorch_model.bin``) goes through
     torch's ``weights_only`` loader (transformers' default), which refuses anything but tensors: such a file is
     refused with `CheckpointError` naming it, never loaded with ``weights_only=False`` (that would run its code)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # on use, as above
 
     try:
         return AutoModelForCausalLM.from_pretrained(source, **kwargs)

@@ -118,7 +118,7 @@ def _run(name: str, *args, duck_shape: bool = True) -> bool:
         if duck_shape:
             _compiled_kernel(name)(*args)
         else:
-            import torch.fx.experimental._config as fx_config
+            import torch.fx.experimental._config as fx_config  # private: inside the try, eager if it is gone
 
             with fx_config.patch(use_duck_shape=False):
                 _compiled_kernel(name)(*args)

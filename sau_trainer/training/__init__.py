@@ -2,7 +2,8 @@
 
 What belongs here: the `SparsityPreserving` mixin and `SAUTrainer`, the callbacks, the masks a run carries and
 saves (`SparsityMasks`), the saliency pass over a model, the moving mask, precision handling, the divergence
-guard, evaluation during training. Pure tensor math goes to `sau_trainer.core`; one-process/DDP/FSDP2/ZeRO
+guard, evaluation during training, plain finetuning (`finetuning`: a `transformers.Trainer` with this package's
+precision handling). Pure tensor math goes to `sau_trainer.core`; one-process/DDP/FSDP2/ZeRO
 differences go to `sau_trainer.parallel`.
 
 What it may import: `sau_trainer.core`, `sau_trainer.parallel`, `sau_trainer.objectives` (the trainer picks an

@@ -218,7 +218,10 @@ class SparsityPreserving(ParallelSteps, UpdateModeSteps, DivergenceChecks):
         with bars_off(self.args.disable_tqdm):  # transformers' "Writing model shards" bar ignores disable_tqdm
             if self.is_fsdp_enabled and not _internal_call and not self._saves_full_state_dict():
                 # FSDP2 with sharded checkpoints: `save_model(dir)` still writes full weights under one-process names
-                from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+                from torch.distributed.checkpoint.state_dict import (  # FSDP2 only: a large import
+                    StateDictOptions,
+                    get_model_state_dict,
+                )
 
                 state_dict = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True,
                                                                                        cpu_offload=True))
