@@ -99,7 +99,25 @@ def recipe_keys_page() -> str:
             "directly or under `unlearn.args`, or per objective under `unlearn.objective_args.<objective>`; a list "
             "is one more grid axis. Each value is checked by `SAUConfig` itself before any work.", "",
             *_key_rows(SAUConfig, own, first="field"), ""]
+    out += _objective_params_rows()
     return "\n".join(out) + "\n"
+
+
+def _objective_params_rows() -> list[str]:
+    """A table per objective that declares its own settings (a ``params`` dataclass, fields with ``help``)."""
+    from sau_trainer.objectives import OBJECTIVES
+
+    declared = {name: cls.params for name, cls in OBJECTIVES.items()
+                if dataclasses.is_dataclass(getattr(cls, "params", None))}
+    if not declared:
+        return []
+    out = ["## `unlearn.objective_args`: each objective's own settings", "",
+           "An objective's settings, set per objective as `unlearn.objective_args.<objective>.<field>` in a recipe or "
+           "`SAUConfig(objective_args={objective: {field: value}})` in Python; each objective reads them as "
+           "`self.params`. The formulas: [Objectives](../objectives/index.md).", ""]
+    for name, params in declared.items():
+        out += [f"### `{name}`", "", *_key_rows(params, first="field"), ""]
+    return out
 
 
 def cli_page() -> str:
