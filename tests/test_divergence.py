@@ -160,9 +160,9 @@ def test_ranks_stop_together_or_skip_together(tmp_path, config):
 @pytest.mark.distributed
 def test_zero3_ranks_stop_together(tmp_path):
     pytest.importorskip("deepspeed")
-    from test_sharded import _env
+    from launch import worker_env
 
-    ranks, report = _sharded_run(tmp_path, "zero3_cpu.yaml", env=_env(DS_ACCELERATOR="cpu"))
+    ranks, report = _sharded_run(tmp_path, "zero3_cpu.yaml", env=worker_env(DS_ACCELERATOR="cpu"))
     assert report["distributed_type"] == "DistributedType.DEEPSPEED"
     assert ranks[0] is not None and ranks[0] == ranks[1]
     assert report["pruned_nonzero"] == 0 and report["nonfinite"] == 0

@@ -1,9 +1,8 @@
-"""The fused, sync-free sparsity passes (issue 11): the same gradients and weights as the eager passes they replaced.
-
-`OldPasses` below is the previous implementation kept as the reference (bool masks with ``masked_fill_``, a
-boolean-index snapshot in ``update`` mode, the re-zero after every step); the new passes must give bit-identical
-gradients and weights (``update`` mode: the same within float rounding).
-"""
+"""The fused, sync-free sparsity passes: the kernels against eager references, and inside the trainer, every
+optimizer step against plain reference functions of what the passes compute (``where(G, grad * W, 0)`` or
+``where(M, grad, 0)`` on the raw accumulated gradient, then torch's clipping; the weights after the step with
+pruned entries at +0.0): bit-identical gradients and weights, and in ``update`` mode one AdamW step scaled by W
+against a float64 reference within float32 rounding."""
 
 import importlib.util
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 from sau_testing import GradRecorder, make_trainer, qa, sparse_model
 from torch.overrides import TorchFunctionMode
+from transformers import TrainerCallback
 
 from sau_trainer.core import fused  # the module itself: its kernel state (_compile_failed) is read
 from sau_trainer.fused import pack_planes, scale_update_, unpack_planes, where_
@@ -187,59 +187,96 @@ def test_subclasses_and_unknown_optimizers_are_not_trusted():
     assert optimizer_keeps_zeros(SimpleNamespace(optimizer=torch.optim.SGD(p, lr=0.1)))
 
 
-# --------------------------------------------------------------------------- trainer: the same results as before
-class OldPasses:
-    """The previous passes (bool masks, ``masked_fill_``, boolean-index ``update`` snapshot, re-zero always)."""
-
-    @torch.no_grad()
-    def _mask_gradients(self):
-        if self.sau_state is None:
-            for name, p in self._prunable.items():
-                if p.grad is not None:
-                    p.grad.masked_fill_(~self.sparsity_masks.get(name, p.grad.device), 0.0)
-            return
-        use_w = not self._sau_update_mode()
-        for name, p in self.masked_parameters().items():
-            if p.grad is not None:
-                apply_sau_(p.grad, self.sau_state.mask(name, p.grad.device),
-                           self.sau_state.weight(name) if use_w else None)
-
-    @torch.no_grad()
-    def _snapshot_for_update_mode(self):
-        self._snapshots = {}
-        if self.sau_state is not None and self._sau_update_mode():
-            params = self.masked_parameters()
-            for name in self.sau_state.weights:
-                self._snapshots[name] = params[name].detach()[self.sau_state.mask(name, params[name].device)]
-
-    @torch.no_grad()
-    def _after_optimizer_step(self):
-        params = self.masked_parameters()
-        for name, old in self._snapshots.items():
-            p, g = params[name], self.sau_state.mask(name)
-            w = self.sau_state.weight(name)
-            w = w.expand_as(p)[g] if w.dim() else w
-            p[g] = (old.float() + w * (p.detach()[g].float() - old.float())).to(p.dtype)
-        self._snapshots = {}
-        for name, p in self._prunable.items():
-            p.masked_fill_(~self.sparsity_masks.get(name, p.device), 0.0)
+# --------------------------------------------------------------------------- trainer: against plain references
+def reference_gradient(raw, keep, w=None):
+    """The gradient pass by definition: ``where(keep, raw * W, +0.0)`` (``keep``: M, or G; W: None, or broadcast)."""
+    g = raw if w is None else raw * w.to(raw.device)
+    return torch.where(keep, g, torch.zeros((), dtype=g.dtype))
 
 
-def _run(tokenizer, tiny_splits, tmp_path, base, old, **kw):
+def reference_clip(grads, max_norm):
+    """Clipping by the global 2-norm as torch does it (``max_norm / (norm + 1e-6)``, at most 1), on copies."""
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, 2.0) for g in grads]), 2.0)
+    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    return [g * coef for g in grads]
+
+
+def reference_first_adamw_step(param, grad, lr, eps, w=None):
+    """float64: the first AdamW step without weight decay (bias-corrected: ``lr * g / (|g| + eps)``), its size
+    scaled by W (``update`` mode) where W is given."""
+    step = lr * grad.double() / (grad.double().abs() + eps)
+    return param.double() - (step if w is None else step * w.double())
+
+
+class PassProbe(TrainerCallback):
+    """Records, for every optimizer step, what the passes are checked on: the raw (accumulated) gradients before
+    the gradient pass, the gradients the optimizer gets, the weights right after the optimizer's step and after
+    the weight pass. Added before the trainer's own callback, so it sees the weights before the re-zero."""
+
+    def __init__(self, model):
+        self.params = dict(model.named_parameters())
+        self.raw, self.steps = {}, []
+        for name, p in self.params.items():
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(lambda p, name=name: self.raw.__setitem__(name, p.grad.clone()))
+
+    def _copy(self, attr):
+        return {n: (p.grad if attr == "grad" else p).detach().clone() for n, p in self.params.items()
+                if attr != "grad" or p.grad is not None}
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.steps.append({"raw": dict(self.raw), "grad": self._copy("grad"), "before": self._copy("data")})
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.steps[-1]["stepped"] = self._copy("data")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps[-1]["after"] = self._copy("data")
+        self.raw = {}
+
+
+def _run(tokenizer, tiny_splits, tmp_path, base, **kw):
     model = sparse_model(tokenizer, state_dict=base)
-    rec = GradRecorder(model)
+    probe = PassProbe(model)
     trainer = make_trainer(model, tokenizer, qa(tiny_splits, "forget10", 8), qa(tiny_splits, "retain90", 16),
-                           tmp_path / ("old" if old else "new"), callbacks=[rec], **kw)
-    if old:
-        trainer.__class__ = type("OldSAUTrainer", (OldPasses, type(trainer)), {})
+                           tmp_path, callbacks=[probe], **kw)
     trainer.train()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}, rec.grads
+    return trainer, probe.steps
+
+
+def _keep_and_w(trainer, name, use_w):
+    """The mask and W the gradient pass applies to a prunable parameter (G and W under SAU, else M)."""
+    state = trainer.sau_state
+    if state is not None and name in state.selected:
+        return state.mask(name, "cpu"), state.weight(name) if use_w else None
+    return trainer.sparsity_masks.get(name, "cpu"), None
 
 
 def _assert_same(a, b):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(_bits(a[k]), _bits(b[k])) if a[k].is_floating_point() else torch.equal(a[k], b[k]), k
+
+
+def _check_grad_mode_steps(trainer, steps, max_norm):
+    """Every step: the optimizer got reference_clip(reference_gradient(raw)) and the weights after the step are the
+    optimizer's with pruned entries +0.0, bit for bit."""
+    prunable = prunable_parameters(trainer.model)
+    for step in steps:
+        masked = {}
+        for name, raw in step["raw"].items():
+            if name in prunable:
+                keep, w = _keep_and_w(trainer, name, use_w=True)
+                masked[name] = reference_gradient(raw, keep, w)
+            else:
+                masked[name] = raw
+        names = [n for n in step["grad"]]  # the model's parameter order, as the Trainer clips them
+        assert set(names) == set(masked)
+        want = dict(zip(names, reference_clip([masked[n] for n in names], max_norm), strict=True))
+        _assert_same(step["grad"], want)
+        want_after = {n: torch.where(trainer.sparsity_masks.get(n, "cpu"), p, torch.zeros((), dtype=p.dtype))
+                      if n in prunable else p for n, p in step["stepped"].items()}
+        _assert_same(step["after"], want_after)
 
 
 def _cases():
@@ -255,18 +292,15 @@ def _cases():
 
 
 @pytest.mark.parametrize("optim,bf16,sau", list(_cases()))
-def test_fused_passes_give_the_old_gradients_and_weights_bit_for_bit(tokenizer, tiny_splits, tmp_path, optim, bf16,
-                                                                     sau):
+def test_fused_passes_give_the_reference_gradients_and_weights_bit_for_bit(tokenizer, tiny_splits, tmp_path, optim,
+                                                                           bf16, sau):
     base = sparse_model(tokenizer).state_dict()
     kw = dict(optim=optim, bf16=bf16, sau=sau, sau_alpha=1.0, sau_redistribution="row" if bf16 else "matrix",
               weight_decay=0.1, learning_rate=5e-3, gradient_accumulation_steps=2, per_device_train_batch_size=2,
               max_steps=2)
-    w_old, g_old = _run(tokenizer, tiny_splits, tmp_path, base, True, **kw)
-    w_new, g_new = _run(tokenizer, tiny_splits, tmp_path, base, False, **kw)
-    assert len(g_new) == len(g_old) == 2
-    for a, b in zip(g_old, g_new, strict=True):
-        _assert_same(a, b)
-    _assert_same(w_old, w_new)
+    trainer, steps = _run(tokenizer, tiny_splits, tmp_path, base, **kw)
+    assert len(steps) == 2
+    _check_grad_mode_steps(trainer, steps, trainer.args.max_grad_norm)
 
 
 @pytest.mark.slow
@@ -278,27 +312,43 @@ def test_fused_passes_compiled_in_the_trainer_bit_for_bit(tokenizer, tiny_splits
     base = sparse_model(tokenizer).state_dict()
     kw = dict(sau_alpha=1.0, sau_redistribution=redistribution, weight_decay=0.1, gradient_accumulation_steps=2,
               per_device_train_batch_size=2, max_steps=2)
-    w_old, g_old = _run(tokenizer, tiny_splits, tmp_path, base, True, **kw)
-    w_new, g_new = _run(tokenizer, tiny_splits, tmp_path, base, False, **kw)
-    for a, b in zip(g_old, g_new, strict=True):
-        _assert_same(a, b)
-    _assert_same(w_old, w_new)
+    trainer, steps = _run(tokenizer, tiny_splits, tmp_path, base, **kw)
+    assert len(steps) == 2
+    _check_grad_mode_steps(trainer, steps, trainer.args.max_grad_norm)
 
 
 @pytest.mark.parametrize("redistribution", ["matrix", "row", "param"])
 @pytest.mark.parametrize("bf16", [False, True])
-def test_update_mode_gives_the_old_weights_within_rounding(tokenizer, tiny_splits, tmp_path, redistribution, bf16):
+def test_update_mode_gives_the_reference_weights_within_rounding(tokenizer, tiny_splits, tmp_path, redistribution,
+                                                                 bf16):
+    """One AdamW step in ``update`` mode: the gradient is G's (no W), and the step of each selected entry is W times
+    AdamW's (float64 reference); pruned entries stay +0.0."""
     base = sparse_model(tokenizer).state_dict()
     kw = dict(sau_redistribution_target="update", sau_redistribution=redistribution, sau_alpha=1.0, bf16=bf16,
               weight_decay=0.0, learning_rate=5e-3, max_steps=1)
-    w_old, _ = _run(tokenizer, tiny_splits, tmp_path, base, True, **kw)
-    w_new, _ = _run(tokenizer, tiny_splits, tmp_path, base, False, **kw)
+    trainer, (step,) = _run(tokenizer, tiny_splits, tmp_path, base, **kw)
+    prunable = prunable_parameters(trainer.model)
+    masked = {n: reference_gradient(raw, *_keep_and_w(trainer, n, use_w=False)) if n in prunable else raw
+              for n, raw in step["raw"].items()}
+    names = list(step["grad"])
+    want_grad = dict(zip(names, reference_clip([masked[n] for n in names], trainer.args.max_grad_norm), strict=True))
+    _assert_same(step["grad"], want_grad)
     moved = 0
-    for k in w_old:
-        # per-matrix W scales the learning rate (old - lr * W * u, not old + W * (new - old)): a rounding apart (one
-        # step: later steps would amplify it through the forward, under bf16 autocast by far)
-        torch.testing.assert_close(w_new[k], w_old[k], rtol=2e-6, atol=1e-8)
-        moved += int((w_new[k] != base[k]).sum())
+    for name in prunable:
+        keep, w = _keep_and_w(trainer, name, use_w=True)
+        if w is not None:  # W only on G's entries
+            w = torch.where(keep, w.to(torch.float64).expand(keep.shape), torch.ones((), dtype=torch.float64))
+        want = reference_first_adamw_step(step["before"][name], step["grad"][name], trainer.args.learning_rate,
+                                          trainer.args.adam_epsilon, w)
+        want = torch.where(trainer.sparsity_masks.get(name, "cpu"), want, torch.zeros((), dtype=want.dtype))
+        # per-matrix W scales the learning rate, other W the float32 step after it (new - old, rounded to the
+        # weight's float32 spacing, then times W): float32 roundings from the reference, the latter scaled by W
+        err = (step["after"][name].double() - want).abs()
+        spacing = 2.0 ** -23 * step["before"][name].double().abs() * (1.0 if w is None else w)
+        allowed = 2e-6 * want.abs() + 1e-8 + 2 * spacing
+        assert bool((err <= allowed).all()), (name, float((err - allowed).max()))
+        assert bool((step["after"][name][~trainer.sparsity_masks.get(name, "cpu")] == 0).all())
+        moved += int((step["after"][name] != base[name]).sum())
     assert moved > 0
 
 
@@ -351,27 +401,27 @@ class SyncCounter(TorchFunctionMode):
                                      dict(sau=True, sau_redistribution_target="update", sau_redistribution="param"),
                                      dict(sau=True, optim="adamw_bnb_8bit")],
                          ids=["plain", "sau", "sau-row", "update", "update-param", "rezero"])
-def test_no_host_sync_in_the_sparsity_passes(tokenizer, tiny_splits, tmp_path, setting):
+def test_no_host_sync_in_the_sparsity_passes(tokenizer, tiny_splits, tmp_path, monkeypatch, setting):
     if "bnb" in setting.get("optim", "") and not HAS_BNB:
         pytest.skip("bitsandbytes")
     model = sparse_model(tokenizer)
     trainer = make_trainer(model, tokenizer, qa(tiny_splits, "forget10", 8), qa(tiny_splits, "retain90", 8), tmp_path,
                            max_steps=3, sau_alpha=1.0, **setting)
     counter, entered = SyncCounter(), []
-    cls = type(trainer)
 
     def counted(method):
-        def run(self, *a, **k):
-            if self.state.global_step >= 1:  # after the one-time checks of the first step
+        inner = getattr(trainer, method)
+
+        def run(*a, **k):
+            if trainer.state.global_step >= 1:  # after the one-time checks of the first step
                 entered.append(method)
                 with counter:
-                    return getattr(cls, method)(self, *a, **k)
-            return getattr(cls, method)(self, *a, **k)
+                    return inner(*a, **k)
+            return inner(*a, **k)
         return run
 
-    trainer.__class__ = type("Counted", (cls,), {m: counted(m) for m in
-                                                  ("_mask_gradients", "_snapshot_for_update_mode",
-                                                   "_after_optimizer_step")})
+    for method in ("_mask_gradients", "_snapshot_for_update_mode", "_after_optimizer_step"):
+        monkeypatch.setattr(trainer, method, counted(method))  # on the instance: the passes, counted
     trainer.train()
     assert len(entered) == 6 and counter.calls == []
     if "update" in str(setting):  # the counter does see a boolean-index snapshot (the old way)

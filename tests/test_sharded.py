@@ -10,12 +10,12 @@ a new saliency pass and ends where the uninterrupted run ends. The model has une
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launch import accelerate_launch, run, worker_env
 from safetensors.torch import load_file
 
 from sau_trainer.masks import SparsityMasks
@@ -28,36 +28,14 @@ G_EQUAL_AT_LEAST = 0.999
 W_REL_TOL = 1e-4
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(**extra):
-    path = os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")])
-    return dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1", **extra)
-
-
-def _run(cmd, env=None, ok=True):
-    proc = subprocess.run(cmd, env=env or _env(), capture_output=True, text=True, timeout=900, cwd=ROOT)
-    if ok:
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
-    return proc
-
-
 def launch(config: str, out: Path, *opts: str, ok=True, num_processes=None, env=None):
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "recipes" / "accelerate" / config), "--main_process_port", str(_free_port())]  # or a path
-    if num_processes is not None:
-        cmd += ["--num_processes", str(num_processes)]
-    return _run(cmd + [str(WORKER), str(out), *opts], env=env, ok=ok)
+    """tests/sharded_worker.py under `accelerate launch` (config: a file of recipes/accelerate/ or a path)."""
+    return accelerate_launch(config, WORKER, out, *opts, num_processes=num_processes, env=env, ok=ok)
 
 
 def single(out: Path, *opts: str):
-    return _run([sys.executable, str(WORKER), str(out), *opts])
+    """tests/sharded_worker.py on one process."""
+    return run([sys.executable, str(WORKER), str(out), *opts])
 
 
 def compare_states(one: Path, sharded: Path) -> tuple[float, float]:
@@ -132,7 +110,7 @@ def test_fsdp2_matches_one_process_uneven_shards_accumulation_and_resume(tmp_pat
 @pytest.mark.distributed
 def test_zero3_matches_one_process_uneven_shards_accumulation_and_resume(tmp_path, one_process):
     pytest.importorskip("deepspeed")
-    env = _env(DS_ACCELERATOR="cpu")
+    env = worker_env(DS_ACCELERATOR="cpu")
     opts = OPTS
     (tmp_path / "one").symlink_to(one_process, target_is_directory=True)
     launch("zero3_cpu.yaml", tmp_path / "zero3", *opts, env=env)
@@ -163,7 +141,7 @@ def test_zero2_matches_one_process(tmp_path, one_process):
     config = tmp_path / "zero2_cpu.yaml"
     config.write_text((ROOT / "recipes" / "accelerate" / "zero3_cpu.yaml").read_text()
                       .replace("zero_stage: 3", "zero_stage: 2"))
-    launch(str(config), tmp_path / "zero2", *OPTS[:3], env=_env(DS_ACCELERATOR="cpu"))
+    launch(str(config), tmp_path / "zero2", *OPTS[:3], env=worker_env(DS_ACCELERATOR="cpu"))
     rep = json.loads((tmp_path / "zero2" / "report.json").read_text())
     assert rep["world"] == 2 and rep["distributed_type"] == "DistributedType.DEEPSPEED"
     g_equal, w_rel = compare_states(one_process / "final", tmp_path / "zero2" / "final")
@@ -181,8 +159,8 @@ def test_fsdp_request_that_runs_unsharded_stops_before_training(tmp_path, versio
     # FSDP asked for the way `accelerate launch` asks (ACCELERATE_USE_FSDP), but one plain process: the Trainer
     # would run unsharded (distributed type NO); FSDP1 is refused before accelerate builds its plugin. Both stop in
     # SAUTrainer(...), before any training, with one line
-    proc = _run([sys.executable, str(WORKER), str(tmp_path / "one"), "steps=1"],
-                env=_env(ACCELERATE_USE_FSDP="true", FSDP_VERSION=version), ok=False)
+    proc = run([sys.executable, str(WORKER), str(tmp_path / "one"), "steps=1"],
+                env=worker_env(ACCELERATE_USE_FSDP="true", FSDP_VERSION=version), ok=False)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(message), last

@@ -8,8 +8,9 @@ trajectories are not compared with one process entry by entry: 2 ranks train on 
 import json
 
 import pytest
+from launch import worker_env
 from safetensors.torch import load_file
-from test_sharded import ROOT, W_REL_TOL, _env, compare_states, launch, pruned_nonzero, single
+from test_sharded import ROOT, W_REL_TOL, compare_states, launch, pruned_nonzero, single
 
 from sau_trainer.masks import SparsityMasks
 
@@ -24,7 +25,7 @@ def _config(name: str, tmp_path) -> tuple[str, dict]:
         path.write_text((ROOT / "recipes" / "accelerate" / "zero3_cpu.yaml").read_text()
                         .replace("zero_stage: 3", "zero_stage: 2"))
         name = str(path)
-    return name, _env(DS_ACCELERATOR="cpu")
+    return name, worker_env(DS_ACCELERATOR="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ def test_update_mode_under_zero2_matches_ddp(tmp_path):
 @pytest.mark.distributed
 def test_update_mode_under_zero3_is_refused_with_its_reason(tmp_path):
     pytest.importorskip("deepspeed")
-    proc = launch("zero3_cpu.yaml", tmp_path / "run", "steps=1", "target=update", env=_env(DS_ACCELERATOR="cpu"),
+    proc = launch("zero3_cpu.yaml", tmp_path / "run", "steps=1", "target=update", env=worker_env(DS_ACCELERATOR="cpu"),
                   ok=False)
     assert proc.returncode != 0
     assert "sau_redistribution_target='update' cannot run under DeepSpeed ZeRO-3" in proc.stderr

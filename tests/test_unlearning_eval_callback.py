@@ -302,39 +302,19 @@ def test_a_missing_metric_stops_before_the_first_step(tokenizer, tiny_splits, tm
     assert probe.optimizer_steps == 0
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize("launcher", ["ddp", "fsdp2"])
 def test_two_processes_agree_without_deadlock(launcher, tmp_path):
     """Every rank evaluates; rank 0's metrics are what every rank records (its `rank_marker` is 0), every rank
     picks the same best step and loads its weights (its own shards under FSDP2), and pruned entries stay zero."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from launch import TESTS, accelerate_launch, torchrun
 
-    here = Path(__file__).parent
-    root = here.parent
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(root), str(here), os.environ.get("PYTHONPATH", "")]))
-    worker = str(here / "unlearning_eval_worker.py")
+    worker = TESTS / "unlearning_eval_worker.py"
     if launcher == "ddp":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), worker, str(tmp_path)]
+        torchrun(worker, tmp_path, timeout=600)
     else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(root / "recipes" / "accelerate" / "fsdp2_cpu.yaml"), "--main_process_port", str(_free_port()),
-               worker, str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=root)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
+        accelerate_launch("fsdp2_cpu.yaml", worker, tmp_path, timeout=600)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in reports] == [2, 2]
     assert all(r["sharded"] == (launcher == "fsdp2") for r in reports)

@@ -3,34 +3,19 @@ same control vector on both ranks; PDU's dual variable moves identically on both
 the dual step is averaged over processes); the replicas stay in sync and pruned weights stay zero."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from launch import torchrun, worker_env
 
 HERE = Path(__file__).parent
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize("objective", ["rmu", "pdu"])
 def test_two_process_ranks_agree(tmp_path, objective):
-    path = os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           str(HERE / "objective_ddp_worker.py"), str(tmp_path), objective]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    torchrun(HERE / "objective_ddp_worker.py", tmp_path, objective, env=worker_env(HERE), timeout=600)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     print(objective, [r["tensors"] for r in reports])
     assert [r["world"] for r in reports] == [2, 2]

@@ -2,14 +2,10 @@
 the rest once, and the outputs are what a single process would write."""
 
 import json
-import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
+from launch import accelerate_launch
 
-ROOT = Path(__file__).resolve().parents[2]
 RECIPE = """
 name: ddp
 torch_threads: 1
@@ -30,17 +26,11 @@ report: {plot: false}
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_accelerate_launch_two_cpu_processes(tmp_path):
-    accelerate = shutil.which("accelerate")
-    if accelerate is None:
-        pytest.skip("accelerate CLI not installed")
     recipe = tmp_path / "ddp.yaml"
     recipe.write_text(RECIPE)
     out = tmp_path / "out"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    cmd = [accelerate, "launch", "--config_file", str(ROOT / "recipes/accelerate/cpu_two_processes.yaml"),
-           "-m", "sau_trainer", "run", str(recipe), "--output", str(out)]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    cmd = ("cpu_two_processes.yaml", "-m", "sau_trainer", "run", recipe, "--output", out)
+    accelerate_launch(*cmd, cwd=tmp_path, timeout=900)
     stage = json.loads((out / "stages/models/finetuned/stage.json").read_text())
     assert stage["info"]["num_processes"] == 2
     unlearn = json.loads((out / "stages/models/magnitude-50-npo-sau-lr0.001-s0/stage.json").read_text())
@@ -50,6 +40,5 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     assert [r["name"] for r in report["runs"]] == ["magnitude-50-npo-sau-lr0.001-s0"]
     assert report["runs"][0]["measured_sparsity"] == 0.5
     # a second launch finds everything done
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = accelerate_launch(*cmd, cwd=tmp_path, timeout=600)
     assert "1 to run" in proc.stderr + proc.stdout  # the report, which is always rewritten
