@@ -221,24 +221,17 @@ def test_the_issues_plugin_runs_end_to_end_from_a_recipe(tmp_path, monkeypatch):
 def test_every_process_of_accelerate_launch_loads_the_recipes_plugins(tmp_path):
     """Both processes read the recipe, import the plugin and unlearn with its objective, data parallel."""
     import json
-    import os
-    import subprocess
 
-    accelerate = shutil.which("accelerate")
-    if accelerate is None:
-        pytest.skip("accelerate CLI not installed")
+    from launch import accelerate_launch
+
     recipe = _recipe(tmp_path)
     recipe.write_text(recipe.read_text().replace("sau: [true]", "sau: [true], model: [sparse], num_train_epochs: 1, "
                                                  "per_device_train_batch_size: 5, args: {disable_tqdm: true}")
                       + "torch_threads: 1\ntrain_target: {num_train_epochs: 1, args: {disable_tqdm: true}}\n"
                       "train_retain: {num_train_epochs: 1, args: {disable_tqdm: true}}\n"
                       "evaluate: {max_new_tokens: 4}\nreport: {plot: false}\n")
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    cmd = [accelerate, "launch", "--config_file", str(root / "recipes/accelerate/cpu_two_processes.yaml"),
-           "-m", "sau_trainer", "run", str(recipe), "--output", str(tmp_path / "out")]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    accelerate_launch("cpu_two_processes.yaml", "-m", "sau_trainer", "run", recipe, "--output", tmp_path / "out",
+                      cwd=tmp_path, timeout=900)
     stage = tmp_path / "out/stages/models/every_other-50-scaled_ga-sau-lr1e-05-s0/stage.json"
     info = json.loads(stage.read_text())["info"]
     assert info["num_processes"] == 2 and info["measured_sparsity"] == 0.5
