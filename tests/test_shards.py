@@ -3,12 +3,12 @@ ties included) and W for every scope and redistribution, with uneven row shards,
 expert tensor; the masks' local rows are what FSDP2's Shard(0) holds."""
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from launch import free_port
 
 from sau_trainer.masks import Layout
 from sau_trainer.sau import build_sau_state
@@ -52,9 +52,7 @@ def _worker(rank: int, port: int, out: dict) -> None:
 
 @pytest.mark.distributed
 def test_sharded_selection_and_w_equal_one_process():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = mp.Manager().dict()
     mp.spawn(_worker, args=(port, out), nprocs=2, join=True)
     sal, alive = _tensors()
