@@ -19,11 +19,6 @@ KNOWN_CIRCLES = {
     "the pipeline's modules (issue 25)": {
         "sau_trainer/pipeline/report.py",  # issue 25
         "sau_trainer/pipeline/report_verdicts.py",  # issue 25
-        "sau_trainer/pipeline/robustness.py",  # issue 25
-        "sau_trainer/pipeline/runner.py",  # issue 25
-        "sau_trainer/pipeline/schema.py",  # issue 25
-        "sau_trainer/pipeline/stages.py",  # issue 25
-        "sau_trainer/pipeline/trajectories.py",  # issue 25
     },
 }
 
@@ -32,7 +27,6 @@ KNOWN_CIRCLES = {
 KNOWN_LONG_FILES = {
     "sau_trainer/pipeline/memory.py",  # issue 25
     "sau_trainer/pipeline/schema.py",  # issue 25
-    "sau_trainer/pipeline/stages.py",  # issue 25
 }
 
 

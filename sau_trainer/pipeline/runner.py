@@ -29,13 +29,21 @@ from datetime import timedelta
 from pathlib import Path
 
 from . import checksums, cleanup, diverged, locks, scheduling
+from .plan import plan
 from .schema import Recipe, RecipeError, recipe_to_yaml
-from .stages import STAGES, Context, Task, plan
+from .stage_records import (  # noqa: F401  (re-exported: their home before the planner's split)
+    STAGE_FILE,
+    STAGE_FORMAT,
+    is_diverged,
+    is_done,
+    read_stage,
+    stage_status,
+)
+from .stages import STAGES
+from .tasks import Context, Task
 
 logger = logging.getLogger(__name__)
 
-STAGE_FILE = "stage.json"
-STAGE_FORMAT = "sau-trainer/stage"
 PIPELINE_VERSION = 1
 
 
@@ -87,52 +95,6 @@ def hash_tasks(tasks: list[Task]) -> None:
     for t in tasks:
         t.hash = task_hash(t, hashes)
         hashes[t.name] = t.hash
-
-
-def read_stage(path: Path) -> dict | None:
-    """The stage.json of a finished task directory, or None."""
-    try:
-        doc = json.loads((path / STAGE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if doc.get("format") == STAGE_FORMAT else None
-
-
-_REPORTED: set[tuple[str, str]] = set()
-
-
-def is_done(path: Path, task: Task, record: bool = True) -> bool:
-    """Finished with the task's hash, and its files are the ones it wrote (`checksums.verify_stage`; a stage
-    whose files differ is unfinished, logged once per process with the file it names). `record`: an old
-    stage.json that passes is given its checksums (a dry run passes False: it writes nothing)."""
-    doc = read_stage(path)
-    if doc is None or doc.get("hash") != task.hash or doc.get("status", "finished") != "finished":
-        return False
-    problem = checksums.verify_stage(path, doc, record)
-    if problem is not None:
-        if (str(path), problem) not in _REPORTED:
-            _REPORTED.add((str(path), problem))
-            logger.warning("%s: not used: %s; recomputing it", task.name, problem)
-        return False
-    return True
-
-
-def stage_status(path: Path, task: Task) -> tuple[str, str] | None:
-    """``(status, reason)`` recorded for the task with its current hash (``finished``: as `is_done` sees it,
-    ``diverged``: `diverged.py`), or None."""
-    doc = read_stage(path)
-    if doc is None or doc.get("hash") != task.hash:
-        return None
-    status = doc.get("status", "finished")
-    if status == "finished":
-        return ("finished", "") if is_done(path, task) else None
-    return status, str(doc.get("reason", ""))
-
-
-def is_diverged(path: Path, task: Task) -> bool:
-    """Recorded as diverged with the task's current hash (reads stage.json only; verifies no files)."""
-    doc = read_stage(path)
-    return doc is not None and doc.get("hash") == task.hash and doc.get("status") == diverged.STATUS
 
 
 def parse_patterns(patterns: str | list[str] | tuple[str, ...] | None) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sau_trainer.pipeline import RecipeError, plan, validate
+from sau_trainer.pipeline import RecipeError, plan, stage_runs, validate
 from sau_trainer.pipeline import stages as stages_mod
 from sau_trainer.pipeline.stages import Context
 
@@ -80,13 +80,13 @@ def test_prune_with_offload_gives_the_same_masks_and_weights(tiny_dir, tmp_path,
 
 def test_evaluate_with_device_map_auto_gives_the_same_summary(tiny_dir, tmp_path, monkeypatch):
     placed = []
-    real = stages_mod.load_model
+    real = stage_runs.load_model  # where the evaluate stage's function reads it
 
     def spy(*args, **kwargs):
         placed.append((args[2:], kwargs))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(stages_mod, "load_model", spy)
+    monkeypatch.setattr(stage_runs, "load_model", spy)
     plain_task, plain, plain_out = run_task(recipe_of(tiny_dir), "eval/finetuned", tmp_path / "plain")
     mapped = recipe_of(tiny_dir, evaluate={"device_map": "auto"})
     map_task, mapped_info, map_out = run_task(mapped, "eval/finetuned", tmp_path / "mapped")

@@ -213,8 +213,9 @@ def test_relearning_brings_forgotten_answers_back_and_int8_changes_less_than_int
 
 def test_bitsandbytes_attacks_are_skipped_with_the_reason_where_it_cannot_run(tmp_path, monkeypatch):
     from sau_trainer import robustness
+    from sau_trainer.pipeline.attacks import run_attack, run_attack_evaluate
     from sau_trainer.pipeline.report import build_report, render_markdown
-    from sau_trainer.pipeline.robustness import fold_attacks, run_attack, run_attack_evaluate
+    from sau_trainer.pipeline.robustness import fold_attacks
 
     monkeypatch.setattr(robustness, "bnb_status", lambda: (False, "bitsandbytes is not usable here (test)"))
     tasks = names(with_(BASE, robustness=["bnb-nf4"]))
@@ -243,7 +244,7 @@ def test_attacked_copies_are_evaluated_with_the_recipes_prompt_limit(tmp_path, m
     too (else a model whose positions MUSE's prompts fill is refused there after the run itself was scored)."""
     import torch
 
-    from sau_trainer.pipeline import robustness, stages
+    from sau_trainer.pipeline import attacks
     from sau_trainer.pipeline.runner import Task
 
     seen = {}
@@ -252,13 +253,14 @@ def test_attacked_copies_are_evaluated_with_the_recipes_prompt_limit(tmp_path, m
         seen.update(kwargs)
         return {"summary": {}, "per_example": {}}
 
-    monkeypatch.setattr(stages, "load_model", lambda ctx, src, device: torch.nn.Linear(2, 2))
+    monkeypatch.setattr(attacks, "load_model", lambda ctx, src, device: torch.nn.Linear(2, 2))
     ctx = SimpleNamespace(model_source=lambda ref: str(tmp_path), tokenizer=lambda: None, benchmark={},
-                          device="cpu", is_main=False, bench=SimpleNamespace(evaluate=evaluate))
+                          device="cpu", is_main=False, recipe=SimpleNamespace(data=None),
+                          bench=SimpleNamespace(evaluate=evaluate, data_options=lambda data: {}))
     evaluate_settings = {"batch_size": 2, "max_new_tokens": 4, "max_length": 64, "compat": None,
                          "question_key": "question", "max_prompt_tokens": max_prompt_tokens}
     task = Task("attack_evaluate", "eval/x@quant-int4", {"source": "models/x@quant-int4", "forget_split": "forget10",
                                                         "evaluate": evaluate_settings}, {}, {"name": "x"})
     (tmp_path / "out").mkdir()
-    robustness.run_attack_evaluate(ctx, task, tmp_path / "out")
+    attacks.run_attack_evaluate(ctx, task, tmp_path / "out")
     assert seen.get("max_prompt_tokens") == max_prompt_tokens
