@@ -1,5 +1,8 @@
-"""Data: QA tokenisation (the prompt format), tokenizers for small models, the built-in benchmarks, TOFU and
-MUSE loading, and the benchmark registry."""
+"""Data: QA tokenisation (the prompt format), tokenizers for small models and the built-in benchmarks' generators.
+
+Each benchmark's loading moved to its package under `sau_trainer.benchmarks` (issue 25); ``data.tofu``,
+``data.muse``, ``data.wmdp`` and ``data.benchmarks`` (the registry) stay as re-exports of their old names. Nothing
+here imports a benchmark's evaluation."""
 
 
 from ..lazy import lazy_exports

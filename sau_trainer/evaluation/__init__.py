@@ -1,4 +1,6 @@
-"""Evaluation: pure metric functions, membership inference, the TOFU and MUSE evaluators, the results file."""
+"""Evaluation: the metric code every benchmark shares (pure metric functions, membership inference, the results
+file, compat modes, generation). It imports no benchmark package; each benchmark's evaluator lives in its package
+under `sau_trainer.benchmarks` (``evaluation.tofu``, ``.muse``, ``.wmdp`` re-export them, as the names below)."""
 
 
 from ..lazy import lazy_exports
