@@ -116,7 +116,8 @@ def evaluation_callback(ctx, task, tokenizer):
     retain = ctx.task_dir(task.dep("retain_eval")) if "retain_eval" in task.deps else None
 
     def evaluate(model):
-        return ctx.bench.evaluate(model, tokenizer, data, forget_split=forget_split, batch_size=e["batch_size"],
+        return ctx.bench.evaluate(model, tokenizer, data, **ctx.bench.data_options(ctx.recipe.data),
+                                  batch_size=e["batch_size"],
                                   max_new_tokens=t["max_new_tokens"], max_length=e["max_length"],
                                   retain_results=retain, show_progress=False, compat=e.get("compat"),
                                   question_key=e.get("question_key", "question"),
