@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import pickle
 from typing import Any
 
 import torch
@@ -32,7 +29,6 @@ def build_llama(shape: str | dict = "tiny", tokenizer: Any = None, seed: int = 0
 
     With a tokenizer, the vocabulary size and the special token ids come from it.
     """
-    # transformers on use: MODEL_SHAPES' readers (the recipe checks) do not pay its import
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if isinstance(shape, str):
@@ -62,7 +58,9 @@ def load_causal_lm(source: str, **kwargs):
     Only safetensors checkpoints are loaded as they are. A pickle checkpoint (``pytorch_model.bin``) goes through
     torch's ``weights_only`` loader (transformers' default), which refuses anything but tensors: such a file is
     refused with `CheckpointError` naming it, never loaded with ``weights_only=False`` (that would run its code)."""
-    from transformers import AutoModelForCausalLM  # on use, as above
+    import pickle
+
+    from transformers import AutoModelForCausalLM
 
     try:
         return AutoModelForCausalLM.from_pretrained(source, **kwargs)
@@ -81,6 +79,8 @@ def load_causal_lm(source: str, **kwargs):
 
 def _unpickling_error(err: BaseException):
     """The `pickle.UnpicklingError` that `err` is or was raised from (its cause or context chain), else None."""
+    import pickle
+
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, pickle.UnpicklingError):
@@ -99,6 +99,9 @@ def strip_remote_code(model_dir: str) -> list[str]:
     The package loads models only with transformers' own classes and never runs remote code, so a model it saves
     does not point loaders at a source repository's code (kept from its source, they would invite
     ``trust_remote_code=True`` on a model that needs none)."""
+    import json
+    import os
+
     path = os.path.join(model_dir, "config.json")
     try:
         with open(path) as f:
