@@ -151,7 +151,7 @@ def band_comparisons(rows: Sequence[Mapping], spec, band: Sequence[float] = DEFA
 
 # ----------------------------------------------------------------------------------------- report.md
 def _fmt(v: Any) -> str:
-    from .report import _fmt as fmt
+    from .report_format import _fmt as fmt
 
     return fmt(v)
 
@@ -203,7 +203,7 @@ def verdict_words(c: Mapping, label: str = "") -> str:
 def findings_section(comparisons: list[dict], spec, band: Sequence[float], note: str | None,
                      trajectory_note: str | None) -> list[str]:
     """The opening section of report.md: the verdicts in sentences, one line per (model, objective, pair)."""
-    from .report import grid_label, objective_label
+    from .report_format import grid_label, objective_label
     from .report_summary import agreement_sentence, bottom_line, companion_sentence, resolution_words
 
     lines = ["## What this run shows", ""]
@@ -288,7 +288,7 @@ def definitions_lines(spec, band: Sequence[float]) -> list[str]:
 
 
 def comparisons_table(comparisons: list[dict], spec) -> list[str]:
-    from .report import _table, grid_label, objective_label
+    from .report_format import _table, grid_label, objective_label
 
     def step(c):
         r = c.get("resolution") or {}
