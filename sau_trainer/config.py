@@ -1,15 +1,29 @@
-"""`SAUConfig`: `TrainingArguments` plus the SAU and objective settings, validated at construction."""
+"""`SAUConfig`: `TrainingArguments` plus the SAU settings, validated at construction.
+
+The objectives' own settings are theirs (a ``params`` dataclass in each objective's file, `objectives.params`):
+`SAUConfig` holds them as `objective_args` and still takes and reads them by their former flat names
+(``SAUConfig(npo_beta=0.2).npo_beta``). `settings_problems` is the one check of SAU and objective settings:
+`SAUConfig` runs it at construction, and the recipe check (`pipeline.schema`) runs it on every grid point
+before any stage, without building a `TrainingArguments`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+import math
+from dataclasses import InitVar, dataclass, field  # noqa: F401 - InitVar: the flat names' annotation
+from typing import Any
 
 from transformers import TrainingArguments
 
 from .objectives import OBJECTIVES
-from .objectives.params import check_objective_args
+from .objectives.params import check_objective_args, flat_field, flat_names, float_fields, merge_flat
 from .training.compensated import OPTIMIZER_CHOICES
 from .training.precision import POLICIES
+
+__all__ = ["SAUConfig", "CHOICES", "SAU_SETTING_FIELDS", "SAU_OPTION_DEFAULTS", "FLAT_NAMES", "float_fields",
+           "check_float_fields", "settings_problems", "check_settings", "setting_names", "choice_problems",
+           "field_default", "settings_view"]
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "sau_topk_scope": ("matrix", "row", "global"),
@@ -20,11 +34,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "compensated_optimizer": OPTIMIZER_CHOICES,
     "saliency_loss": ("forget_nll", "objective"),
     "saliency_granularity": ("batch", "example"),
-    "idk_pairing": ("epoch", "fixed"),
     "sau_moving_mask": ("off", "matrix", "row"),
-    "rmu_mse_mean": ("example", "open-unlearning"),
     "retain_kl_positions": ("sequence", "answer", "open-unlearning"),
-    "alternate_source": ("auto", "column", "perturbed", "generate"),
 }
 
 # The settings that make G and W; a checkpoint's SAU state must have been made with the same ones.
@@ -40,41 +51,191 @@ SAU_OPTION_DEFAULTS = {"saliency_retain_aware": False, "saliency_retain_eps": 0.
 # Weights of the objective's terms: a negative one turns the term around (ascent on the retain set).
 NONNEGATIVE_FLOATS = ("forget_weight", "retain_weight")
 
+# The built-in objectives' settings by their former flat SAUConfig names (npo_beta, ..., ceu_ignore_first_n)
+FLAT_NAMES: tuple[str, ...] = tuple(flat_names(OBJECTIVES))
+# the saliency pass's objective settings (saliency_loss="objective") that checkpoints list only off their default
+_SALIENCY_IF_SET = ("rmu_mse_mean", "altpo_beta", "alternate_source", "alternate_column", "alternate_prompt",
+                    "alternate_max_new_tokens")
+_SALIENCY_ALWAYS = ("npo_beta", "simnpo_beta", "simnpo_delta", "rmu_layer", "rmu_steering_coeff", "pdu_shifted_mask",
+                    "wga_beta", "satimp_beta1", "satimp_beta2", "idk_path", "idk_pairing", "idkdpo_beta",
+                    "undial_beta", "undial_label_mask", "ceu_ignore_first_n")
 
-def float_fields(cls: type) -> dict[str, bool]:
-    """name -> whether None is allowed, for every field of dataclass `cls` declared ``float`` or ``float | None``."""
-    import dataclasses
-    import re
 
-    out = {}
-    for f in dataclasses.fields(cls):
-        words = set(re.findall(r"\w+", f.type if isinstance(f.type, str) else repr(f.type)))
-        if "float" in words and words <= {"float", "None", "Optional", "class", "typing"}:
-            out[f.name] = "None" in words or "Optional" in words
-    return out
+class _Unset:
+    def __repr__(self) -> str:
+        return "<the objective's default>"
+
+
+UNSET: Any = _Unset()
 
 
 def check_float_fields(config) -> None:
-    """Every float setting of `config` is a finite real number: NaN and inf would pass every range check written
-    as a comparison and train to an all-NaN model; a bool is not a number. `TrainingArguments`' float fields are
-    checked where they hold a float (NaN, inf); its other values are left to its own checks."""
-    import dataclasses
-    import math
+    """Every float setting of `config` is a finite real number (ValueError naming the first that is not)."""
+    if problems := _float_problems(config):
+        raise ValueError(problems[0])
 
-    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+
+def _float_problems(config) -> list[str]:
+    """NaN and inf would pass every range check written as a comparison and train to an all-NaN model; a bool is
+    not a number. `TrainingArguments`' float fields are checked where they hold a float (NaN, inf); its other
+    values are left to its own checks."""
+    defaults = {f.name: f.default for f in dataclasses.fields(SAUConfig)}
     inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
-    for name, optional in float_fields(type(config)).items():
-        value = getattr(config, name)
+    out = []
+    for name, optional in float_fields(SAUConfig).items():
+        value = getattr(config, name, defaults[name])
         if (value is None and optional) or (name in inherited and not isinstance(value, float)):
             continue  # TrainingArguments' own conversions and checks apply to its other values
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
         if not ok or not math.isfinite(value):
             what = "a finite number" + (" or None" if optional else "")
-            raise ValueError(f"{name}={value!r} must be {what} (default: {defaults[name]!r}).")
+            out.append(f"{name}={value!r} must be {what} (default: {defaults[name]!r}).")
     for name in NONNEGATIVE_FLOATS:
         value = getattr(config, name)
-        if value is not None and value < 0:
-            raise ValueError(f"{name}={value!r} must be >= 0 (or None for the objective's default).")
+        if not out and value is not None and value < 0:
+            out.append(f"{name}={value!r} must be >= 0 (or None for the objective's default).")
+    return out
+
+
+def settings_problems(c: Any, spelled: dict | None = None) -> list[str]:
+    """Every problem of the SAU and objective settings of `c` (a SAUConfig, or anything with its own fields as
+    attributes and `objective_args` already holding the flat names' values), one line each. The one place these
+    settings are checked: `SAUConfig` raises them, the recipe check lists them per grid point."""
+    if problems := _float_problems(c):
+        return problems  # nothing below compares a NaN
+    out: list[str] = []
+    if c.objective not in OBJECTIVES:
+        return [f"objective={c.objective!r} is not known; choose one of {sorted(OBJECTIVES)}."]
+    cls = OBJECTIVES[c.objective]
+    params, built = _default_params(cls), True
+    entries = c.objective_args.items() if isinstance(c.objective_args, dict) else [(None, c.objective_args)]
+    for name, given in entries:  # each objective's `params` (the flat names' values included): once, here
+        try:
+            found = check_objective_args(c.objective_args if name is None else {name: given}, OBJECTIVES, spelled)
+            params = found.get(c.objective, params)
+        except ValueError as err:
+            out.append(str(err))
+            built = built and name != c.objective
+    for name, allowed in CHOICES.items():
+        value = getattr(c, name)
+        if value not in allowed:
+            out.append(f"{name}={value!r} is not allowed; choose one of {list(allowed)}.")
+    if not (isinstance(c.sau_topk, int | float) and 0 < c.sau_topk <= 1):
+        out.append(f"sau_topk={c.sau_topk!r} must be in (0, 1] (the paper uses 0.3).")
+    if c.sau_alpha < 0:
+        out.append(f"sau_alpha={c.sau_alpha!r} must be >= 0 (the paper uses 0.1).")
+    out += _study_option_problems(c)
+    for name in ("saliency_max_examples", "saliency_batch_size"):
+        value = getattr(c, name)
+        if value is not None and value < 1:
+            out.append(f"{name}={value!r} must be a positive integer or None.")
+    if c.retain_loss is not None and c.retain_loss not in cls.retain_losses:
+        out.append(f"retain_loss={c.retain_loss!r} is not allowed; choose one of {list(cls.retain_losses)} "
+                   f"for objective={c.objective!r} (or None for its default).")
+    elif built:  # this objective's params with the run's other settings (PDU: retain_loss, ...)
+        out += cls.check_config(params, c)
+    if c.max_length < 2:
+        out.append(f"max_length={c.max_length!r} must be at least 2.")
+    if not isinstance(c.update_check_steps, int) or c.update_check_steps < 0:
+        out.append(f"update_check_steps={c.update_check_steps!r} must be an integer >= 0 (0: no check).")
+    return out
+
+
+def _default_params(cls: type) -> Any:
+    return cls.params() if isinstance(cls.params, type) else None
+
+
+def _study_option_problems(c: Any) -> list[str]:
+    out = []
+    if not isinstance(c.saliency_retain_aware, bool):
+        out.append(f"saliency_retain_aware={c.saliency_retain_aware!r} must be true or false.")
+    if not (isinstance(c.saliency_retain_eps, int | float) and c.saliency_retain_eps > 0):
+        out.append(f"saliency_retain_eps={c.saliency_retain_eps!r} must be a number > 0 (default 0.01).")
+    if c.sau_topk_mass is not None:
+        if isinstance(c.sau_topk_mass, bool) or not isinstance(c.sau_topk_mass, int | float) \
+                or not 0 < c.sau_topk_mass <= 1:
+            out.append(f"sau_topk_mass={c.sau_topk_mass!r} must be in (0, 1] (e.g. 0.5), or None for a fixed "
+                       "sau_topk.")
+    for name, value in (("sau_topk_mass", c.sau_topk_mass is not None), ("sau_moving_mask", c.sau_moving_mask != "off")):
+        if value and c.sau and c.sau_topk_scope == "global":
+            out.append(f"{name} selects per matrix or row; it does not combine with sau_topk_scope='global' (use "
+                       "'matrix' or 'row').")
+    return out
+
+
+def _training_choices() -> dict[str, list[str]]:
+    """TrainingArguments' settings whose values are an enum's (their allowed values read from transformers)."""
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    return {"optim": [e.value for e in OptimizerNames], "lr_scheduler_type": [e.value for e in SchedulerType]}
+
+
+def choice_problems(values: dict) -> list[str]:
+    """``key: 'x' is not ...; did you mean 'y'?`` for each value of `values` that is not one of its setting's
+    allowed values (`CHOICES`, TrainingArguments' enums); other keys are left alone. The recipe check's one test
+    of choices (the train sections' args, every trainer section's optim and lr_scheduler_type)."""
+    import difflib
+
+    out = []
+    for key, value in values.items():
+        allowed = CHOICES.get(key) or _training_choices().get(key)
+        if allowed is None or value in allowed:
+            continue
+        match = difflib.get_close_matches(str(value), list(allowed), n=1, cutoff=0.5)
+        hint = f"did you mean {match[0]!r}?" if match else f"valid values: {', '.join(allowed)}"
+        out.append(f"{key}: {value!r} is not known; {hint}")
+    return out
+
+
+def field_default(name: str) -> Any:
+    """The default of SAUConfig field `name` (its one owner: functions that take the same setting use it)."""
+    f = {f.name: f for f in dataclasses.fields(SAUConfig)}[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def own_fields() -> dict[str, dataclasses.Field]:
+    """SAUConfig's fields that TrainingArguments does not have."""
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return {f.name: f for f in dataclasses.fields(SAUConfig) if f.name not in inherited}
+
+
+def setting_names() -> list[str]:
+    """Every name SAUConfig takes: its fields (TrainingArguments' included) and the objectives' flat names."""
+    return sorted({f.name for f in dataclasses.fields(SAUConfig)} | set(FLAT_NAMES))
+
+
+def settings_view(values: dict) -> Any:
+    """SAUConfig's values as attributes (its defaults, TrainingArguments' included, with `values` over them and the
+    flat names in `objective_args`), without building a TrainingArguments (no device set-up): what the memory
+    estimate reads a grid point's settings and builds its objective from. Not validated (`check_settings`)."""
+    view = dataclasses.make_dataclass("SAUSettings", [])()  # a plain attribute holder
+    for f in dataclasses.fields(SAUConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if default is not dataclasses.MISSING:
+            setattr(view, f.name, default)
+    flat = {k: v for k, v in values.items() if k in FLAT_NAMES}
+    for k, v in values.items():
+        if k not in FLAT_NAMES:
+            setattr(view, k, v)
+    view.objective_args, _ = merge_flat(getattr(view, "objective_args", {}), flat, OBJECTIVES)
+    return view
+
+
+def check_settings(values: dict) -> list[str]:
+    """The problems of SAUConfig's own settings `values` (its own fields and flat names; TrainingArguments'
+    fields are left to it), without building a SAUConfig: what the recipe check runs per grid point."""
+    own = own_fields()
+    flat = {k: v for k, v in values.items() if k in FLAT_NAMES}
+    c = dataclasses.make_dataclass("Settings", [])()  # a plain attribute holder
+    for name, f in own.items():
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        setattr(c, name, values.get(name, default))
+    try:
+        c.objective_args, spelled = merge_flat(c.objective_args, flat, OBJECTIVES)
+    except ValueError as err:
+        return [str(err)]
+    return settings_problems(c, spelled)
 
 
 @dataclass
@@ -230,18 +391,45 @@ class SAUConfig(TrainingArguments):
                      if getattr(self, name) != default}
         settings["saliency_batch_size"] = self.saliency_batch_size or self.per_device_train_batch_size
         if self.saliency_loss == "objective":  # then the objective's forget term shapes the saliency too
-            settings |= {k: getattr(self, k) for k in ("objective", "npo_beta", "simnpo_beta", "simnpo_delta",
-                                                        "rmu_layer", "rmu_steering_coeff", "pdu_shifted_mask",
-                                                        "wga_beta", "satimp_beta1", "satimp_beta2")}
-        if self.saliency_loss == "objective":
-            settings |= {k: getattr(self, k) for k in ("idk_path", "idk_pairing", "idkdpo_beta", "undial_beta",
-                                                        "undial_label_mask", "ceu_ignore_first_n")}
-            settings |= {k: getattr(self, k) for k in ("rmu_mse_mean", "altpo_beta", "alternate_source",
-                                                        "alternate_column", "alternate_prompt",
-                                                        "alternate_max_new_tokens")
-                         if getattr(self, k) != type(self).__dataclass_fields__[k].default}
-        if self.saliency_loss == "objective" and self.objective_args.get(self.objective):
-            settings["objective_args"] = {self.objective: self.objective_args[self.objective]}
-        if self.objective == "rmu":  # RMU's trainable parameters are the saliency targets
+            settings |= {k: getattr(self, k) for k in ("objective", *_SALIENCY_ALWAYS)}
+            settings |= {k: getattr(self, k) for k in _SALIENCY_IF_SET
+                         if getattr(self, k) != flat_field(OBJECTIVES, k).default}
+            own = {k: v for k, v in (self.objective_args.get(self.objective) or {}).items()
+                   if k not in _flat_fields_of(self.objective)}  # settings without a flat name (a plugin's)
+            if own:
+                settings["objective_args"] = {self.objective: own}
+        if self.objective == "rmu":  # RMU's trainable parameters are the saliency targets (the key its states have)
             settings["rmu_trainable_params"] = self.rmu_trainable_params
         return settings
+
+
+def _flat_fields_of(objective: str) -> set[str]:
+    """The fields of `objective`'s params that have a flat name."""
+    return {f for targets in flat_names(OBJECTIVES).values() for obj, f in targets if obj == objective}
+
+
+def _flat_property(name: str) -> property:
+    """``config.npo_beta``: the value of that setting for the config's objective if it is one of the objectives
+    the name sets, else for the first of them (as given in objective_args, else the field's default)."""
+
+    def get(self):
+        targets = flat_names(OBJECTIVES)[name]
+        obj, key = next(((o, k) for o, k in targets if o == self.objective), targets[0])
+        entry = self.objective_args.get(obj) if isinstance(self.objective_args, dict) else None
+        return entry[key] if isinstance(entry, dict) and key in entry else flat_field(OBJECTIVES, name).default
+
+    def set_(self, value):
+        if value is UNSET:  # the dataclass's default, while it is being built
+            return
+        args = {k: dict(v) for k, v in self.objective_args.items() if isinstance(v, dict)}
+        for obj, key in flat_names(OBJECTIVES)[name]:
+            args.setdefault(obj, {})[key] = value
+        check_objective_args(args, OBJECTIVES, {obj: {key: name} for obj, key in flat_names(OBJECTIVES)[name]})
+        self.objective_args = args
+
+    return property(get, set_, doc=flat_field(OBJECTIVES, name).metadata.get("help"))
+
+
+for _name in FLAT_NAMES:
+    setattr(SAUConfig, _name, _flat_property(_name))
+del _name

@@ -1,6 +1,7 @@
 """Every float setting of SAUConfig is a finite number, checked at construction; a bool is not a number.
 
-The fields are found by walking the dataclass (`config.float_fields`), so a float setting added later is covered.
+The fields are found by walking the dataclass (`config.float_fields`) and the objectives' params under their flat
+SAUConfig names (npo_beta, ...), so a float setting added later is covered.
 """
 
 import dataclasses
@@ -10,9 +11,13 @@ from transformers import TrainingArguments
 
 from sau_trainer import SAUConfig
 from sau_trainer.config import float_fields
+from sau_trainer.objectives import OBJECTIVES
+from sau_trainer.objectives.params import flat_names
 
 INHERITED = {f.name for f in dataclasses.fields(TrainingArguments)}
-OWN_FLOATS = sorted(n for n in float_fields(SAUConfig) if n not in INHERITED)
+FLAT_FLOATS = {flat for flat, ((obj, name), *_) in flat_names(OBJECTIVES).items()
+               if name in float_fields(OBJECTIVES[obj].params)}
+OWN_FLOATS = sorted({n for n in float_fields(SAUConfig) if n not in INHERITED} | FLAT_FLOATS)
 
 
 def _config(**kw):

@@ -90,8 +90,8 @@ def test_an_objectives_params_come_from_objective_args_and_are_checked_once(tmp_
         SAUConfig(output_dir=str(tmp_path), use_cpu=True, objective_args={"scaled_ga": {"scale": -1}})
     with pytest.raises(ValueError, match=r"scaled_ga\.scal: .*did you mean objective_args\.scaled_ga\.scale\?"):
         SAUConfig(output_dir=str(tmp_path), use_cpu=True, objective_args={"scaled_ga": {"scal": 1.0}})
-    with pytest.raises(ValueError, match="objective_args.npo: the objective 'npo' declares no params"):
-        SAUConfig(output_dir=str(tmp_path), use_cpu=True, objective_args={"npo": {"beta": 0.2}})
+    with pytest.raises(ValueError, match="objective_args.graddiff: the objective 'graddiff' declares no params"):
+        SAUConfig(output_dir=str(tmp_path), use_cpu=True, objective_args={"graddiff": {"beta": 0.2}})
 
 
 def test_a_recipes_plugin_is_usable_at_dry_run_and_its_bad_settings_are_one_line(tmp_path, capsys):

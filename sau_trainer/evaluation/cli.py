@@ -10,6 +10,7 @@ the same rows.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 from pathlib import Path
@@ -29,8 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..benchmarks.tofu.data import FORGET_SPLITS
 
     parser.add_argument("--model", required=True, help="Directory of a saved causal LM and its tokenizer.")
-    parser.add_argument("--benchmark", default="synthetic", choices=list(BENCHMARKS),
-                        help="; ".join(f"{name}: {b.help}" for name, b in BENCHMARKS.items()) + " (default synthetic).")
+    parser.add_argument("--benchmark", default="synthetic", metavar="NAME",
+                        help="; ".join(f"{name}: {b.help}" for name, b in BENCHMARKS.items()) + " (default synthetic); "
+                        "or one a --plugin registers.")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                        help="import this Python file or module first (repeatable): its register_benchmark entries "
+                             "are then valid --benchmark names (as a recipe's plugins:)")
     parser.add_argument("--subset", default=None,
                         help="Subset of a benchmark that has them (muse: news, the default, or books; wmdp: cyber, the "
                         "default, bio or chem).")
@@ -195,6 +200,16 @@ def _run(args: argparse.Namespace) -> int:
     bad_device = device_problem(args.device)
     if bad_device:
         problems.append(bad_device)
+    from ..benchmarks.registry import BENCHMARKS
+    from ..plugins import load_plugins
+
+    problems += load_plugins(getattr(args, "plugin", None) or [])  # before the name is checked: they register names
+    if args.benchmark not in BENCHMARKS:
+        close = difflib.get_close_matches(args.benchmark, list(BENCHMARKS), n=1)
+        problems.append(f"--benchmark {args.benchmark!r} is not a registered benchmark; "
+                        + (f"did you mean {close[0]!r}? " if close else "") + f"choose one of {sorted(BENCHMARKS)} "
+                        "(or pass --plugin FILE that registers it).")
+        raise CommandError(" ".join(problems))
     bench = get_benchmark(args.benchmark)
     bench_problems = bench.check_options(args.subset, args.preset)
     if bench_problems:

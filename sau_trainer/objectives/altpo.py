@@ -27,6 +27,7 @@ drawn from the seed before training; saved with every checkpoint, with the gener
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
@@ -42,7 +43,9 @@ from ..data.alternates import (
 )
 from ..data.qa import row_kind
 from .base import Objective, forward_nll
+from .idknll import PAIRINGS
 from .losses import mean_token_nll, preference_loss
+from .params import param
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +54,45 @@ ALT_CHOICES = "altpo_alt_choices"
 GENERATED = "altpo_generated_ids"
 
 
+@dataclass
+class AltPOParams:
+    beta: float = param(0.1, "beta of its preference loss (> 0; open-unlearning's grid: 0.05, 0.1, 0.5).",
+                        flat="altpo_beta")
+    pairing: str = param(PAIRINGS[0], "epoch (a seeded draw of one alternate answer per forget question and epoch) "
+                         "or fixed (one draw per question for the run).", flat="idk_pairing", choices=PAIRINGS)
+    source: str = param("auto", "Where each forget question's alternate answers come from: column (the column "
+                        "`column`), perturbed (the rows' perturbed_answer, e.g. TOFU's), generate (the starting model "
+                        "answers `prompt`) or auto (the first of these that is given or present).",
+                        flat="alternate_source", choices=("auto", "column", "perturbed", "generate"))
+    column: str | None = param(None, "Column of the forget rows holding each question's alternate answer (a string) "
+                               "or answers (a list of strings).", flat="alternate_column")
+    prompt: str | None = param(None, "Prompt template with {question} and {answer} that asks the starting model (an "
+                               "instruct model) for a plausible different answer; generated greedily once at train "
+                               "start.", flat="alternate_prompt")
+    max_new_tokens: int = param(64, "At most this many tokens per generated alternate answer.",
+                                flat="alternate_max_new_tokens")
+
+    def __post_init__(self):
+        if not self.beta > 0:
+            raise ValueError(f"beta={self.beta!r} must be > 0 (default 0.1).")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens!r} must be an integer >= 1.")
+
+
 class AltPO(Objective):
     name = "altpo"
     label = "AltPO"
+    params = AltPOParams
+
+    @classmethod
+    def check_config(cls, params, config):
+        from ..data.alternates import check_alternate_settings
+
+        try:
+            check_alternate_settings(params.source, params.column, params.prompt)
+        except ValueError as err:
+            return [str(err)]
+        return []
     uses_retain = True
     needs_reference_nll = True  # the forget answers' reference NLLs (SAUTrainer computes them at train start)
 
@@ -64,14 +103,14 @@ class AltPO(Objective):
                              f"needs `question` and `answer` columns, got {sorted(columns)}.")
         if tokenizer is None:
             raise ValueError("objective='altpo' tokenises its alternate answers: pass `processing_class=tokenizer`.")
-        a = self.args
-        self.source = resolve_source(a.alternate_source, a.alternate_column, a.alternate_prompt, columns)
+        a, p = self.args, self.params
+        self.source = resolve_source(p.source, p.column, p.prompt, columns)
         self.tokenizer = tokenizer
         self.questions = [r["question"] for r in rows]
         self.answers = [r["answer"] for r in rows]
         self.pairing = None
         if self.source != "generate":
-            column = a.alternate_column if self.source == "column" else PERTURBED_COLUMN
+            column = p.column if self.source == "column" else PERTURBED_COLUMN
             self.pairing = AlternatePairing(self.questions, alternates_from_column(rows, column), tokenizer, a)
             logger.info("AltPO: alternate answers from column %r (%d per question on average)", column,
                         self.pairing.offsets[-1] / max(len(rows), 1))
@@ -82,7 +121,7 @@ class AltPO(Objective):
             logger.info("AltPO: generating %d alternate answers with alternate_prompt", len(self.questions))
             bs = self.args.per_device_eval_batch_size
             ids = generate_alternates(trainer.model, self.tokenizer, self.questions, self.answers,
-                                      self.args.alternate_prompt, self.args.alternate_max_new_tokens, bs)
+                                      self.params.prompt, self.params.max_new_tokens, bs)
             ctx.tensors[GENERATED] = pack_token_lists(ids)
         texts = self.tokenizer.batch_decode(unpack_token_lists(ctx.tensors[GENERATED]), skip_special_tokens=True)
         return [[t.strip()] for t in texts]
@@ -116,5 +155,5 @@ class AltPO(Objective):
         cpu_index = index.cpu()
         ref_lose = ctx.ref_forget_nll_sum[cpu_index].to(lose_sum.device)
         ref_win = ctx.tensors[REF_ALT_NLL][self.pairing.epoch_row(ctx.epoch), cpu_index].to(win_sum.device)
-        loss = preference_loss(win_sum, ref_win, lose_sum, ref_lose, self.args.altpo_beta)
+        loss = preference_loss(win_sum, ref_win, lose_sum, ref_lose, self.params.beta)
         return loss, mean_token_nll(lose_sum, lose_count)

@@ -41,10 +41,17 @@ class Objective:
     default_forget_weight = 1.0
     default_retain_weight = 1.0
     default_retain_loss = "nll"
+    retain_losses: tuple[str, ...] = ("nll", "kl")  # the retain terms it offers (SAUConfig.retain_loss)
     trainable_names: set[str] | None = None  # set by `bind_model` to train only these parameters; None: all
     #: the objective's own settings, a dataclass (fields with `help`); an instance is `self.params`, set from
-    #: ``SAUConfig(objective_args={name: {...}})`` (`objectives.params`)
+    #: ``SAUConfig(objective_args={name: {...}})`` or a field's flat SAUConfig name (`objectives.params`)
     params: Any = None
+
+    @classmethod
+    def check_config(cls, params: Any, config: Any) -> list[str]:
+        """Problems of this objective's `params` together with the run's other settings (`config`: SAUConfig's
+        values, e.g. ``retain_loss``), one line each; SAUConfig asks the objective it runs. Empty: none."""
+        return []
 
     def __init__(self, args: Any):
         from .params import build_params

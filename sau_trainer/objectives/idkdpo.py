@@ -17,19 +17,35 @@ per (example, epoch) pair at train start, as many reference forwards as open-unl
 training; ``idk_pairing="fixed"`` (one draw per example for the whole run) needs one per example.
 """
 
+from dataclasses import dataclass
+
 import torch
 
 from ..data.idk import IdkPairing
 from .base import Objective, forward_nll
+from .idknll import IdkParams
 from .losses import dpo_loss, mean_token_nll
+from .params import param
 
 REF_IDK_NLL = "idkdpo_ref_idk_nll_sum"
 IDK_CHOICES = "idkdpo_idk_choices"
 
 
+@dataclass
+class IdkDPOParams(IdkParams):
+    beta: float = param(0.1, "beta of DPO (> 0; open-unlearning's config: 0.1; the loss is scaled by 2/beta).",
+                        flat="idkdpo_beta")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.beta > 0:
+            raise ValueError(f"beta={self.beta!r} must be > 0 (open-unlearning uses 0.1).")
+
+
 class IdkDPO(Objective):
     name = "idkdpo"
     label = "IdkDPO"
+    params = IdkDPOParams
     uses_retain = True
     needs_reference_nll = True  # the forget answers' reference NLLs (SAUTrainer computes them at train start)
 
@@ -63,6 +79,6 @@ class IdkDPO(Objective):
         ref_lose = ctx.ref_forget_nll_sum[cpu_index].to(lose_sum.device)
         ref_table = ctx.tensors[REF_IDK_NLL]
         ref_win = ref_table[self.pairing.epoch_row(ctx.epoch), cpu_index].to(win_sum.device)
-        loss = dpo_loss(win_sum, ref_win, lose_sum, ref_lose, self.args.idkdpo_beta)
+        loss = dpo_loss(win_sum, ref_win, lose_sum, ref_lose, self.params.beta)
         return loss, mean_token_nll(lose_sum, lose_count)
 

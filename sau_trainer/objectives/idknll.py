@@ -14,15 +14,39 @@ not implemented in open-unlearning itself; METHODS.md 1.2 gives the definition u
   forward pass per step); ``forget_loss`` is the NLL of the idk answers.
 """
 
+from dataclasses import dataclass
+
 from ..data.idk import IdkPairing
 from .base import Objective, forward_nll
 from .losses import mean_token_nll
+from .params import param
+
+PAIRINGS = ("epoch", "fixed")  # a draw per example and epoch (the default), or one per example for the run
+
+
+@dataclass
+class IdkParams:
+    """The idk answers and how they are paired with the forget questions (IdkNLL, IdkDPO)."""
+
+    idk_path: str | None = param(None, "File of \"I don't know\" answers, one per line (e.g. open-unlearning's "
+                                 "data/idk.jsonl, for numbers comparable with published ones); None: the package's "
+                                 "own 100.", flat="idk_path")
+    pairing: str = param(PAIRINGS[0], "epoch (a seeded draw of one idk answer per forget example and epoch, as "
+                         "open-unlearning draws afresh at every fetch) or fixed (one draw per example for the run).",
+                         flat="idk_pairing", choices=PAIRINGS)
+
+    def __post_init__(self):
+        if self.idk_path is not None:
+            from ..data.idk import load_idk_answers
+
+            load_idk_answers(self.idk_path)  # a missing, empty or non-text file is an error now, not mid-run
 
 
 class IdkNLL(Objective):
     name = "idknll"
     label = "IdkNLL"
     uses_retain = True
+    params = IdkParams
 
     def setup(self, forget_dataset, tokenizer):
         self.pairing = IdkPairing(forget_dataset, tokenizer, self.args, objective=self.name)

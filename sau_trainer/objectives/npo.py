@@ -4,13 +4,26 @@ The reference is the model before unlearning; its forget-set NLLs are computed o
 training (`needs_reference_nll`), so no reference model stays in memory.
 """
 
+from dataclasses import dataclass
+
 from .base import Objective, forward_nll
 from .losses import mean_token_nll, npo_loss
+from .params import param
+
+
+@dataclass
+class NPOParams:
+    beta: float = param(0.1, "beta of NPO (> 0).", flat="npo_beta")
+
+    def __post_init__(self):
+        if not self.beta > 0:
+            raise ValueError(f"beta={self.beta!r} must be > 0.")
 
 
 class NPO(Objective):
     name = "npo"
     label = "NPO"
+    params = NPOParams
     uses_retain = True
     needs_reference_nll = True
 
@@ -19,4 +32,4 @@ class NPO(Objective):
             raise RuntimeError("NPO needs the reference NLLs of the forget set; SAUTrainer computes them at train start.")
         nll_sum, count, _ = forward_nll(model, forget)
         ref = ctx.ref_forget_nll_sum.to(nll_sum.device)[forget["index"]]
-        return npo_loss(nll_sum, ref, self.args.npo_beta), mean_token_nll(nll_sum, count)
+        return npo_loss(nll_sum, ref, self.params.beta), mean_token_nll(nll_sum, count)

@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import torch
 
 from ..data.qa import IGNORE_INDEX
 from .base import Objective
 from .losses import mean_token_nll, sequence_nll
+from .params import param
 
 logger = logging.getLogger(__name__)
 
@@ -65,20 +67,54 @@ def dual_update(lam: torch.Tensor, retain_loss: torch.Tensor, epsilon: torch.Ten
     return (lam + lr * (retain_loss.detach().to(lam.dtype) - epsilon)).clamp_min(0.0)
 
 
+@dataclass
+class PDUParams:
+    epsilon: float | None = param(None, "Retain-loss bound epsilon of the constraint; None: 1.1 x the retain NLL of "
+                                  "the starting model over the retain set, measured at train start.",
+                                  flat="pdu_epsilon")
+    dual_lr: float = param(1.0, "Step size eta of the dual ascent on lambda.", flat="pdu_dual_lr")
+    dual_warmup_epochs: int = param(5, "Completed epochs before lambda starts to move.", flat="pdu_dual_warmup_epochs")
+    primal_dual: bool = param(True, "Update lambda by dual ascent (False: lambda stays at retain_weight).",
+                              flat="pdu_primal_dual")
+    dual_update_upon: str = param("step", "When lambda moves: step (every loss call, open-unlearning's default) or "
+                                  "epoch (at each epoch end, with the retain NLL of the end-of-epoch model over the "
+                                  "retain set).", flat="pdu_dual_update_upon", choices=("step", "epoch"))
+    shifted_mask: bool = param(False, "Flatten the logits that predict answer tokens (False: open-unlearning's "
+                               "unshifted label mask, off by one).", flat="pdu_shifted_mask")
+
+    def __post_init__(self):
+        if self.epsilon is not None and self.epsilon < 0:
+            raise ValueError(f"epsilon={self.epsilon!r} must be >= 0 (a bound on the retain loss), or None.")
+        if self.dual_lr < 0 or self.dual_warmup_epochs < 0:
+            raise ValueError(f"dual_lr={self.dual_lr!r} and dual_warmup_epochs={self.dual_warmup_epochs!r} must be "
+                             ">= 0.")
+
+
 class PDU(Objective):
     name = "pdu"
     label = "PDU"
     uses_retain = True
+    params = PDUParams
+
+    @classmethod
+    def check_config(cls, params, config):
+        if params.epsilon is None and config.retain_loss == "kl":
+            return ["objective='pdu' with retain_loss='kl' needs pdu_epsilon: its default (1.1 x the starting "
+                    "retain NLL) measures an NLL, and the starting KL is 0."]
+        if params.dual_update_upon == "epoch" and config.retain_loss == "kl":
+            return ["objective='pdu' with pdu_dual_update_upon='epoch' measures the retain NLL at each epoch end; it "
+                    "does not combine with retain_loss='kl' (use 'step')."]
+        return []
 
     def forget_term(self, model, forget, ctx):
         logits = model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"]).logits
-        flat = logit_margin_flattening(logits, forget["labels"], shifted=self.args.pdu_shifted_mask)
+        flat = logit_margin_flattening(logits, forget["labels"], shifted=self.params.shifted_mask)
         return flat, mean_token_nll(*sequence_nll(logits, forget["labels"]))
 
     def prepare(self, trainer, ctx):
         device = trainer.args.device
         if EPSILON not in ctx.tensors:
-            eps = self.args.pdu_epsilon
+            eps = self.params.epsilon
             if eps is None:
                 start = self.measure_retain_nll(trainer)
                 eps = EPSILON_FACTOR * start
@@ -112,9 +148,9 @@ class PDU(Objective):
         loss = self.forget_weight * f_term + lam * (r_term - eps)
         logs = {"forget_loss": f_term.detach(), "forget_nll": f_nll.detach(), "retain_loss": r_term.detach(),
                 "pdu_lambda": lam.detach().clone(), "pdu_epsilon": eps}
-        if (self.args.pdu_primal_dual and self.args.pdu_dual_update_upon == "step" and model.training
-                and ctx.epoch >= self.args.pdu_dual_warmup_epochs):
-            ctx.tensors[DUAL] = dual_update(lam, _mean_over_processes(r_term.detach()), eps, self.args.pdu_dual_lr)
+        if (self.params.primal_dual and self.params.dual_update_upon == "step" and model.training
+                and ctx.epoch >= self.params.dual_warmup_epochs):
+            ctx.tensors[DUAL] = dual_update(lam, _mean_over_processes(r_term.detach()), eps, self.params.dual_lr)
         return loss, logs
 
     @classmethod
@@ -130,12 +166,12 @@ class PDU(Objective):
         end of every epoch once ``pdu_dual_warmup_epochs`` epochs are complete (warm-up 5: after the 5th, 6th,
         ... epoch, as open-unlearning steps)."""
         completed = math.ceil(trainer.state.epoch - 1e-9)  # epochs completed, the one that just ended included
-        if not (self.args.pdu_primal_dual and self.args.pdu_dual_update_upon == "epoch"
-                and completed >= self.args.pdu_dual_warmup_epochs):
+        if not (self.params.primal_dual and self.params.dual_update_upon == "epoch"
+                and completed >= self.params.dual_warmup_epochs):
             return
         lam, eps = ctx.tensors[DUAL], ctx.tensors[EPSILON]
         retain_nll = torch.tensor(self.measure_retain_nll(trainer), device=lam.device)
-        ctx.tensors[DUAL] = dual_update(lam, retain_nll, eps, self.args.pdu_dual_lr)
+        ctx.tensors[DUAL] = dual_update(lam, retain_nll, eps, self.params.dual_lr)
         logger.info("PDU: end of epoch %d: retain NLL %.6f, lambda %.6f -> %.6f", completed, float(retain_nll),
                     float(lam), float(ctx.tensors[DUAL]))
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -49,6 +50,7 @@ from ..core.prunable import decoder_layers
 from ..data.qa import IGNORE_INDEX
 from .base import Objective
 from .losses import mean_token_nll, sequence_nll
+from .params import param
 
 logger = logging.getLogger(__name__)
 
@@ -100,15 +102,45 @@ class _Capture:
         self.handle.remove()
 
 
+@dataclass
+class RMUParams:
+    layer: int | None = param(None, "Index (0-based) of the decoder block whose output is steered; None: 7 where "
+                              "the model has more than 7 blocks (open-unlearning), else the middle block.",
+                              flat="rmu_layer")
+    steering_coeff: float = param(2.0, "Norm c of the control vector (open-unlearning's TOFU config: 2).",
+                                  flat="rmu_steering_coeff")
+    trainable_params: str = param(".*", "Regular expression, full-matched against parameter names; the others are "
+                                  r"frozen ('.*': all, OU's TOFU setting; OU's WMDP setting: 'model\.layers\.(5|6|7)"
+                                  r"\.mlp\.down_proj\.weight').", flat="rmu_trainable_params")
+    mse_mean: str = param("example", "How the masked activation MSE averages rows: example (mean over rows of each "
+                          "row's mean over its positions, as the WMDP paper) or open-unlearning (mean of the rows' "
+                          "sums x mean of 1/positions, what its broadcast computes; differs on rows of unequal "
+                          "length).", flat="rmu_mse_mean", choices=("example", "open-unlearning"))
+
+    def __post_init__(self):
+        if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int)
+                                       or self.layer < 0):
+            raise ValueError(f"layer={self.layer!r} must be a block index >= 0, or None for the default.")
+        if not self.steering_coeff > 0:
+            raise ValueError(f"steering_coeff={self.steering_coeff!r} must be > 0.")
+        try:
+            re.compile(self.trainable_params)
+        except (re.error, TypeError) as err:
+            raise ValueError(f"trainable_params={self.trainable_params!r} is not a regular expression: {err}") \
+                from None
+
+
 class RMU(Objective):
     name = "rmu"
     label = "RMU"
     uses_retain = True
     default_retain_loss = "embed_diff"
+    retain_losses = ("nll", "kl", "embed_diff")
+    params = RMUParams
 
     def __init__(self, args):
         super().__init__(args)
-        self.layer_index: int | None = args.rmu_layer
+        self.layer_index: int | None = self.params.layer
         self.trainable_names: set[str] | None = None
         self._layer: nn.Module | None = None
         self._ref_layer: nn.Module | None = None
@@ -130,11 +162,11 @@ class RMU(Objective):
             raise ValueError(f"rmu_layer={self.layer_index} matches no decoder block: {type(model).__name__} has {n} "
                              f"blocks (0..{n - 1}). Pick one of those, or leave rmu_layer unset for the default.")
         self._layer = layers[self.layer_index]
-        pattern = re.compile(self.args.rmu_trainable_params)
+        pattern = re.compile(self.params.trainable_params)
         names = {name for name, _ in model.named_parameters() if pattern.fullmatch(name)}
         if not names:
             example = next(iter(dict(model.named_parameters())), "")
-            raise ValueError(f"rmu_trainable_params={self.args.rmu_trainable_params!r} matches no parameter of "
+            raise ValueError(f"rmu_trainable_params={self.params.trainable_params!r} matches no parameter of "
                              f"{type(model).__name__} (a full match against named_parameters() names such as "
                              f"{example!r}); use '.*' for all parameters.")
         if self.retain_loss == "embed_diff":
@@ -147,7 +179,7 @@ class RMU(Objective):
                 names &= reach
                 if not names:
                     raise ValueError(
-                        f"rmu_trainable_params={self.args.rmu_trainable_params!r} matches only parameters that RMU's "
+                        f"rmu_trainable_params={self.params.trainable_params!r} matches only parameters that RMU's "
                         f"loss cannot reach: none of them acts before the output of block rmu_layer="
                         f"{self.layer_index}. Hook a later block or train earlier parameters.")
                 if unreachable:
@@ -167,7 +199,7 @@ class RMU(Objective):
             config = trainer.model.config
             hidden = getattr(config, "get_text_config", lambda: config)().hidden_size
             g = torch.Generator().manual_seed(int(self.args.seed))
-            ctx.tensors[CONTROL] = control_vector(hidden, self.args.rmu_steering_coeff, g)
+            ctx.tensors[CONTROL] = control_vector(hidden, self.params.steering_coeff, g)
 
     # ------------------------------------------------------------------ the loss
     def _hidden(self, model, layer, batch):
@@ -180,7 +212,7 @@ class RMU(Objective):
             raise RuntimeError("RMU's control vector is not drawn: SAUTrainer draws it at train start.")
         hidden, logits = self._hidden(model, self._layer, forget)
         target = ctx.tensors[CONTROL].to(hidden.device, hidden.dtype)  # cast to the activation dtype, as OU does
-        loss = masked_activation_mse(hidden, target, forget["labels"] != IGNORE_INDEX, self.args.rmu_mse_mean)
+        loss = masked_activation_mse(hidden, target, forget["labels"] != IGNORE_INDEX, self.params.mse_mean)
         return loss, mean_token_nll(*sequence_nll(logits, forget["labels"]))
 
     def retain_term(self, model, retain, ctx):
@@ -190,7 +222,7 @@ class RMU(Objective):
         with torch.no_grad():
             ref_hidden, _ = self._hidden(ctx.ref_model, self._ref_layer, retain)
         return masked_activation_mse(hidden, ref_hidden.to(hidden.dtype), retain["labels"] != IGNORE_INDEX,
-                                     self.args.rmu_mse_mean)
+                                     self.params.mse_mean)
 
 
 @torch.enable_grad()

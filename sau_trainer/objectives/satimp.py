@@ -16,10 +16,13 @@ config, so the defaults here are gamma 0.1, alpha 1.0. The paper's weighting is
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .base import Objective
 from .losses import token_nll
+from .params import param
 from .wga import weighted_ascent_loss
 
 
@@ -34,7 +37,19 @@ def satimp_loss(nll: torch.Tensor, mask: torch.Tensor, beta1: float, beta2: floa
     return weighted_ascent_loss(nll, mask, satimp_weights(nll, beta1, beta2))
 
 
+@dataclass
+class SatImpParams:
+    beta1: float = param(5.0, "Exponent beta1 of the token weight p^beta1 (1-p)^beta2 (>= 0).", flat="satimp_beta1")
+    beta2: float = param(1.0, "Exponent beta2 of the token weight p^beta1 (1-p)^beta2 (>= 0).", flat="satimp_beta2")
+
+    def __post_init__(self):
+        for name in ("beta1", "beta2"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0.")
+
+
 class SatImp(Objective):
+    params = SatImpParams
     name = "satimp"
     label = "SatImp"
     uses_retain = True
@@ -44,6 +59,6 @@ class SatImp(Objective):
     def forget_term(self, model, forget, ctx):
         logits = model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"]).logits
         nll, mask = token_nll(logits, forget["labels"])
-        weights = satimp_weights(nll, self.args.satimp_beta1, self.args.satimp_beta2)
+        weights = satimp_weights(nll, self.params.beta1, self.params.beta2)
         mean_nll = (nll * mask).sum() / mask.sum().clamp_min(1)
         return weighted_ascent_loss(nll, mask, weights), mean_nll

@@ -18,10 +18,25 @@ they are ``N * T * V`` numbers (TOFU forget10 with Llama-3's 128k vocabulary: 40
 about 15 GB in bf16, as much as an 8B model's weights), and a truncated top-k cache would change the loss.
 """
 
+from dataclasses import dataclass
+
 import torch
 
 from .base import Objective
 from .losses import mean_token_nll, sequence_nll, undial_loss
+from .params import param
+
+
+@dataclass
+class UNDIALParams:
+    beta: float = param(10.0, "beta subtracted from the teacher's logit of the true token (>= 0).", flat="undial_beta")
+    label_mask: bool = param(False, "Average over supervised positions only (False: open-unlearning's variant, every "
+                             "position incl. prompt and padding, beta at token V-100 where the label is -100).",
+                             flat="undial_label_mask")
+
+    def __post_init__(self):
+        if self.beta < 0:
+            raise ValueError(f"beta={self.beta!r} must be >= 0 (open-unlearning uses 10).")
 
 
 class UNDIAL(Objective):
@@ -29,6 +44,7 @@ class UNDIAL(Objective):
     label = "UNDIAL"
     uses_retain = True
     default_retain_weight = 0.0
+    params = UNDIALParams
 
     def __init__(self, args):
         super().__init__(args)
@@ -44,7 +60,7 @@ class UNDIAL(Objective):
         logits = model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"]).logits
         with torch.no_grad():
             ref_logits = ctx.ref_model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"]).logits
-        loss = undial_loss(logits, ref_logits, forget["labels"], self.args.undial_beta, self.args.undial_label_mask)
+        loss = undial_loss(logits, ref_logits, forget["labels"], self.params.beta, self.params.label_mask)
         with torch.no_grad():
             nll = mean_token_nll(*sequence_nll(logits, forget["labels"]))
         return loss, nll

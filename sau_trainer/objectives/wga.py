@@ -11,10 +11,13 @@ No reference model (open-unlearning builds one although the loss never uses it; 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .base import Objective
 from .losses import token_nll
+from .params import param
 
 
 def wga_weights(nll: torch.Tensor, beta: float) -> torch.Tensor:
@@ -33,14 +36,24 @@ def wga_loss(nll: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor
     return weighted_ascent_loss(nll, mask, wga_weights(nll, beta))
 
 
+@dataclass
+class WGAParams:
+    beta: float = param(1.0, "Exponent beta of the token weight p^beta (>= 0).", flat="wga_beta")
+
+    def __post_init__(self):
+        if self.beta < 0:
+            raise ValueError(f"beta={self.beta!r} must be >= 0.")
+
+
 class WGA(Objective):
     name = "wga"
     label = "WGA"
     uses_retain = True
+    params = WGAParams
 
     def forget_term(self, model, forget, ctx):
         logits = model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"]).logits
         nll, mask = token_nll(logits, forget["labels"])
-        loss = weighted_ascent_loss(nll, mask, wga_weights(nll, self.args.wga_beta))
+        loss = weighted_ascent_loss(nll, mask, wga_weights(nll, self.params.beta))
         mean_nll = (nll * mask).sum() / mask.sum().clamp_min(1)
         return loss, mean_nll

@@ -144,10 +144,10 @@ def _dry_run(recipe, output_dir: Path, args=None) -> int:
         else:
             status = "cached" if cached and is_done(folder, t, record=False) else "to run"
         print(f"{status:7s} {t.kind:9s} {t.name}")
-    return _print_memory(recipe, [t for t in tasks if t.name in selected], args)
+    return _print_memory(recipe, [t for t in tasks if t.name in selected], args, planned=tasks)
 
 
-def _print_memory(recipe, tasks, args) -> int:
+def _print_memory(recipe, tasks, args, planned=None) -> int:
     """The dry run's memory estimate per stage (pipeline/memory.py) and a warning for each that cannot fit."""
     from . import memory
 
@@ -169,7 +169,7 @@ def _print_memory(recipe, tasks, args) -> int:
     device = memory.device_memory()
     if getattr(args, "device_memory", None):
         device = (int(args.device_memory * memory.GiB), f"a device of {args.device_memory:g} GiB (--device-memory)")
-    lines, warnings = memory.memory_report(recipe, tasks, dist, device)
+    lines, warnings = memory.memory_report(recipe, tasks, dist, device, planned=planned)
     print()
     print("\n".join(lines))
     for w in warnings:

@@ -34,212 +34,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+
+from .memory_distributed import (  # noqa: F401 - the distributed setup, public here
+    Distributed,
+    distributed_from_accelerate_config,
+    distributed_from_env,
+)
+from .memory_model import KNOWN_MODELS, ModelCounts, counts_from_config, llama_counts, model_config  # noqa: F401
 
 GiB = 1024 ** 3
 CUDA_OVERHEAD = 1 * GiB
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-# Hub ids whose shape is known without the Hub (the recipes' models): a name of MODEL_SHAPES or config fields.
-KNOWN_MODELS: dict[str, str | dict] = {
-    "meta-llama/Llama-3.2-1B-Instruct": "llama-3.2-1b",
-    "meta-llama/Llama-3.2-1B": "llama-3.2-1b",
-    "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b",
-    "meta-llama/Llama-3.1-8B": "llama-3.1-8b",
-    "meta-llama/Llama-3.3-70B-Instruct": "llama-3.3-70b",
-    "meta-llama/Llama-3.1-70B-Instruct": "llama-3.3-70b",
-    "meta-llama/Llama-2-7b-hf": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                                     num_attention_heads=32, num_key_value_heads=32, vocab_size=32000),
-    "meta-llama/Llama-2-7b-chat-hf": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                                          num_attention_heads=32, num_key_value_heads=32, vocab_size=32000),
-    "HuggingFaceH4/zephyr-7b-beta": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                                         num_attention_heads=32, num_key_value_heads=8, vocab_size=32000),
-}
-
-
-# ----------------------------------------------------------------------------------------- model shape
-@dataclass(frozen=True)
-class ModelCounts:
-    """What the estimate needs to know about a model: parameter counts and the sizes activations scale with."""
-
-    total: int  # every parameter
-    prunable: int  # the prunable weights (nn.Linear weights of the decoder blocks)
-    layers: int
-    hidden: int
-    intermediate: int
-    kv_dim: int  # key/value heads x head dim
-    vocab: int
-    largest_layer: int  # parameters of the largest decoder block (an FSDP unit)
-    outside_layers: int  # embeddings, final norm, untied head (the root unit)
-    max_in_features: int  # widest prunable matrix input (SparseGPT's Hessian is its square)
-    largest_matrix: int  # entries of the largest prunable matrix
-    source: str = ""
-
-
-def llama_counts(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int,
-                 tied: bool = False, head_dim: int | None = None, source: str = "") -> ModelCounts:
-    """Parameter counts of a Llama-style model by arithmetic (q, k, v, o, gate, up, down, two norms per block)."""
-    hd = head_dim or hidden // heads
-    q, kv = heads * hd, kv_heads * hd
-    linear = hidden * q + 2 * hidden * kv + q * hidden + 3 * hidden * intermediate
-    block = linear + 2 * hidden
-    outside = vocab * hidden * (1 if tied else 2) + hidden
-    return ModelCounts(total=layers * block + outside, prunable=layers * linear, layers=layers, hidden=hidden,
-                       intermediate=intermediate, kv_dim=kv, vocab=vocab, largest_layer=block,
-                       outside_layers=outside, max_in_features=max(hidden, intermediate, q),
-                       largest_matrix=hidden * intermediate, source=source)
-
-
-def counts_from_config(config: Any, source: str = "") -> ModelCounts:
-    """Counts of any causal LM config, from the model built on the meta device (no memory, no weights)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from ..masks import decoder_layers, prunable_parameters
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    prunable = prunable_parameters(model)
-    blocks = list(decoder_layers(model))
-    per_block = [sum(p.numel() for p in b.parameters()) for b in blocks]
-    total = sum(p.numel() for p in model.parameters())
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    hidden = text.hidden_size
-    heads = text.num_attention_heads
-    hd = getattr(text, "head_dim", None) or hidden // heads
-    kv = (getattr(text, "num_key_value_heads", None) or heads) * hd
-    inter = getattr(text, "intermediate_size", None) or 4 * hidden
-    return ModelCounts(total=total, prunable=sum(p.numel() for p in prunable.values()), layers=len(blocks),
-                       hidden=hidden, intermediate=inter, kv_dim=kv, vocab=text.vocab_size,
-                       largest_layer=max(per_block, default=0), outside_layers=total - sum(per_block),
-                       max_in_features=max((p.shape[-1] for p in prunable.values()), default=0),
-                       largest_matrix=max((p.shape[-1] * p.shape[-2] for p in prunable.values()), default=0),
-                       source=source)
-
-
-def model_config(model_section) -> tuple[Any, str] | None:
-    """The recipe model's config without its weights: a `shape`, a local directory's config.json, the Hugging
-    Face cache, or `KNOWN_MODELS`; None when none of them knows it (offline and unknown)."""
-    from transformers import AutoConfig, LlamaConfig
-
-    from ..modeling import MODEL_SHAPES
-
-    def from_fields(fields, where):
-        fields = dict(MODEL_SHAPES[fields]) if isinstance(fields, str) else dict(fields)
-        return LlamaConfig(**fields), where
-
-    m = model_section
-    if m.shape is not None:
-        fields = dict(MODEL_SHAPES[m.shape]) if isinstance(m.shape, str) else dict(m.shape)
-        fields["vocab_size"] = m.vocab_size  # the tokenizer trained from scratch sets it (build_llama)
-        return LlamaConfig(**fields), f"shape {m.shape!r}"
-    ref = m.name_or_path
-    if ref and os.path.isfile(os.path.join(ref, "config.json")):
-        return AutoConfig.from_pretrained(ref), f"{ref}/config.json"
-    if ref:
-        try:
-            return AutoConfig.from_pretrained(ref, local_files_only=True), f"{ref} (Hugging Face cache)"
-        except Exception:  # noqa: BLE001 - not cached: the table below, else unknown
-            pass
-        if ref in KNOWN_MODELS:
-            known = KNOWN_MODELS[ref]
-            return from_fields(known, f"{ref} (shape {known!r})" if isinstance(known, str) else f"{ref} (known shape)")
-    return None
-
-
-# ----------------------------------------------------------------------------------------- distributed setup
-@dataclass(frozen=True)
-class Distributed:
-    """How training is spread: processes, and what FSDP / DeepSpeed shards (`kind`: single, ddp, fsdp, zero)."""
-
-    num_processes: int = 1
-    kind: str = "single"
-    fsdp_version: int = 2
-    reshard_after_forward: bool = True  # FSDP full shard (False: SHARD_GRAD_OP, like ZeRO-2)
-    zero_stage: int = 0
-    offload_params: bool = False
-    offload_optimizer: bool = False
-    source: str = ""
-
-    def describe(self) -> str:
-        n = f"{self.num_processes} process{'es' if self.num_processes != 1 else ''}"
-        if self.kind == "fsdp":
-            how = f"FSDP{self.fsdp_version} {'full shard' if self.reshard_after_forward else 'shard grad/optimizer'}"
-        elif self.kind == "zero":
-            how = f"DeepSpeed ZeRO-{self.zero_stage}"
-        elif self.kind == "ddp":
-            how = "data parallel (a full copy per device)"
-        else:
-            how = "no sharding"
-        off = [w for w, on in (("parameters", self.offload_params), ("optimizer", self.offload_optimizer)) if on]
-        return f"{n}, {how}" + (f", {' and '.join(off)} offloaded to CPU" if off else "") + \
-            (f" (from {self.source})" if self.source else "")
-
-    # what is divided by the process count
-    @property
-    def shards_weights(self) -> bool:
-        return (self.kind == "fsdp" and self.reshard_after_forward) or (self.kind == "zero" and self.zero_stage >= 3)
-
-    @property
-    def shards_gradients(self) -> bool:
-        return self.kind == "fsdp" or (self.kind == "zero" and self.zero_stage >= 2)
-
-    @property
-    def shards_optimizer(self) -> bool:
-        return self.kind == "fsdp" or (self.kind == "zero" and self.zero_stage >= 1)
-
-
-def _truthy(v: Any) -> bool:
-    return str(v).strip().lower() in ("1", "true", "yes")
-
-
-def distributed_from_accelerate_config(path: str | os.PathLike, num_processes: int | None = None) -> Distributed:
-    """The setup an accelerate config file asks for (``distributed_type``, ``fsdp_config``, ``deepspeed_config``)."""
-    from .recipe_io import yaml_load  # bounded: an alias bomb is refused, not expanded
-
-    doc = yaml_load(Path(path).read_text(), what=f"the accelerate config {path}") or {}
-    if not isinstance(doc, dict):
-        raise ValueError(f"expected a mapping of accelerate settings, got {type(doc).__name__}")
-    n = int(num_processes or doc.get("num_processes") or 1)
-    dtype = str(doc.get("distributed_type", "NO")).upper()
-    where = str(path)
-    if dtype == "FSDP":
-        f = doc.get("fsdp_config") or {}
-        strategy = str(f.get("fsdp_sharding_strategy", "FULL_SHARD")).upper()
-        reshard = f.get("fsdp_reshard_after_forward", strategy not in ("SHARD_GRAD_OP", "2"))
-        if isinstance(reshard, str) and reshard.lower() not in ("true", "false"):
-            reshard = reshard.upper() not in ("SHARD_GRAD_OP", "2")
-        return Distributed(n, "fsdp", int(f.get("fsdp_version", 1)), _truthy(reshard),
-                           offload_params=_truthy(f.get("fsdp_offload_params", False)), source=where)
-    if dtype == "DEEPSPEED":
-        d = doc.get("deepspeed_config") or {}
-        return Distributed(n, "zero", zero_stage=int(d.get("zero_stage", 0)),
-                           offload_params=str(d.get("offload_param_device", "none")).lower() not in ("none", ""),
-                           offload_optimizer=str(d.get("offload_optimizer_device", "none")).lower()
-                           not in ("none", ""), source=where)
-    return Distributed(n, "ddp" if n > 1 else "single", source=where)
-
-
-def distributed_from_env(env: dict | None = None) -> Distributed | None:
-    """The setup of the current `accelerate launch` (its environment variables), or None outside one."""
-    env = dict(os.environ if env is None else env)
-    n = int(env.get("WORLD_SIZE", "0") or 0)
-    if _truthy(env.get("ACCELERATE_USE_FSDP", "")):
-        strategy = env.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").upper()
-        reshard = env.get("FSDP_RESHARD_AFTER_FORWARD", "true" if strategy not in ("SHARD_GRAD_OP", "2") else "false")
-        return Distributed(max(n, 1), "fsdp", int(env.get("FSDP_VERSION", "1")), _truthy(reshard),
-                           offload_params=_truthy(env.get("FSDP_OFFLOAD_PARAMS", "")), source="environment")
-    if _truthy(env.get("ACCELERATE_USE_DEEPSPEED", "")):
-        return Distributed(max(n, 1), "zero", zero_stage=int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "0")),
-                           offload_params=env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none") != "none",
-                           offload_optimizer=env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE",
-                                                     "none") != "none", source="environment")
-    if n > 1:
-        return Distributed(n, "ddp", source="environment")
-    return None
-
 
 # ----------------------------------------------------------------------------------------- precision
 # Optimizer state in bytes per trained parameter; `None`: twice the weight's bytes (torch's Adam-type states
@@ -250,7 +56,14 @@ OPTIMIZER_BYTES: dict[str, float | None] = {
     "paged_lion_8bit": 1.03, "rmsprop_bnb_8bit": 1.03, "paged_adamw_32bit": 8.0, "adamw_bnb_32bit": 8.0,
     "lion_32bit": 4.0, "paged_lion_32bit": 4.0, "sgd": 0.0, "adagrad": None,
 }
-COMPENSATED_BYTES = {"kahan_adamw": 6.0, "sr_adamw": 4.0, "sr_adamw8bit": 2.03}
+
+
+def compensated_bytes(name: str) -> float | None:
+    """Optimizer state per parameter of a compensated optimizer (its registry entry's), None for any other name."""
+    from ..training.compensated import COMPENSATED_OPTIMIZERS
+
+    entry = COMPENSATED_OPTIMIZERS.get(name)
+    return entry.state_bytes if entry is not None else None
 
 
 @dataclass(frozen=True)
@@ -272,8 +85,8 @@ def training_precision(dtype: str, optim: str, bf16: bool, compensated: str = "n
     d = DTYPE_BYTES.get(dtype, 2)  # "auto": the published checkpoints of the recipes' models are bf16
     note = "" if dtype in DTYPE_BYTES else "dtype auto counted as bf16"
     compute = 2 if (bf16 or d == 2) else 4
-    if d == 2 and compensated in COMPENSATED_BYTES:
-        return Precision(2, 2, COMPENSATED_BYTES[compensated], compute, note)
+    if d == 2 and (state := compensated_bytes(compensated)) is not None:
+        return Precision(2, 2, state, compute, note)
     weight = 4 if (d == 2 and low_precision_weights == "upcast") else d
     state = OPTIMIZER_BYTES.get(optim, None) if optim in OPTIMIZER_BYTES else None
     if optim not in OPTIMIZER_BYTES:
@@ -419,20 +232,33 @@ def gib(x: float) -> str:
 
 # ----------------------------------------------------------------------------------------- a recipe's stages
 def _sau_args(unlearn: dict, objective: str, sau: bool):
-    """SAUConfig's defaults with a grid point's settings (no TrainingArguments built: no device checks)."""
-    import dataclasses
-    import types
+    """A grid point's SAUConfig values (`config.settings_view`: no TrainingArguments built, no device checks)."""
+    from ..config import settings_view
 
-    from ..config import SAUConfig
-
-    values = {f.name: f.default for f in dataclasses.fields(SAUConfig) if f.default is not dataclasses.MISSING}
-    values.update({k: v for k, v in unlearn.items() if k != "args"}, **unlearn.get("args", {}))
-    values.update(objective=objective, sau=sau)
-    return types.SimpleNamespace(**values)
+    values = {**{k: v for k, v in unlearn.items() if k != "args"}, **unlearn.get("args", {})}
+    return settings_view({**values, "objective": objective, "sau": sau})
 
 
-def estimate_task(task, recipe, counts: ModelCounts, dist: Distributed, overhead: float = 0.0) -> Estimate | None:
-    """The estimate of one planned task (`pipeline.stages.Task`), or None for stages that hold no model."""
+def _holds_masks(task, tasks: dict) -> bool:
+    """Whether the model a task trains is a pruned one: its source, followed through the planned tasks (by name),
+    is a pruning task."""
+    seen, todo = set(), [task]
+    while todo:
+        t = todo.pop()
+        for role in ("source", "model"):
+            dep = tasks.get(t.deps.get(role))
+            if dep is not None and dep.name not in seen:
+                if dep.kind == "prune":
+                    return True
+                seen.add(dep.name)
+                todo.append(dep)
+    return False
+
+
+def estimate_task(task, recipe, counts: ModelCounts, dist: Distributed, overhead: float = 0.0, *,
+                  tasks: dict) -> Estimate | None:
+    """The estimate of one planned task (`pipeline.stages.Task`), or None for stages that hold no model
+    (`tasks`: the plan by name, to see whether the model is a pruned one)."""
     s, m = task.settings, recipe.model
     if task.kind == "train":
         t = s["train"]
@@ -456,7 +282,7 @@ def estimate_task(task, recipe, counts: ModelCounts, dist: Distributed, overhead
             forwards, reference = 2, True
         prec = training_precision(m.dtype, a.optim, a.bf16, a.compensated_optimizer or "none",
                                   a.low_precision_weights or "upcast")
-        sparse = "+" in str(s.get("source", ""))
+        sparse = _holds_masks(task, tasks)
         update_copy = a.sau_redistribution_target == "update" and a.sau_redistribution in ("row", "param")
         est = training_estimate(counts, prec, dist, batch=a.per_device_train_batch_size, seq=a.max_length,
                                 checkpointing=a.gradient_checkpointing, forwards=forwards, masks=sparse, sau=sau,
@@ -482,9 +308,11 @@ def _signature(task, est: Estimate) -> tuple:
 
 
 def memory_report(recipe, tasks, dist: Distributed, device: tuple[int, str], counts: ModelCounts | None = None,
-                  where: str = "") -> tuple[list[str], list[str]]:
+                  where: str = "", planned: list | None = None) -> tuple[list[str], list[str]]:
     """Lines of the dry run's memory table (one row per distinct estimate, with how many tasks share it) and
-    its warnings (each stage whose peak exceeds the device's memory)."""
+    its warnings (each stage whose peak exceeds the device's memory). `planned`: every task of the plan, when
+    `tasks` is a selection of them (``--tasks``; a task's source may lie outside it)."""
+    by_name = {t.name: t for t in [*(planned or []), *tasks]}
     total, device_name = device
     if counts is None:
         found = model_config(recipe.model)
@@ -500,7 +328,7 @@ def memory_report(recipe, tasks, dist: Distributed, device: tuple[int, str], cou
     overhead = CUDA_OVERHEAD if "host RAM" not in device_name else 0.0
     groups: dict[tuple, list] = {}
     for t in tasks:
-        est = estimate_task(t, recipe, counts, dist, overhead)
+        est = estimate_task(t, recipe, counts, dist, overhead, tasks=by_name)
         if est is not None:
             groups.setdefault(_signature(t, est), [t, est, 0])[2] += 1
     big = any(est.peak >= GiB for _, est, _ in groups.values())

@@ -128,7 +128,7 @@ def prune_model(
     from ..data.truncation import model_positions
 
     positions = model_positions(model)
-    if method != "magnitude" and positions is not None and seq_len > positions:  # never run past the positions
+    if pruner.statistic is not None and positions is not None and seq_len > positions:  # never past the positions
         logger.info("seq_len %d is more than the model's %d positions: calibration samples are cut to %d tokens.",
                     seq_len, positions, positions)
         seq_len = positions
@@ -156,7 +156,7 @@ def prune_model(
                 f"structure {struct} needs every prunable matrix's input dimension to be a multiple of {struct.m}, "
                 f"but {len(bad)} are not (first: {name} with in_features={dim}). Choose an M that divides it."
             )
-        if method == "sparsegpt" and blocksize % struct.m:
+        if pruner.statistic == "hessian" and blocksize % struct.m:  # SparseGPT-style: blocks of columns
             raise ValueError(f"blocksize ({blocksize}) must be a multiple of M={struct.m} for structure {struct}.")
     calib: CalibrationSet | None = None
     if pruner.statistic is not None:
@@ -170,13 +170,13 @@ def prune_model(
         calib = prepare_calibration(calibration, tokenizer, num_samples, seq_len, vocab, text_field,
                                     calibration_source)
     elif calibration is not None:
-        logger.info("magnitude pruning uses no calibration data; the calibration argument is ignored")
+        logger.info("%s pruning uses no calibration data; the calibration argument is ignored", method)
 
     # ---- pruning
     settings = {"method": method, "structure": str(struct), "sparsity": target}
     if calib is not None:
         settings.update(num_samples=num_samples, seq_len=seq_len, batch_size=batch_size)
-    if method == "sparsegpt":
+    if pruner.statistic == "hessian":  # the Hessian pass's block size and dampening shape the result
         settings.update(blocksize=blocksize, percdamp=percdamp)
     packed, shapes, report = {}, {}, {}
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..config import SAU_SETTING_FIELDS, field_default
 from ..data.qa import QACollator, tokenize_rows
 from ..objectives import forward_nll
 from ..objectives.losses import mean_token_nll
@@ -56,13 +57,13 @@ def compute_sau_state(
     tokenizer: Any,
     forget_dataset: Any,
     sparsity_masks: SparsityMasks | str | os.PathLike | None = None,
-    k: float = 0.3,
-    alpha: float = 0.1,
-    scope: str = "matrix",
-    redistribution: str = "matrix",
+    k: float = field_default("sau_topk"),
+    alpha: float = field_default("sau_alpha"),
+    scope: str = field_default("sau_topk_scope"),
+    redistribution: str = field_default("sau_redistribution"),
     batch_size: int = 8,
-    max_length: int = 512,
-    granularity: str = "batch",
+    max_length: int = field_default("max_length"),
+    granularity: str = field_default("saliency_granularity"),
 ) -> SAUState:
     """``G`` and ``W`` for `model` from its saliency on `forget_dataset` (rows with ``question``/``answer`` or
     ``text``): the SAU selection that `SAUTrainer` makes at train start, for use with any Trainer through
@@ -79,8 +80,9 @@ def compute_sau_state(
         return mean_token_nll(*forward_nll(m, batch)[:2])
 
     saliency = compute_saliency(model, batches, loss_fn, params, granularity=granularity, show_progress=False)
-    settings = {"sau_topk": k, "sau_alpha": alpha, "sau_topk_scope": scope, "sau_redistribution": redistribution,
-                "saliency_granularity": granularity, "saliency_batch_size": batch_size, "saliency_loss": "forget_nll"}
+    given = dict(sau_topk=k, sau_alpha=alpha, sau_topk_scope=scope, sau_redistribution=redistribution,
+                 saliency_granularity=granularity, saliency_batch_size=batch_size, saliency_loss="forget_nll")
+    settings = {name: given[name] for name in SAU_SETTING_FIELDS if name in given}  # SAUConfig.sau_settings' keys
     surviving = LazyMasks(saliency, lambda name: masks.get(name, saliency[name].device))
     return build_sau_state(saliency, surviving, k, alpha, scope, redistribution, settings=settings,
                            global_names=list(saliency), layouts=layouts)

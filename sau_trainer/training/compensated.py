@@ -31,7 +31,8 @@ class CompensatedOptimizer:
     attribute: str  # class in that module
     pip: str  # what to install
     kwargs: Callable[[Any], dict]  # optimizer keyword arguments from TrainingArguments
-    state_bytes: str  # per parameter, for the documentation (measured by benchmarks/precision.py)
+    state_bytes: float  # optimizer state per parameter (measured by benchmarks/precision.py; the memory estimate's)
+    state_note: str  # what those bytes hold
 
     def load(self) -> type:
         """The optimizer class, or an ImportError that says what to install."""
@@ -55,16 +56,16 @@ COMPENSATED_OPTIMIZERS: dict[str, CompensatedOptimizer] = {
     "kahan_adamw": CompensatedOptimizer(
         "kahan_adamw", "torch-optimi AdamW with Kahan summation (bf16/fp16 weights, states in the weight dtype)",
         KAHAN, (torch.bfloat16, torch.float16), "optimi", "AdamW", "torch-optimi>=0.3",
-        lambda args: {**_adam_kwargs(args), "kahan_sum": True}, "6 (bf16 exp_avg, exp_avg_sq, Kahan buffer)"),
+        lambda args: {**_adam_kwargs(args), "kahan_sum": True}, 6.0, "bf16 exp_avg, exp_avg_sq, Kahan buffer"),
     "sr_adamw": CompensatedOptimizer(
         "sr_adamw", "torchao AdamW with bf16 stochastic rounding (states in the weight dtype)",
         STOCHASTIC_ROUNDING, (torch.bfloat16,), "torchao.optim", "_AdamW", "torchao>=0.18",
-        lambda args: {**_adam_kwargs(args), "bf16_stochastic_round": True}, "4 (bf16 exp_avg, exp_avg_sq)"),
+        lambda args: {**_adam_kwargs(args), "bf16_stochastic_round": True}, 4.0, "bf16 exp_avg, exp_avg_sq"),
     "sr_adamw8bit": CompensatedOptimizer(
         "sr_adamw8bit", "torchao 8-bit AdamW (blockwise-quantised states) with bf16 stochastic rounding",
         STOCHASTIC_ROUNDING, (torch.bfloat16,), "torchao.optim", "AdamW8bit", "torchao>=0.18",
         lambda args: {**_adam_kwargs(args), "bf16_stochastic_round": True},
-        "2.03 (8-bit exp_avg, exp_avg_sq, an fp32 scale per 256 entries)"),
+        2.03, "8-bit exp_avg, exp_avg_sq, an fp32 scale per 256 entries"),
 }
 OPTIMIZER_CHOICES = ("none", *COMPENSATED_OPTIMIZERS)
 
