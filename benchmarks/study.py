@@ -42,10 +42,10 @@ RECIPES = ROOT / "recipes" / "study"
 # model is compared with, and the dense plain runs (the sparsity penalty).
 PARTS: dict[str, tuple[str, list[str], str]] = {
     "base": ("base.yaml", [], "NPO, magnitude 70%: plain and SAU (defaults), 7 learning rates; dense plain"),
-    "graddiff": ("base.yaml", ["unlearn.objective=[graddiff]", "unlearn.model=[sparse]",
+    "graddiff": ("base.yaml", ["unlearn.objective=[graddiff]", "unlearn.model=[sparse]", "unlearn.exclude=null",
                                "unlearn.learning_rate=[5.0e-4,1.0e-3,2.0e-3]"],
                  "GradDiff, magnitude 70%: plain and SAU, 3 learning rates"),
-    "wanda": ("base.yaml", ["prune.method=[wanda]", "unlearn.model=[sparse]",
+    "wanda": ("base.yaml", ["prune.method=[wanda]", "unlearn.model=[sparse]", "unlearn.exclude=null",
                             "unlearn.learning_rate=[2.0e-4,4.5e-4,1.0e-3]"],
               "NPO, wanda 70% (a calibrated pruner): plain and SAU, 3 learning rates"),
     "capacity": ("capacity.yaml", [], "what pruning costs: magnitude/wanda/sparsegpt at 50/70/90%, no unlearning"),
