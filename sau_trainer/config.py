@@ -17,7 +17,14 @@ from typing import Any
 from transformers import TrainingArguments
 
 from .objectives import OBJECTIVES
-from .objectives.params import check_objective_args, flat_field, flat_names, float_fields, merge_flat
+from .objectives.params import (
+    build_params,
+    check_objective_args,
+    flat_field,
+    flat_names,
+    float_fields,
+    merge_flat,
+)
 from .training.compensated import OPTIMIZER_CHOICES
 from .training.precision import POLICIES
 
@@ -398,8 +405,8 @@ class SAUConfig(TrainingArguments):
                    if k not in _flat_fields_of(self.objective)}  # settings without a flat name (a plugin's)
             if own:
                 settings["objective_args"] = {self.objective: own}
-        if self.objective == "rmu":  # RMU's trainable parameters are the saliency targets (the key its states have)
-            settings["rmu_trainable_params"] = self.rmu_trainable_params
+        cls = OBJECTIVES[self.objective]  # what else makes G and W for this objective (RMU: its trainable parameters)
+        settings |= cls.state_settings(build_params(cls, (self.objective_args or {}).get(self.objective) or {}))
         return settings
 
 

@@ -186,3 +186,14 @@ def test_the_memory_estimate_counts_masks_from_the_plan_not_the_task_name():
     sparse = Task("unlearn", "models/c", {"source": "task:models/cut"}, {"source": "models/cut"})
     plan = {t.name: t for t in (prune, dense, sparse, Task("train", "models/finetuned", {}))}
     assert memory._holds_masks(sparse, plan) and not memory._holds_masks(dense, plan)
+
+
+def test_the_saved_sau_settings_keep_their_flat_keys():
+    """A checkpoint's SAU state lists the settings that made it; a resumed run compares them, so their keys and
+    values stay as before the objectives owned their settings (no objective_args entry for a built-in)."""
+    settings = _config(objective="altpo", saliency_loss="objective", altpo_beta=0.5, alternate_source="perturbed",
+                       npo_beta=0.2).sau_settings()
+    assert settings["altpo_beta"] == 0.5 and settings["alternate_source"] == "perturbed"
+    assert settings["npo_beta"] == 0.2 and settings["idk_pairing"] == "epoch" and "objective_args" not in settings
+    assert "alternate_column" not in settings  # listed only off its default, as before
+    assert _config(objective="rmu", rmu_trainable_params="model.*").sau_settings()["rmu_trainable_params"] == "model.*"

@@ -48,6 +48,12 @@ class Objective:
     params: Any = None
 
     @classmethod
+    def state_settings(cls, params: Any) -> dict:
+        """Settings of this objective that shape the SAU state (G and W) whatever the saliency loss, saved with it
+        and compared on resume (`SAUConfig.sau_settings`). Empty: none."""
+        return {}
+
+    @classmethod
     def check_config(cls, params: Any, config: Any) -> list[str]:
         """Problems of this objective's `params` together with the run's other settings (`config`: SAUConfig's
         values, e.g. ``retain_loss``), one line each; SAUConfig asks the objective it runs. Empty: none."""

@@ -138,6 +138,10 @@ class RMU(Objective):
     retain_losses = ("nll", "kl", "embed_diff")
     params = RMUParams
 
+    @classmethod
+    def state_settings(cls, params):
+        return {"rmu_trainable_params": params.trainable_params}  # they are the saliency's targets
+
     def __init__(self, args):
         super().__init__(args)
         self.layer_index: int | None = self.params.layer
