@@ -198,7 +198,8 @@ def _key(c: dict) -> tuple:
 
 def robustness_lines(root: Path, name: str = "base") -> list[str]:
     """The comparisons of one part re-read on sub-grids, seed subsets and other bands (`CHECKS`): a verdict holds
-    when no reading gives the opposite decisive verdict."""
+    when no reading gives the opposite decisive verdict. A sub-grid check that keeps fewer than two of the part's
+    learning rates, or all of them, is n/a for that part."""
     from sau_trainer.data.benchmarks import TOFU_REPORT
     from sau_trainer.pipeline.frontier import DEFAULT_BAND
     from sau_trainer.pipeline.report_verdicts import band_comparisons
@@ -210,9 +211,14 @@ def robustness_lines(root: Path, name: str = "base") -> list[str]:
     runs = [r for r in report["runs"] if not r.get("unlearn_then_prune") and not r.get("attack_of")]
     main = {_key(c): c for c in report["comparisons"]}
     readings: dict[str, dict] = {}
+    part_lrs = {r["learning_rate"] for r in runs}
     for label, check in CHECKS.items():
+        kept = [x for x in check.get("lrs", ()) if any(math.isclose(x, lr, rel_tol=1e-6) for lr in part_lrs)]
+        if "lrs" in check and (len(kept) < 2 or len(kept) == len(part_lrs)):
+            readings[label] = {}  # not a sub-grid of this part's rates: n/a
+            continue
         rows = [r for r in runs if ("lrs" not in check or any(math.isclose(r["learning_rate"], x, rel_tol=1e-6)
-                                                              for x in check["lrs"]))
+                                                              for x in kept))
                 and ("seeds" not in check or r["seed"] in check["seeds"])]
         readings[label] = {_key(c): c for c in band_comparisons(rows, spec, check.get("band", DEFAULT_BAND))}
     lines = [f"Each comparison of `{name}` re-read from the same runs (a - b, verdict):", "",
