@@ -49,12 +49,20 @@ def holds_retain(objective: str) -> bool:
 
 @pytest.fixture
 def registry():
-    """The registry as it is, and as it was after the test (an objective a plugin registered is forgotten)."""
-    before, modules = dict(OBJECTIVES), set(sys.modules)
+    """The objective registry; after the test every registry is as it was and a plugin module is forgotten (the
+    plugin also registers a pruner, which a later load of the same plugin would find taken)."""
+    from sau_trainer.data.benchmarks import BENCHMARKS
+    from sau_trainer.pruning.registry import PRUNERS
+
+    before = (dict(OBJECTIVES), set(PRUNERS), dict(BENCHMARKS), set(sys.modules))
     yield OBJECTIVES
     OBJECTIVES.clear()
-    OBJECTIVES.update(before)
-    for name in set(sys.modules) - modules:
+    OBJECTIVES.update(before[0])
+    for name in set(PRUNERS) - before[1]:
+        del PRUNERS[name]
+    BENCHMARKS.clear()
+    BENCHMARKS.update(before[2])
+    for name in set(sys.modules) - before[3]:
         if name.startswith("sau_trainer_plugin_"):
             del sys.modules[name]
 
