@@ -338,7 +338,14 @@ def _unlearn_settings(recipe, sau: bool = True) -> dict:
     u = dataclasses.asdict(recipe.unlearn)
     for axis in ("model", "objective", "sau", "learning_rate", "seed"):
         u.pop(axis)
-    return {"unlearn": u, "objective": "ga", "sau": sau, "learning_rate": LR, "seed": 0}
+    from sau_trainer.benchmarks.registry import get_benchmark
+
+    d = recipe.data
+    bench = get_benchmark(d.benchmark)
+    forget, retain = bench.unlearning_splits(retain_split=recipe.unlearn.retain_split, subset=d.subset,
+                                             **bench.data_options(d))
+    return {"unlearn": u, "objective": "ga", "sau": sau, "learning_rate": LR, "seed": 0, "forget_split": forget,
+            "retain_split": retain}
 
 
 @pytest.mark.parametrize("recipe_path", _recipe_groups())
