@@ -43,7 +43,7 @@ def test_study_recipes_cut_down_end_to_end(memorized, trained_model, tmp_path):
     study = _study()
     retain = trained_model(RETAIN_SPLITS)
     common = cut_down(memorized, retain)
-    base = load_recipe(ROOT / "recipes" / "study" / "base.yaml", common + ["unlearn.model=[sparse]"])
+    base = load_recipe(ROOT / "recipes" / "study" / "base.yaml", common + ["unlearn.model=[sparse]", "unlearn.exclude=null"])
     run_recipe(base, tmp_path / "base", state=OneProcess())
     _, overrides, _ = study.PARTS["moving"]
     variant = load_recipe(ROOT / "recipes" / "study" / "variant.yaml", common + overrides)
