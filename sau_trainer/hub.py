@@ -63,7 +63,7 @@ def zero_counts(model_dir: str | os.PathLike) -> dict[str, tuple[int, int]]:
     """(exact zeros, entries) of every prunable matrix, read from the saved safetensors.
 
     The model is built on the meta device only to learn which matrices are prunable (one definition,
-    `sau_trainer.masks.prunable_parameters`); tensors are read one at a time.
+    `sau_trainer.core.prunable.prunable_parameters`); tensors are read one at a time.
     """
     import torch
     from safetensors import safe_open

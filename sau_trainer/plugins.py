@@ -3,7 +3,7 @@ recipe's ``plugins:``.
 
 ``register_objective``, ``register_pruner`` and ``register_benchmark`` add to the one registry of each kind
 (`sau_trainer.objectives.OBJECTIVES`, `sau_trainer.pruning.registry.PRUNERS`,
-`sau_trainer.data.benchmarks.BENCHMARKS`); each is usable as a class decorator and refuses a name that is taken.
+`sau_trainer.benchmarks.registry.BENCHMARKS`); each is usable as a class decorator and refuses a name that is taken.
 Everything that reads names (the recipe schema, the planner, the memory estimate, the report, the command line)
 reads those registries, so a registered entry is usable everywhere.
 
@@ -79,13 +79,14 @@ def register_pruner(cls: Any) -> Any:
 
 
 def register_benchmark(cls: Any) -> Any:
-    """Add a `sau_trainer.data.benchmarks.Benchmark` to `BENCHMARKS` under its ``name``: a subclass
+    """Add a `sau_trainer.benchmarks.base.Benchmark` to `BENCHMARKS` under its ``name``: a subclass
     (instantiated without arguments; returned, so this is a class decorator) or an instance."""
-    from .data.benchmarks import BENCHMARKS, Benchmark
+    from .benchmarks.base import Benchmark
+    from .benchmarks.registry import BENCHMARKS
 
     bench = cls() if isinstance(cls, type) else cls
     if not isinstance(bench, Benchmark):
-        raise TypeError(f"register_benchmark takes a sau_trainer.data.benchmarks.Benchmark, got {bench!r}")
+        raise TypeError(f"register_benchmark takes a sau_trainer.benchmarks.base.Benchmark, got {bench!r}")
     _add(BENCHMARKS, "benchmark", bench.name, bench)
     return cls
 

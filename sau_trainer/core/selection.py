@@ -13,7 +13,7 @@ Definitions (SPEC section 2, the project's own reading of Sparsity-Aware Unlearn
 
 A caller whose tensors are shards (FSDP2) passes the reductions in (`redistribution_weights`'s `reduce`,
 `retain_aware_score`'s `retain_mean`); the state that puts these together is built once, for every backend, by
-`sau_trainer.sau.build_sau_state`.
+`sau_trainer.training.state.build_sau_state`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ old folder cannot be found this way; from then on they are.
 
 The checksums are not part of the task's hash: an existing output directory stays valid. Verification is
 memoised per process (keyed on the files' sizes and mtimes), so a run hashes each file it uses once. Measured
-on the demo: see the README ("Caching").
+on the demo: see docs/guides/recipes.md ("Caching").
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ device: no weights are read or allocated), its precision, the optimizer and the 
 component is counted per device:
 
 * **weights** as trained: the model's dtype, or fp32 master weights where the precision policy upcasts bf16
-  weights (``low_precision_weights: upcast`` without a compensated optimizer; README "Precision");
+  weights (``low_precision_weights: upcast`` without a compensated optimizer; docs/concepts/precision.md);
 * **gradients** in the trained weights' dtype; **optimizer** state in bytes per trainable parameter
   (`optimizer_bytes`: AdamW 2 x the weight's bytes, bitsandbytes / torchao 8-bit about 2.05, Kahan AdamW 6, ...);
 * **masks**: ``M``, 1 bit per prunable weight; **SAU**: ``G`` (1 bit) and ``W`` (nothing per matrix, 4 bytes
@@ -49,7 +49,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 # ----------------------------------------------------------------------------------------- precision
 # Optimizer state in bytes per trained parameter; `None`: twice the weight's bytes (torch's Adam-type states
-# take the parameter's dtype). Measured by benchmarks/precision.py where the README quotes it.
+# take the parameter's dtype). Measured by benchmarks/precision.py where docs/concepts/precision.md quotes it.
 OPTIMIZER_BYTES: dict[str, float | None] = {
     "adamw_torch": None, "adamw_torch_fused": None, "adamw_hf": None, "adamw_apex_fused": None, "adafactor": 0.05,
     "adamw_bnb_8bit": 2.05, "adamw_8bit": 2.05, "paged_adamw_8bit": 2.05, "lion_8bit": 1.03,

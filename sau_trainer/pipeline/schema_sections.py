@@ -29,9 +29,9 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    """The benchmark: a key of the registry `sau_trainer.data.benchmarks.BENCHMARKS`."""
+    """The benchmark: a key of the registry `sau_trainer.benchmarks.registry.BENCHMARKS`."""
 
-    benchmark: str = opt("synthetic", "A key of sau_trainer.data.benchmarks.BENCHMARKS: synthetic (built-in, "
+    benchmark: str = opt("synthetic", "A key of sau_trainer.benchmarks.registry.BENCHMARKS: synthetic (built-in, "
                          "TOFU-style), synthetic-muse (built-in, MUSE-style), synthetic-wmdp (built-in, "
                          "WMDP-style), tofu, muse, wmdp.")
     subset: str | None = opt(None, "Subset of a benchmark that has them (muse: news, the default, or "

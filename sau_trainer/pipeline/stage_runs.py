@@ -75,14 +75,14 @@ def run_train(ctx: Context, task: Task, out: Path) -> dict:
 def run_prune(ctx: Context, task: Task, out: Path) -> dict:
     """Prune a saved model (magnitude / wanda / sparsegpt) and save it with sparsity.json and masks. With
     ``offload`` the model stays in CPU memory and each decoder layer is pruned on the device, then moved back."""
-    from ..pruning import load_texts, prune_model, save_sparse_model
+    from ..pruning import PRUNERS, load_texts, prune_model, save_sparse_model
 
     s = task.settings
     tok = ctx.tokenizer()
     offload = bool(s.get("offload"))
     model = load_model(ctx, s["source"], None if offload else ctx.device)
     calibration = None
-    if s["method"] != "magnitude":
+    if PRUNERS[s["method"]].statistic is not None:  # a calibrated pruner (wanda, sparsegpt, a plugin's)
         calibration = (load_texts(s["calibration_path"]) if s["calibration_path"]
                        else _texts(ctx, s["calibration_split"]))
     result = prune_model(model, s["method"], s["sparsity"], s["structure"], calibration=calibration, tokenizer=tok,

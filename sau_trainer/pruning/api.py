@@ -110,7 +110,7 @@ def prune_model(
       there one at a time.
 
     Every argument is validated before any weight changes. Embeddings, ``lm_head``, norms, routers and
-    biases stay dense (see `sau_trainer.masks.prunable_weights`). Fused mixture-of-experts tensors are
+    biases stay dense (see `sau_trainer.core.prunable.prunable_weights`). Fused mixture-of-experts tensors are
     pruned one expert at a time (magnitude only: calibrated methods are refused on experts).
     """
     # ---- validation: nothing below touches a weight until all of it has passed

@@ -158,7 +158,7 @@ class SAUTrainer(SparsityPreserving, Trainer):
 
     # ------------------------------------------------------------------ precision
     def _check_precision(self, model, args: SAUConfig, params: dict, kwargs: dict, layouts: dict):
-        """`sau_trainer.precision.check_precision` for this run: the optimizer that will train (the user's
+        """`sau_trainer.training.precision.check_precision` for this run: the optimizer that will train (the user's
         `optimizers`, `optimizer_cls_and_kwargs`, `compensated_optimizer` or `optim`) and the parameters that
         will stay trainable. Returns the plan and the Trainer kwargs (with the compensated optimizer)."""
         user_optimizer = (kwargs.get("optimizers") or (None, None))[0]
