@@ -200,7 +200,7 @@ def robustness_lines(root: Path, name: str = "base") -> list[str]:
     """The comparisons of one part re-read on sub-grids, seed subsets and other bands (`CHECKS`): a verdict holds
     when no reading gives the opposite decisive verdict. A sub-grid check that keeps fewer than two of the part's
     learning rates, or all of them, is n/a for that part."""
-    from sau_trainer.data.benchmarks import TOFU_REPORT
+    from sau_trainer.benchmarks.tofu.report import TOFU_REPORT
     from sau_trainer.pipeline.frontier import DEFAULT_BAND
     from sau_trainer.pipeline.report_verdicts import band_comparisons
 

@@ -16,7 +16,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..data.benchmarks import TOFU_REPORT, ReportSpec, get_benchmark
+from ..benchmarks.registry import get_benchmark
+from ..benchmarks.report_spec import ReportSpec
+from ..benchmarks.tofu.report import TOFU_REPORT
 from ..evaluation.compat import definitions_label
 from ..evaluation.results import load_results
 from .comparisons import metric_value

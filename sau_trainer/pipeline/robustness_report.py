@@ -15,7 +15,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 
-from ..data.benchmarks import TOFU_REPORT
+from ..benchmarks.tofu.report import TOFU_REPORT
 from .frontier import DEFAULT_BAND
 from .report_format import _save, _table, method_key, method_label, start_reference
 from .report_plots import in_band, seed_mean_sd

@@ -56,7 +56,7 @@ PIPELINE_KEYS = ("output_dir", "objective", "sau", "seed", "data_seed")
 # ----------------------------------------------------------------------------------------- validation
 def _check(recipe: Recipe, errors: list[str]) -> None:
     """Checks across keys and against the libraries' registries (objectives, pruners, TrainingArguments)."""
-    from ..data.benchmarks import BENCHMARKS
+    from ..benchmarks.registry import BENCHMARKS
     from ..modeling import MODEL_SHAPES
     from ..objectives import OBJECTIVES
 

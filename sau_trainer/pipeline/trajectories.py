@@ -53,7 +53,7 @@ def check_recipe(recipe, errors: list[str]) -> None:
         errors.append(f"unlearn.eval_max_new_tokens: must be >= 0, got {u.eval_max_new_tokens}")
     if steps is None:
         return
-    from ..data.benchmarks import BENCHMARKS
+    from ..benchmarks.registry import BENCHMARKS
 
     bench = BENCHMARKS.get(recipe.data.benchmark)
     tokens = _eval_tokens(recipe)
