@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
+
+import pytest
 import torch
 from transformers import TrainerCallback
 
 from sau_trainer import SAUConfig, SAUTrainer
 from sau_trainer.masks import prunable_parameters
 from sau_trainer.modeling import build_llama
+
+HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
+# Every optimizer the invariants hold for (bitsandbytes' skipped where it is not installed)
+OPTIMIZERS = ["adamw_torch", "adamw_torch_fused", "sgd",
+              pytest.param("adamw_bnb_8bit", marks=pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes")),
+              pytest.param("paged_adamw_8bit", marks=pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes"))]
 
 
 def sparse_model(tokenizer, sparsity=0.5, seed=0, state_dict=None, **kw):
@@ -21,6 +30,13 @@ def sparse_model(tokenizer, sparsity=0.5, seed=0, state_dict=None, **kw):
         for p in prunable_parameters(model).values():
             p.mul_((torch.rand(p.shape, generator=g) >= sparsity).float())
     return model
+
+
+def saliency_callback(trainer):
+    """The trainer's `SaliencyCallback`."""
+    from sau_trainer.callbacks import SaliencyCallback
+
+    return next(c for c in trainer.callback_handler.callbacks if isinstance(c, SaliencyCallback))
 
 
 def qa(benchmark, split, n=None):

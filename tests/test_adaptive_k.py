@@ -1,25 +1,13 @@
 """Adaptive k (a study option, `sau_topk_mass`): the selection holds the stated saliency mass with the fewest
 entries, alone and inside the trainer; the study options are validated."""
 
-import importlib.util
-
 import pytest
 import torch
-from sau_testing import make_trainer, qa, sparse_model
+from sau_testing import make_trainer, qa, saliency_callback, sparse_model
 
 from sau_trainer import SAUConfig
-from sau_trainer.callbacks import SaliencyCallback
 from sau_trainer.masks import Layout
 from sau_trainer.sau import select_mass
-
-HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
-OPTIMIZERS = ["adamw_torch", "adamw_torch_fused", "sgd",
-              pytest.param("adamw_bnb_8bit", marks=pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes")),
-              pytest.param("paged_adamw_8bit", marks=pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes"))]
-
-
-def _saliency_callback(trainer):
-    return next(c for c in trainer.callback_handler.callbacks if isinstance(c, SaliencyCallback))
 
 
 # --------------------------------------------------------------------------- (c) adaptive k
@@ -58,7 +46,7 @@ def test_adaptive_k_in_the_trainer(tokenizer, tiny_splits, tmp_path):
     model = sparse_model(tokenizer)
     trainer = make_trainer(model, tokenizer, qa(tiny_splits, "forget10", 8), qa(tiny_splits, "retain90", 8), tmp_path,
                            sau_topk_mass=0.5, max_steps=1)
-    cb = _saliency_callback(trainer)
+    cb = saliency_callback(trainer)
     saliency = cb.saliency()
     state = cb.build_state()
     fractions = []

@@ -1,18 +1,11 @@
 """SPEC section 3: the invariants of sparsity-preserving unlearning, each one a test."""
 
-import importlib.util
-
 import pytest
 import torch
-from sau_testing import GradRecorder, make_trainer, qa, sparse_model
+from sau_testing import HAS_BNB, OPTIMIZERS, GradRecorder, make_trainer, qa, sparse_model
 
 from sau_trainer.masks import SparsityMasks, prunable_parameters
 from sau_trainer.sau import topk_count
-
-HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
-OPTIMIZERS = ["adamw_torch", "adamw_torch_fused", "sgd",
-              pytest.param("adamw_bnb_8bit", marks=pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes")),
-              pytest.param("paged_adamw_8bit", marks=pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes"))]
 
 
 def _pruned_all_zero(model, masks):

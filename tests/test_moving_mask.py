@@ -1,26 +1,14 @@
 """The moving mask (a study option, `sau_moving_mask`): projections keep the count (and N:M pattern) of every unit
 after every optimizer step, per matrix or per row, and SAU selects among all entries."""
 
-import importlib.util
-
 import pytest
 import torch
-from sau_testing import make_trainer, qa, sparse_model
+from sau_testing import OPTIMIZERS, make_trainer, qa, saliency_callback, sparse_model
 from transformers import TrainerCallback
 
-from sau_trainer.callbacks import SaliencyCallback
 from sau_trainer.masks import Layout, SparsityMasks, prunable_parameters
 from sau_trainer.moving_mask import nm_pattern, project_nm, project_topk, unit_counts
 from sau_trainer.sau import topk_count
-
-HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
-OPTIMIZERS = ["adamw_torch", "adamw_torch_fused", "sgd",
-              pytest.param("adamw_bnb_8bit", marks=pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes")),
-              pytest.param("paged_adamw_8bit", marks=pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes"))]
-
-
-def _saliency_callback(trainer):
-    return next(c for c in trainer.callback_handler.callbacks if isinstance(c, SaliencyCallback))
 
 
 # --------------------------------------------------------------------------- (b) the moving mask
@@ -116,7 +104,7 @@ def test_moving_mask_sau_selects_among_all_entries(tokenizer, tiny_splits, tmp_p
     model = sparse_model(tokenizer, sparsity=0.7)
     trainer = make_trainer(model, tokenizer, qa(tiny_splits, "forget10", 8), qa(tiny_splits, "retain90", 8), tmp_path,
                            sau_moving_mask="matrix", sau_topk=0.3, max_steps=1)
-    state = _saliency_callback(trainer).build_state()
+    state = saliency_callback(trainer).build_state()
     pruned_selected = 0
     for n in trainer.sparsity_masks.names:
         m, g = trainer.sparsity_masks.get(n), state.mask(n)

@@ -2,26 +2,15 @@
 inside the trainer, and its need for a retain set."""
 
 import copy
-import importlib.util
 
 import pytest
 import torch
-from sau_testing import make_trainer, qa, sparse_model
+from sau_testing import make_trainer, qa, saliency_callback, sparse_model
 
-from sau_trainer.callbacks import SaliencyCallback
 from sau_trainer.masks import prunable_parameters
 from sau_trainer.objectives import forward_nll
 from sau_trainer.objectives.losses import mean_token_nll
 from sau_trainer.sau import retain_aware_score, select_topk, topk_count
-
-HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
-OPTIMIZERS = ["adamw_torch", "adamw_torch_fused", "sgd",
-              pytest.param("adamw_bnb_8bit", marks=pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes")),
-              pytest.param("paged_adamw_8bit", marks=pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes"))]
-
-
-def _saliency_callback(trainer):
-    return next(c for c in trainer.callback_handler.callbacks if isinstance(c, SaliencyCallback))
 
 
 # --------------------------------------------------------------------------- (a) retain-aware saliency
@@ -43,7 +32,7 @@ def test_retain_aware_saliency_matches_float64_reference(tokenizer, tiny_splits,
     forget, retain = qa(tiny_splits, "forget10", 10), qa(tiny_splits, "retain90", 40)
     trainer = make_trainer(model, tokenizer, forget, retain, tmp_path, objective="ga", saliency_retain_aware=True,
                            saliency_retain_eps=0.05, per_device_train_batch_size=4, sau_topk=0.3)
-    cb = _saliency_callback(trainer)
+    cb = saliency_callback(trainer)
     got_f, got_r = cb.saliency(), cb.retain_saliency()
     state = cb.build_state()
 
