@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -30,6 +32,28 @@ def sparse_model(tokenizer, sparsity=0.5, seed=0, state_dict=None, **kw):
         for p in prunable_parameters(model).values():
             p.mul_((torch.rand(p.shape, generator=g) >= sparsity).float())
     return model
+
+
+@contextmanager
+def registries_restored():
+    """Yield the objective registry; afterwards every registry (objectives, pruners, benchmarks) is as it was and
+    any plugin module loaded meanwhile is forgotten (a later load of the same plugin would find its names taken)."""
+    from sau_trainer.benchmarks.registry import BENCHMARKS
+    from sau_trainer.objectives import OBJECTIVES
+    from sau_trainer.pruning.registry import PRUNERS
+
+    before = (dict(OBJECTIVES), set(PRUNERS), dict(BENCHMARKS), set(sys.modules))
+    try:
+        yield OBJECTIVES
+    finally:
+        for registry, saved in ((OBJECTIVES, before[0]), (BENCHMARKS, before[2])):
+            registry.clear()
+            registry.update(saved)
+        for name in set(PRUNERS) - before[1]:  # PRUNERS builds its built-ins lazily: only take the new names off
+            del PRUNERS[name]
+        for name in set(sys.modules) - before[3]:
+            if name.startswith("sau_trainer_plugin_"):
+                del sys.modules[name]
 
 
 def saliency_callback(trainer):

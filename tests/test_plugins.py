@@ -3,10 +3,10 @@ each kind, an objective's own `params` come from objective_args and are checked 
 `plugins:` make a plugin's names usable in the schema, the planner, the memory estimate and the command line."""
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from sau_testing import registries_restored
 
 from sau_trainer import SAUConfig, register_benchmark, register_objective, register_pruner
 from sau_trainer.cli import main as cli_main
@@ -27,17 +27,8 @@ unlearn: {objective: [scaled_ga], sau: [true], objective_args: {scaled_ga: {scal
 @pytest.fixture(autouse=True)
 def registries():
     """Each test starts from the built-in registries and leaves them so (plugin modules forgotten too)."""
-    before = (dict(OBJECTIVES), set(PRUNERS), dict(BENCHMARKS), set(sys.modules))
-    yield
-    OBJECTIVES.clear()
-    OBJECTIVES.update(before[0])
-    for name in set(PRUNERS) - before[1]:
-        del PRUNERS[name]
-    BENCHMARKS.clear()
-    BENCHMARKS.update(before[2])
-    for name in set(sys.modules) - before[3]:
-        if name.startswith("sau_trainer_plugin_"):
-            del sys.modules[name]
+    with registries_restored():
+        yield
 
 
 def _recipe(tmp_path, scale="0.5") -> Path:

@@ -27,11 +27,11 @@ compute:
   test_objectives_make_the_model_forget).
 """
 
-import sys
 from pathlib import Path
 
 import pytest
 from forgetting import control, run
+from sau_testing import registries_restored
 
 from sau_trainer.objectives import OBJECTIVES
 
@@ -49,22 +49,9 @@ def holds_retain(objective: str) -> bool:
 
 @pytest.fixture
 def registry():
-    """The objective registry; after the test every registry is as it was and a plugin module is forgotten (the
-    plugin also registers a pruner, which a later load of the same plugin would find taken)."""
-    from sau_trainer.data.benchmarks import BENCHMARKS
-    from sau_trainer.pruning.registry import PRUNERS
-
-    before = (dict(OBJECTIVES), set(PRUNERS), dict(BENCHMARKS), set(sys.modules))
-    yield OBJECTIVES
-    OBJECTIVES.clear()
-    OBJECTIVES.update(before[0])
-    for name in set(PRUNERS) - before[1]:
-        del PRUNERS[name]
-    BENCHMARKS.clear()
-    BENCHMARKS.update(before[2])
-    for name in set(sys.modules) - before[3]:
-        if name.startswith("sau_trainer_plugin_"):
-            del sys.modules[name]
+    """The objective registry; every registry is restored after the test (`sau_testing.registries_restored`)."""
+    with registries_restored() as objectives:
+        yield objectives
 
 
 def _describe(objective, sparse, sau, res, ctrl_rise=None) -> str:
