@@ -80,6 +80,27 @@ def make_trainer(model, tokenizer, forget, retain, out, **kw):
                       processing_class=tokenizer, callbacks=callbacks)
 
 
+def ddp_worker_trainer(out_dir, **kw):
+    """The trainer of a torchrun worker (2 CPU processes, gloo): a tiny 50%-sparse Llama, 12 forget and 24 retain
+    rows of the tiny benchmark, 3 steps; `kw` are more SAUConfig fields. Returns ``(trainer, masks at the start)``."""
+    from sau_trainer.data.synthetic import generate_benchmark
+    from sau_trainer.data.tokenizer import train_tokenizer
+    from sau_trainer.masks import SparsityMasks
+
+    splits = generate_benchmark("tiny", 0)
+    tok = train_tokenizer([r["question"] + " " + r["answer"] for r in splits["full"]], vocab_size=256)
+    model = sparse_model(tok)
+    masks = SparsityMasks.from_model(model)
+    trainer = make_trainer(model, tok, qa(splits, "forget10", 12), qa(splits, "retain90", 24), out_dir,
+                           use_cpu=True, max_steps=3, optim="adamw_torch", ddp_backend="gloo", **kw)
+    return trainer, masks
+
+
+def zeros_kept(model, masks) -> bool:
+    """Every pruned entry of every prunable matrix is still exactly zero."""
+    return all(bool((p.detach()[~masks.get(n)] == 0).all()) for n, p in prunable_parameters(model).items())
+
+
 class GradRecorder(TrainerCallback):
     """Copies the gradients right before each optimizer step (after masking and clipping)."""
 

@@ -5,11 +5,9 @@ import json
 import sys
 
 import torch.distributed as dist
-from sau_testing import make_trainer, sparse_model
+from sau_testing import ddp_worker_trainer, zeros_kept
 
-from sau_trainer.data.synthetic import generate_benchmark
-from sau_trainer.data.tokenizer import train_tokenizer
-from sau_trainer.masks import SparsityMasks, prunable_parameters
+from sau_trainer.masks import prunable_parameters
 
 
 def _hash(tensors) -> str:
@@ -20,20 +18,13 @@ def _hash(tensors) -> str:
 
 
 def main(out_dir: str, objective: str) -> None:
-    splits = generate_benchmark("tiny", 0)
-    tok = train_tokenizer([r["question"] + " " + r["answer"] for r in splits["full"]], vocab_size=256)
-    model = sparse_model(tok)
-    masks = SparsityMasks.from_model(model)
-    forget = [{"question": r["question"], "answer": r["answer"]} for r in splits["forget10"][:12]]
-    retain = [{"question": r["question"], "answer": r["answer"]} for r in splits["retain90"][:24]]
     extra = dict(pdu_dual_warmup_epochs=0, pdu_epsilon=0.5, pdu_dual_lr=0.1) if objective == "pdu" else {}
-    trainer = make_trainer(model, tok, forget, retain, out_dir, use_cpu=True, max_steps=3, optim="adamw_torch",
-                           ddp_backend="gloo", objective=objective, **extra)
+    trainer, masks = ddp_worker_trainer(out_dir, objective=objective, **extra)
+    model = trainer.model
     trainer.train()
     rank = dist.get_rank()
     report = {"rank": rank, "world": dist.get_world_size(),
-              "zeros_kept": all(bool((p.detach()[~masks.get(n)] == 0).all())
-                                for n, p in prunable_parameters(model).items()),
+              "zeros_kept": zeros_kept(model, masks),
               "weights_hash": _hash(p for p in prunable_parameters(model).values()),
               "tensors": {k: v.detach().cpu().double().reshape(-1).tolist()[:4]
                           for k, v in trainer.objective_ctx.tensors.items()},
