@@ -80,6 +80,17 @@ def make_trainer(model, tokenizer, forget, retain, out, **kw):
                       processing_class=tokenizer, callbacks=callbacks)
 
 
+class OneProcess:
+    """A stand-in for accelerate's PartialState with one process (`run_recipe(..., state=OneProcess())`)."""
+
+    is_main_process = True
+    num_processes = 1
+    device = "cpu"
+
+    def wait_for_everyone(self):
+        pass
+
+
 def ddp_worker_trainer(out_dir, **kw):
     """The trainer of a torchrun worker (2 CPU processes, gloo): a tiny 50%-sparse Llama, 12 forget and 24 retain
     rows of the tiny benchmark, 3 steps; `kw` are more SAUConfig fields. Returns ``(trainer, masks at the start)``."""

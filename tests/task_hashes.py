@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from unittest import mock
 
+from sau_testing import OneProcess
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = ROOT / "tests" / "data" / "task_hashes.json"
 PINNED = {"torch": "2.0.0", "transformers": "4.0.0", "sau_trainer": "0.0.0"}
@@ -89,17 +91,6 @@ def planned_hashes(path: Path, overrides: list[str]) -> dict[str, str]:
 
 
 COMPAT_DIR = ROOT / "tests" / "data" / "cache_compat"  # recipe.yaml and the output directory it wrote (output/)
-
-
-class OneProcess:
-    """accelerate's PartialState with one process, for `run_recipe` without accelerate."""
-
-    is_main_process = True
-    num_processes = 1
-    device = "cpu"
-
-    def wait_for_everyone(self):
-        pass
 
 
 def run_stand_in(recipe_path: Path, out: Path) -> list[str]:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from sau_testing import OneProcess
 
 from sau_trainer.pipeline import run_recipe, validate
 from sau_trainer.pipeline.schema import RecipeError, load_recipe
@@ -45,13 +46,6 @@ def test_plan_takes_splits_and_unlearning_sets_from_the_benchmark():
     assert tofu["eval/finetuned"].settings["protocol"] == "tofu"
     # the data fingerprints differ (each generator is hashed), so no stage is shared by mistake
     assert muse["models/finetuned"].settings["data"] != tofu["models/finetuned"].settings["data"]
-
-
-class OneProcess:
-    is_main_process, num_processes, device = True, 1, "cpu"
-
-    def wait_for_everyone(self):
-        pass
 
 
 @pytest.mark.slow

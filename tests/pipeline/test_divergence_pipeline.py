@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import save_file
+from sau_testing import OneProcess
 
 from sau_trainer import TrainingDiverged
 from sau_trainer.cli import main as cli_main
@@ -20,13 +21,6 @@ RECIPE = {"model": {"shape": "tiny"}, "prune": {"enabled": False},
           "unlearn": {"model": ["dense"], "objective": ["ga"], "sau": [False], "learning_rate": [1e-3, 1e4]}}
 BAD = "models/dense-ga-plain-lr10000-s0"
 GOOD = "models/dense-ga-plain-lr0.001-s0"
-
-
-class OneProcess:
-    is_main_process, num_processes, device = True, 1, "cpu"
-
-    def wait_for_everyone(self):
-        pass
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sau_testing import OneProcess
 
 from sau_trainer.cli import main as cli_main
 from sau_trainer.pipeline import RecipeError, run_recipe, validate
@@ -81,13 +82,6 @@ def test_a_bad_exclude_is_a_one_line_error_at_dry_run(tmp_path, capsys):
     assert cli_main(["run", str(path), "--dry-run", "--output-dir", str(tmp_path / "o")]) == 0
     listed = capsys.readouterr().out
     assert "models/dense-npo-plain-lr1e-05-s0" in listed and "dense-npo-sau" not in listed
-
-
-class OneProcess:
-    is_main_process, num_processes, device = True, 1, "cpu"
-
-    def wait_for_everyone(self):
-        pass
 
 
 def test_the_report_does_not_list_excluded_runs_as_pending(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import os
 from types import SimpleNamespace
 
 import pytest
+from sau_testing import OneProcess
 
 from sau_trainer.cli import main as cli_main
 from sau_trainer.pipeline import STAGES, StageFailed, run_recipe, validate
@@ -13,17 +14,6 @@ from sau_trainer.pipeline.stages import Stage
 
 RECIPE = {"model": {"shape": "tiny"}, "prune": {"method": ["magnitude", "wanda"]},
           "unlearn": {"objective": ["npo"], "sau": [False, True], "learning_rate": [1e-3], "then_prune": True}}
-
-
-class OneProcess:
-    """A stand-in for accelerate's PartialState with one process."""
-
-    is_main_process = True
-    num_processes = 1
-    device = "cpu"
-
-    def wait_for_everyone(self):
-        pass
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from sau_testing import OneProcess
 
 from sau_trainer import hub
 from sau_trainer.cli import main as cli_main
@@ -60,13 +61,6 @@ def uploads():
     HfApi.upload_folder = upload_folder
     yield calls
     HfApi.create_repo, HfApi.upload_folder = saved
-
-
-class OneProcess:
-    is_main_process, num_processes, device = True, 1, "cpu"
-
-    def wait_for_everyone(self):
-        pass
 
 
 @pytest.fixture(scope="module")

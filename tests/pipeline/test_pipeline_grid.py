@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sau_testing import OneProcess
 
 from sau_trainer.cli import main as cli_main
 from sau_trainer.pipeline import StageFailed, run_recipe, validate
@@ -27,13 +28,6 @@ ROOT = Path(__file__).resolve().parents[2]
 RECIPE = {"name": "grid", "model": {"shape": "tiny"}, "prune": {"method": ["magnitude"]},
           "unlearn": {"objective": ["npo"], "sau": [False, True], "learning_rate": [1e-3], "seed": [0, 1]},
           "report": {"plot": False}}
-
-
-class OneProcess:
-    is_main_process, num_processes, device = True, 1, "cpu"
-
-    def wait_for_everyone(self):
-        pass
 
 
 @pytest.fixture

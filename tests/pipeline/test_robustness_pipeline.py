@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from sau_testing import OneProcess
 
 from sau_trainer.pipeline import STAGES, RecipeError, load_recipe, plan, run_recipe, validate
 from sau_trainer.pipeline.runner import hash_tasks
@@ -16,13 +17,6 @@ ROOT = Path(__file__).resolve().parents[2]
 BASE = {"model": {"shape": "tiny"}, "prune": {"method": ["magnitude"]},
         "unlearn": {"model": ["dense", "sparse"], "objective": ["npo"], "sau": [False], "learning_rate": [1e-3]}}
 DENSE, SPARSE = "dense-npo-plain-lr0.001-s0", "magnitude-50-npo-plain-lr0.001-s0"
-
-
-class OneProcess:
-    is_main_process, num_processes, device = True, 1, "cpu"
-
-    def wait_for_everyone(self):
-        pass
 
 
 def with_(data, **evaluate):

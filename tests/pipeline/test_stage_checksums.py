@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import save_file
+from sau_testing import OneProcess
 
 from sau_trainer.masks import SparsityMasks
 from sau_trainer.pipeline import STAGES, run_recipe, validate
@@ -19,13 +20,6 @@ RECIPE = {"model": {"shape": "tiny"}, "prune": {"method": ["magnitude"]},
           "unlearn": {"objective": ["npo"], "sau": [True], "learning_rate": [1e-3]}}
 PRUNED = "models/finetuned+magnitude-50"
 NAME = "model.layers.0.mlp.up_proj.weight"
-
-
-class OneProcess:
-    is_main_process, num_processes, device = True, 1, "cpu"
-
-    def wait_for_everyone(self):
-        pass
 
 
 def pruned_tensors():

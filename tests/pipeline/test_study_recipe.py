@@ -6,19 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from sau_testing import OneProcess
 
 from sau_trainer.masks import SparsityMasks
 from sau_trainer.pipeline import load_recipe, run_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 RETAIN_SPLITS = ("retain90", "real_authors_perturbed", "world_facts_perturbed")
-
-
-class OneProcess:
-    is_main_process, num_processes, device = True, 1, "cpu"
-
-    def wait_for_everyone(self):
-        pass
 
 
 def _study():

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from sau_testing import OneProcess
 
 from sau_trainer.pipeline import locks, validate
 from sau_trainer.pipeline.scheduling import NO_CLAIM, schedule
@@ -66,13 +67,6 @@ def test_only_locked_tasks_left_means_waiting_and_nothing_is_taken_before_its_de
         if t.name == "a":  # nothing that reads a is even tried before the caller has dealt with it
             assert fake.tries["b"] == fake.tries["c"] == 0
     assert order == ["a", "b", "c"] and waits == [0.1, 0.1]
-
-
-class OneProcess:
-    is_main_process, num_processes, device = True, 1, "cpu"
-
-    def wait_for_everyone(self):
-        pass
 
 
 RECIPE = {"name": "grid", "model": {"shape": "tiny"}, "prune": {"method": ["magnitude"]},

@@ -5,17 +5,11 @@ read over the pruned model's band from the trajectory points, with every seed pa
 import json
 
 import pytest
+from sau_testing import OneProcess
 
 from sau_trainer.pipeline import run_recipe, validate
 
 RETAIN_SPLITS = ("retain90", "real_authors_perturbed", "world_facts_perturbed")
-
-
-class OneProcess:
-    is_main_process, num_processes, device = True, 1, "cpu"
-
-    def wait_for_everyone(self):
-        pass
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from sau_testing import OneProcess
 
 from sau_trainer.pipeline import run_recipe, validate
 from sau_trainer.pipeline.schema import load_recipe
@@ -37,13 +38,6 @@ def test_the_demo_plans_on_synthetic_wmdp_and_a_local_wmdp_copy_by_subset(tmp_pa
     unlearn = bio["models/dense-npo-sau-lr0.0002-s0"].settings
     assert (unlearn["forget_split"], unlearn["retain_split"]) == ("bio-forget-corpus/train", "bio-retain-corpus/train")
     assert bio["eval/finetuned"].settings["data"]["subset"] == "bio"
-
-
-class OneProcess:
-    is_main_process, num_processes, device = True, 1, "cpu"
-
-    def wait_for_everyone(self):
-        pass
 
 
 @pytest.mark.slow
