@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ class Benchmark:
     report: ReportSpec = field(default=TOFU_REPORT)
     # The ``data:`` recipe settings (DataSection fields) the split and evaluation methods take as keywords
     data_settings: tuple[str, ...] = ()
+    # The module of the seeded generator of a generated benchmark (its source's digest is in the pipeline's hashes)
+    generator: str | None = None
 
     @property
     def generated(self) -> bool:
@@ -53,8 +56,11 @@ class Benchmark:
         raise NotImplementedError
 
     def generator_file(self) -> str | None:
-        """The generator's source file (its digest identifies generated data in the pipeline's hashes)."""
-        return None
+        """The generator's source file (its digest identifies generated data in the pipeline's hashes): the file of
+        the `generator` module, None for data that is not generated."""
+        if not self.generated or self.generator is None:
+            return None
+        return import_module(self.generator).__file__
 
     def check_options(self, subset: str | None = None, preset: str | None = None) -> list[str]:
         """Problems with a subset / preset choice (empty when fine)."""

@@ -22,6 +22,7 @@ class MuseStyleBenchmark(Benchmark):
     """
 
     protocol: str = "muse"
+    generator: str | None = "sau_trainer.data.synthetic_muse"
     report: ReportSpec = field(default=MUSE_REPORT)
 
     def load(self, splits=None, data_dir=None, preset="tiny", seed=0, subset=None):
@@ -38,13 +39,6 @@ class MuseStyleBenchmark(Benchmark):
         bench = generate_muse_benchmark(preset, seed)
         names = list(splits) if splits is not None else list(bench)
         return select_splits(self.name, bench, names, parse_split)
-
-    def generator_file(self):
-        if not self.generated:
-            return None
-        from ...data import synthetic_muse
-
-        return synthetic_muse.__file__
 
     def evaluation_splits(self, forget_split=None, subset=None):
         from .data import EVALUATION_SPLITS

@@ -19,6 +19,7 @@ class TofuStyleBenchmark(Benchmark):
     holdout and the evaluation sets follow from it."""
 
     data_settings: tuple[str, ...] = ("forget_split",)
+    generator: str | None = "sau_trainer.data.synthetic"
 
     def load(self, splits=None, data_dir=None, preset="tiny", seed=0, subset=None):
         from . import data
@@ -26,13 +27,6 @@ class TofuStyleBenchmark(Benchmark):
         if self.generated:
             return data._load_synthetic(splits, data_dir, preset, seed)
         return data.load_tofu(splits, data_dir)
-
-    def generator_file(self):
-        if not self.generated:
-            return None
-        from ...data import synthetic
-
-        return synthetic.__file__
 
     def evaluation_splits(self, forget_split="forget10", subset=None):
         from .data import evaluation_splits, holdout_split

@@ -22,6 +22,7 @@ class WmdpStyleBenchmark(Benchmark):
     """
 
     protocol: str = "wmdp"
+    generator: str | None = "sau_trainer.data.synthetic_wmdp"
     report: ReportSpec = field(default=WMDP_REPORT)
 
     def _subset(self, subset):
@@ -42,13 +43,6 @@ class WmdpStyleBenchmark(Benchmark):
             return {n: load_local_wmdp_split(data_dir, n, raw_jsonl_lines=False) for n in names}
         bench = generate_wmdp_benchmark(preset, seed)
         return select_splits(self.name, bench, names, parse_split)
-
-    def generator_file(self):
-        if not self.generated:
-            return None
-        from ...data import synthetic_wmdp
-
-        return synthetic_wmdp.__file__
 
     def evaluation_splits(self, forget_split=None, subset=None):
         from .data import MMLU_SPLIT, question_split
