@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ...data.qa import IGNORE_INDEX
+from ..splits import check_rows, parse_config_split
 
 logger = logging.getLogger("sau_trainer.data.muse")  # its name before the move
 
@@ -51,13 +52,7 @@ DEFAULT_SPLITS = TRAINING_SPLITS + EVALUATION_SPLITS
 
 def parse_split(name: str) -> tuple[str, str]:
     """``"knowmem/forget_qa"`` -> ``("knowmem", "forget_qa")``, with a clear error for other names."""
-    config, sep, split = name.partition("/")
-    if not sep or not split or "/" in split:
-        raise ValueError(f"MUSE split names are '<config>/<split>' (e.g. 'raw/forget', 'knowmem/forget_qa'); "
-                         f"got {name!r}.")
-    if config not in CONFIG_COLUMNS:
-        raise ValueError(f"Unknown MUSE config {config!r} in {name!r}; the configs are {sorted(CONFIG_COLUMNS)}.")
-    return config, split
+    return parse_config_split(name, CONFIG_COLUMNS, "MUSE", "'raw/forget', 'knowmem/forget_qa'")
 
 
 def required_columns(name: str) -> tuple[str, ...]:
@@ -67,14 +62,10 @@ def required_columns(name: str) -> tuple[str, ...]:
 
 def validate_muse_split(rows: list[dict], name: str, source: str) -> list[dict]:
     """`rows` non-empty, each an object with the config's columns as strings."""
-    if not rows:
-        raise ValueError(f"{source}: the MUSE split {name!r} is empty.")
+    columns = required_columns(name)
+    check_rows(rows, name, source, columns, label="MUSE split")
     for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise ValueError(f"{source}: row {i} of {name!r} is a {type(row).__name__}, not an object.")
-        for col in required_columns(name):
-            if col not in row:
-                raise ValueError(f"{source}: split {name!r} has no column {col!r} (row {i}; it has {sorted(row)}).")
+        for col in columns:
             if not isinstance(row[col], str):
                 raise ValueError(f"{source}: column {col!r} of {name!r} must be a string (row {i}: {row[col]!r}).")
     return rows

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ...data.synthetic import GENERAL_COLUMNS, PERTURBED_COLUMNS, QA_COLUMNS, generate_benchmark, split_names
+from ..splits import check_rows
 
 logger = logging.getLogger("sau_trainer.data.tofu")  # its name before the move
 
@@ -41,14 +42,10 @@ def evaluation_splits(forget_split: str = "forget10") -> tuple[str, str, str, st
 
 def validate_split(rows: list[dict], split: str, source: str) -> list[dict]:
     """Checks that `rows` is non-empty and has the split's columns with the right types."""
-    if not rows:
-        raise ValueError(f"{source}: the split {split!r} is empty.")
+    columns = required_columns(split)
+    check_rows(rows, split, source, columns)
     for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise ValueError(f"{source}: row {i} of {split!r} is a {type(row).__name__}, not an object.")
-        for col in required_columns(split):
-            if col not in row:
-                raise ValueError(f"{source}: split {split!r} has no column {col!r} (row {i}; it has {sorted(row)}).")
+        for col in columns:
             value = row[col]
             if col == "perturbed_answer":
                 if (not isinstance(value, list | tuple) or not value

@@ -33,6 +33,8 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..splits import check_rows, parse_config_split
+
 logger = logging.getLogger("sau_trainer.data.wmdp")  # its name before the move
 
 WMDP_HUB_ID = "cais/wmdp"
@@ -89,13 +91,7 @@ def default_splits(subset: str) -> list[str]:
 
 def parse_split(name: str) -> tuple[str, str]:
     """``"wmdp-cyber/test"`` -> ``("wmdp-cyber", "test")``, with a clear error for other names."""
-    config, sep, split = name.partition("/")
-    if not sep or not split or "/" in split:
-        raise ValueError(f"WMDP split names are '<config>/<split>' (e.g. 'wmdp-cyber/test', 'mmlu/test', "
-                         f"'cyber-forget-corpus/train'); got {name!r}.")
-    if config not in FOLDERS:
-        raise ValueError(f"Unknown WMDP config {config!r} in {name!r}; the configs are {sorted(FOLDERS)}.")
-    return config, split
+    return parse_config_split(name, FOLDERS, "WMDP", "'wmdp-cyber/test', 'mmlu/test', 'cyber-forget-corpus/train'")
 
 
 def is_question_split(name: str) -> bool:
@@ -106,16 +102,10 @@ def validate_wmdp_split(rows: list[dict], name: str, source: str) -> list[dict]:
     """Question splits: ``question`` str, ``choices`` 4 str, ``answer`` int 0-3 (MMLU also ``subject``);
     corpora: ``text`` str. Rows must be non-empty objects."""
     config, _ = parse_split(name)
-    if not rows:
-        raise ValueError(f"{source}: the WMDP split {name!r} is empty.")
     columns = QUESTION_COLUMNS + (("subject",) if config == "mmlu" else ()) if config in QUESTION_CONFIGS \
         else ("text",)
+    check_rows(rows, name, source, columns, label="WMDP split")
     for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise ValueError(f"{source}: row {i} of {name!r} is a {type(row).__name__}, not an object.")
-        for col in columns:
-            if col not in row:
-                raise ValueError(f"{source}: split {name!r} has no column {col!r} (row {i}; it has {sorted(row)}).")
         if "text" in columns:
             if not isinstance(row["text"], str):
                 raise ValueError(f"{source}: column 'text' of {name!r} must be a string (row {i}).")
