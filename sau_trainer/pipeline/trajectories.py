@@ -14,9 +14,9 @@ many (step, utility, forget metric) points instead of one, so which learning rat
   perturbed/paraphrased versions and the holdout stay whole: forget quality and the membership attacks are computed
   as in the final evaluation), generating ``unlearn.eval_max_new_tokens`` tokens (default
   ``evaluate.max_new_tokens``; TOFU's and MUSE's utility needs generated answers, so 0 is refused). Under the TOFU
-  protocol the holdout split is left out unless ``unlearn.eval_membership_inference`` is true, so the
-  membership-inference attacks (about two thirds of an evaluation's time on the built-in benchmark, per-example
-  gradient norms included) are not run: no comparison reads them, and the final evaluation always runs them.
+  protocol the membership-inference attacks (about two thirds of an evaluation's time on the built-in benchmark,
+  per-example gradient norms included) are left out unless ``unlearn.eval_membership_inference`` is true: no
+  comparison reads them, and the final evaluation always runs them. MUSE's privleak is one of its metrics and stays.
 - **Output.** ``trajectory.json`` in the unlearn task's directory: the list of evaluations (``step`` and the
   metrics), written by the main process; the report attaches it to the run's row as ``trajectory``.
 """
@@ -86,12 +86,15 @@ def retain_eval_first(tasks: list) -> None:
     tasks.insert(first, retain)
 
 
-def cut_benchmark(benchmark: dict, forget_split: str, rows: int | None, holdout: bool = True) -> dict:
+def skips_membership_inference(bench, membership_inference: bool) -> bool:
+    """Whether the evaluations during unlearning leave out the membership-inference attacks: only the TOFU protocol
+    runs them as a part of its evaluation that can be turned off (MUSE's privleak is one of its own metrics)."""
+    return bench.protocol == "tofu" and not membership_inference
+
+
+def cut_benchmark(benchmark: dict, forget_split: str, rows: int | None) -> dict:
     """The benchmark with every split cut to its first `rows` rows, except the forget set's (names starting with the
-    forget split, e.g. ``forget10_perturbed``) and the holdout (the membership attacks' non-members); without
-    `holdout`, the holdout splits are left out (TOFU then runs no membership-inference attack)."""
-    if not holdout:
-        benchmark = {k: v for k, v in benchmark.items() if not k.startswith("holdout")}
+    forget split, e.g. ``forget10_perturbed``) and the holdout (the membership attacks' non-members)."""
     if rows is None:
         return benchmark
 
@@ -111,18 +114,18 @@ def evaluation_callback(ctx, task, tokenizer):
     t = task.settings["trajectory"]
     e = t["evaluate"]
     forget_split = ctx.recipe.data.forget_split
-    holdout = t.get("membership_inference", True) or ctx.bench.protocol != "tofu"
-    data = cut_benchmark(ctx.benchmark, forget_split, t["rows"], holdout=holdout)
+    data = cut_benchmark(ctx.benchmark, forget_split, t["rows"])
     retain = ctx.task_dir(task.dep("retain_eval")) if "retain_eval" in task.deps else None
+    options = {"max_prompt_tokens": e["max_prompt_tokens"]} if e.get("max_prompt_tokens") else {}
+    if skips_membership_inference(ctx.bench, t.get("membership_inference", True)):
+        options["membership_inference"] = False
 
     def evaluate(model):
         return ctx.bench.evaluate(model, tokenizer, data, **ctx.bench.data_options(ctx.recipe.data),
                                   batch_size=e["batch_size"],
                                   max_new_tokens=t["max_new_tokens"], max_length=e["max_length"],
                                   retain_results=retain, show_progress=False, compat=e.get("compat"),
-                                  question_key=e.get("question_key", "question"),
-                                  **({"max_prompt_tokens": e["max_prompt_tokens"]} if e.get("max_prompt_tokens")
-                                     else {}))
+                                  question_key=e.get("question_key", "question"), **options)
 
     return UnlearningEvaluationCallback(evaluate, t["eval_steps"])
 
@@ -155,16 +158,21 @@ def trajectory_note(recipe) -> str | None:
     u = recipe.unlearn
     if u.eval_steps is None:
         return None
+    from ..benchmarks.registry import BENCHMARKS
+
+    bench = BENCHMARKS.get(recipe.data.benchmark)
+    skips = bench is not None and skips_membership_inference(bench, u.eval_membership_inference)
     every = (f"every {u.eval_steps} optimizer steps" if isinstance(u.eval_steps, int) else
              f"every {u.eval_steps:g} of each run's steps")
     rows = ("every row" if u.eval_rows is None else
             f"the first {u.eval_rows} rows of each split except the forget set's (kept whole)")
     return (f"The frontiers use the evaluations during unlearning (unlearn.eval_steps: step 0, {every} and the last "
             f"step), on {rows}, generating {_eval_tokens(recipe)} tokens"
-            + ("" if u.eval_membership_inference else ", without the membership-inference attacks")
+            + (", without the membership-inference attacks" if skips else "")
             + "; the tables below show the final evaluations, which are not mixed into the frontiers (their utility "
             "may be computed on other rows).")
 
 
 __all__ = ["TRAJECTORY_FILE", "check_recipe", "cut_benchmark", "evaluation_callback", "read_trajectory",
-           "retain_eval_first", "trajectory_note", "trajectory_settings", "write_trajectory"]
+           "retain_eval_first", "skips_membership_inference", "trajectory_note", "trajectory_settings",
+           "write_trajectory"]

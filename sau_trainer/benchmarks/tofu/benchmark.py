@@ -63,12 +63,15 @@ class TofuStyleBenchmark(Benchmark):
         return [t for t in texts if t]
 
     def evaluate(self, model, tokenizer, splits_data, *, forget_split="forget10", batch_size=16, max_new_tokens=200,
-                 max_length=None, retain_results=None, show_progress=True, compat=None, question_key="question"):
+                 max_length=None, retain_results=None, show_progress=True, compat=None, question_key="question",
+                 membership_inference=True):
+        """`membership_inference`: run the attacks on forget vs holdout answers (`evaluate_tofu`)."""
         from .evaluation import evaluate_tofu
 
         return evaluate_tofu(model, tokenizer, splits_data, forget_split=forget_split, batch_size=batch_size,
                              max_new_tokens=max_new_tokens, max_length=max_length, retain_results=retain_results,
-                             show_progress=show_progress, compat=compat, question_key=question_key)
+                             show_progress=show_progress, compat=compat, question_key=question_key,
+                             membership_inference=membership_inference)
 
 
 __all__ = ["GENERAL_SPLITS", "TofuStyleBenchmark"]
