@@ -138,7 +138,7 @@ class UnlearnSection(TrainerSettings):
         "quality is computed as in the final evaluation); default: every row.")
     eval_membership_inference: bool = opt(
         False, "TOFU protocol: also run the membership-inference attacks (forget vs holdout answers, gradient norms "
-        "included) in each evaluation during unlearning. Off by default: they are about two thirds of an "
+        "included) in each evaluation during unlearning. Off by default: they are about 40% of an "
         "evaluation's time and no comparison reads them; the final evaluation always runs them.")
     exclude: list[dict] | None = opt(
         None, "Partial grid points left out of the grid, as in CI build matrices: [{model: dense, sau: true}] plans no "

@@ -14,7 +14,7 @@ many (step, utility, forget metric) points instead of one, so which learning rat
   perturbed/paraphrased versions and the holdout stay whole: forget quality and the membership attacks are computed
   as in the final evaluation), generating ``unlearn.eval_max_new_tokens`` tokens (default
   ``evaluate.max_new_tokens``; TOFU's and MUSE's utility needs generated answers, so 0 is refused). Under the TOFU
-  protocol the membership-inference attacks (about two thirds of an evaluation's time on the built-in benchmark,
+  protocol the membership-inference attacks (about 40% of an evaluation's time on the study's pruned model,
   per-example gradient norms included) are left out unless ``unlearn.eval_membership_inference`` is true: no
   comparison reads them, and the final evaluation always runs them. MUSE's privleak is one of its metrics and stays.
 - **Output.** ``trajectory.json`` in the unlearn task's directory: the list of evaluations (``step`` and the
