@@ -290,6 +290,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="cpu: the built-in benchmark's tiny Llama; gpu: recipes/study/gpu-llama-3.2-1b.yaml")
     a = p.parse_args(argv)
     unknown = [n for n in a.names if n not in suite_parts(a.suite)]
+    if a.workers < 1:
+        p.error(f"--workers must be at least 1, got {a.workers}")
     if unknown:
         p.error(f"unknown part {unknown[0]!r}; choose from {', '.join(suite_parts(a.suite))}")
     if a.action == "list":
