@@ -166,13 +166,12 @@ def _verdict(c: dict) -> str:
     return f"{v} (fragile)" if c.get("fragile") else v
 
 
-def comparison_lines(root: Path, names: list[str]) -> list[str]:
+def comparison_lines(reports: dict[str, dict]) -> list[str]:
     """One table row per comparison (pair of methods x forget metric) of every part's report.json."""
     lines = ["| part | objective, start | a vs b | metric | a / b (band mean) | a - b [95% CI] | one step | verdict "
              "| paired seeds |", "|---|---|---|---|---|---|---|---|---|"]
-    for name in names:
-        report = load_report(root, name)
-        for c in (report or {}).get("comparisons", []):
+    for name, report in reports.items():
+        for c in report.get("comparisons", []):
             res = c.get("resolution") or {}
             step = res.get("step")
             lines.append(f"| {name} | {_label(c)} | {c['a']} vs {c['b']} | {c['metric']} | {_fmt(c['a_mean'])} / "
@@ -196,7 +195,7 @@ def _key(c: dict) -> tuple:
     return (c["pruning"], c["target_sparsity"], c["objective"], c["a"], c["b"], c["metric"])
 
 
-def robustness_lines(root: Path, name: str = "base") -> list[str]:
+def robustness_lines(report: dict, name: str = "base") -> list[str]:
     """The comparisons of one part re-read on sub-grids, seed subsets and other bands (`CHECKS`): a verdict holds
     when no reading gives the opposite decisive verdict. A sub-grid check that keeps fewer than two of the part's
     learning rates, or all of them, is n/a for that part."""
@@ -204,8 +203,7 @@ def robustness_lines(root: Path, name: str = "base") -> list[str]:
     from sau_trainer.pipeline.frontier import DEFAULT_BAND
     from sau_trainer.pipeline.report_verdicts import band_comparisons
 
-    report = load_report(root, name)
-    if not report or not report.get("comparisons"):
+    if not report.get("comparisons"):
         return []
     spec = TOFU_REPORT  # every part runs the built-in benchmark (the TOFU protocol)
     runs = [r for r in report["runs"] if not r.get("unlearn_then_prune") and not r.get("attack_of")]
@@ -266,16 +264,16 @@ def render_capacity(root: Path) -> list[str]:
 
 def render(root: Path) -> str:
     capacity = render_capacity(root)
-    names = [n for n in [*PARTS, *GPU_ONLY_PARTS] if load_report(root, n) and load_report(root, n).get("comparisons")]
-    if not names:
+    reports = {n: r for n in [*PARTS, *GPU_ONLY_PARTS] if (r := load_report(root, n)) and r.get("comparisons")}
+    if not reports:
         return "\n".join(capacity) or f"no report.json under {root}: run `python benchmarks/study.py run` first"
     lines = capacity + ["Comparisons (report.json of each part): band mean of each method's frontier over [0.85, 0.95] "
                         "x the starting model's utility, paired by seed; a - b with its 95% t interval; one step: the "
                         "smallest move of the metric near the compared values (one forget example changing rank).",
                         ""]
-    lines += comparison_lines(root, names) + [""]
-    for name in names:
-        lines += robustness_lines(root, name)
+    lines += comparison_lines(reports) + [""]
+    for name, report in reports.items():
+        lines += robustness_lines(report, name)
     return "\n".join(lines)
 
 
